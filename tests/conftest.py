@@ -1,0 +1,64 @@
+"""Shared fixtures.
+
+The real InceptionV1 weights and the 1000 sample photos are read from a folder given by
+``$ATLAS_SHARED_DIR`` (default: ``../shared`` beside the repository), holding
+``models/bvlc_googlenet.pth`` and ``images/imagenet-sample/``. Tests that need them are marked
+``shared`` and skip with the reason when the folder is missing; CI sets the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("ATLAS_SHARED_DIR", REPO.parent / "shared")).resolve()
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("ATLAS_REQUIRE_SHARED"):
+            pytest.fail(f"{path} is missing but ATLAS_REQUIRE_SHARED is set; set ATLAS_SHARED_DIR")
+        pytest.skip(f"{path} not found; set ATLAS_SHARED_DIR to the folder with models/ and images/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def inceptionv1_weights() -> Path:
+    return _need(shared_dir() / "models" / "bvlc_googlenet.pth")
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The 1000 ImageNet sample photos; sorted file order is the class index."""
+    return _need(shared_dir() / "images" / "imagenet-sample")
+
+
+@pytest.fixture(scope="session")
+def sample_paths(sample_dir: Path) -> list[Path]:
+    return sorted(sample_dir.glob("*.JPEG"))
+
+
+@pytest.fixture(scope="session")
+def inceptionv1(inceptionv1_weights: Path):
+    """The real BVLC InceptionV1 on the CPU, shared by the whole session (read-only!)."""
+    from atlas.models import load_model
+
+    return load_model("inceptionv1", weights=inceptionv1_weights, device="cpu")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(0)
