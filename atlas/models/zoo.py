@@ -230,17 +230,19 @@ def _load_torchvision(arch: str, weights, random_init: bool) -> AtlasModel:
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ModelError(f"torchvision has no classifier {arch!r}.{hint} Known: {', '.join(sorted(available))}")
     published = torchvision.models.get_model_weights(arch).DEFAULT
-    kwargs = {}
-    if arch in ("googlenet", "inception_v3"):
-        kwargs = {"aux_logits": False, "init_weights": False} if random_init or weights else {}
-    net = torchvision.models.get_model(arch, weights=None, **kwargs)
-    if weights is not None and not random_init:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise ModelError(f"weights file {path} for torchvision:{arch} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state, strict=False)
-    elif not random_init:
+    if random_init or weights is not None:
+        # architectures with auxiliary heads only build them for training
+        kwargs = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
+        net = torchvision.models.get_model(arch, weights=None, **kwargs)
+        if weights is not None and not random_init:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise ModelError(f"weights file {path} for torchvision:{arch} does not exist")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            missing, unexpected = net.load_state_dict(state, strict=False)
+            if missing:
+                raise ModelError(f"{path} does not fit torchvision:{arch}: missing keys {missing[:5]}")
+    else:
         try:
             net = torchvision.models.get_model(arch, weights=published)
         except Exception as e:  # network errors come in many types (URLError, OSError, ...)

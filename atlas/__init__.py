@@ -1,0 +1,50 @@
+"""atlas: activation atlases of image classifiers.
+
+Carter, Armstrong, Schubert, Johnson, Olah, "Activation Atlas", Distill 2019, building on
+Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017.
+
+Each pipeline stage is a plain function over arrays and files::
+
+    import atlas
+    model = atlas.load_model("inceptionv1", weights="bvlc_googlenet.pth")
+    atlas.collect("photos/", "run/activations.h5", model, atlas.CollectSettings(layers=("inception4c",)))
+
+Names are imported on first use, so ``import atlas`` stays cheap (no torch until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ActivationsFile": "atlas.store.activations",
+    "AtlasModel": "atlas.models",
+    "CollectSettings": "atlas.collect",
+    "CollectSummary": "atlas.collect",
+    "ConfigError": "atlas.config",
+    "ModelError": "atlas.models",
+    "UnknownLayerError": "atlas.models",
+    "capture": "atlas.models",
+    "collect": "atlas.collect",
+    "load_config": "atlas.config",
+    "load_model": "atlas.models",
+    "run_pipeline": "atlas.pipeline",
+    "sample_positions": "atlas.collect",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'atlas' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

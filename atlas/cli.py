@@ -1,0 +1,147 @@
+"""The ``atlas`` command: parses arguments and calls library functions, nothing more.
+
+Every subcommand maps to one function of the Python API; ``atlas run CONFIG`` runs the
+pipeline's stages in order (see :mod:`atlas.pipeline`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("atlas")
+
+EXIT_USAGE = 2
+
+
+def _add_model_args(p: argparse.ArgumentParser, default: str | None = "inceptionv1") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default,
+                   help="inceptionv1 (BVLC GoogLeNet), torchvision:NAME (e.g. torchvision:resnet50) [%(default)s]")
+    g.add_argument("--weights", default=None,
+                   help="local weight file (InceptionV1: also $ATLAS_INCEPTIONV1_WEIGHTS)")
+    g.add_argument("--random-init", action="store_true", help="use random weights (tests, smoke runs)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 [%(default)s]")
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from atlas.models import load_model
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    shapes = model.layer_shapes()
+    width = max(len(n) for n in shapes)
+    print(f"# {model.name}: output shape of each layer at {model.input_size}x{model.input_size} input")
+    for name, shape in shapes.items():
+        if args.spatial and len(shape) != 3:
+            continue
+        print(f"{name:<{width}}  {tuple(shape)}")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from atlas.collect import CollectSettings, collect
+
+    settings = CollectSettings(
+        layers=tuple(args.layer),
+        sampling=args.sampling,
+        positions_per_image=args.positions,
+        edge_margin=args.edge_margin,
+        seed=args.seed,
+        attribution=not args.no_attribution,
+        top_k=args.top_k,
+        full_attribution=args.full_attribution,
+        dtype=args.dtype,
+        block_size=args.block_size,
+    )
+    summary = collect(
+        args.source if len(args.source) > 1 else args.source[0],
+        args.output,
+        args.model,
+        settings,
+        weights=args.weights,
+        random_init=args.random_init,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(summary.describe())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from atlas.pipeline import run_pipeline
+
+    run_pipeline(args.config, only=args.only, start=args.start, progress=not args.quiet,
+                 report=lambda stage, summary: print(f"[{stage}] {summary}"))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="atlas", description="Activation atlases of image classifiers.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("layers", help="list a model's hookable layers with output shapes")
+    s.add_argument("model", nargs="?", default="inceptionv1")
+    s.add_argument("--weights", default=None)
+    s.add_argument("--random-init", action="store_true",
+                   help="skip loading weights (shapes do not depend on them)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--spatial", action="store_true", help="only (C, H, W) layers, the ones collect can use")
+    s.set_defaults(func=cmd_layers)
+
+    s = sub.add_parser("collect", help="images -> activations.h5 (activations + class attribution)")
+    s.add_argument("source", nargs="+",
+                   help="image folder (recursive), text file of paths, .tar shard(s) or glob, or 'imagenette'")
+    s.add_argument("-o", "--output", required=True, help="activations.h5 to write")
+    _add_model_args(s)
+    s.add_argument("--layer", action="append", default=None,
+                   help="layer to collect; repeat for several [inception4c]")
+    s.add_argument("--sampling", choices=("random", "all"), default="random",
+                   help="random positions per image (paper) or all positions [%(default)s]")
+    s.add_argument("--positions", type=int, default=1, help="random positions per image [%(default)s]")
+    s.add_argument("--edge-margin", type=int, default=1, help="border cells never sampled [%(default)s]")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--top-k", type=int, default=10, help="classes kept per row by attribution [%(default)s]")
+    s.add_argument("--full-attribution", action="store_true", help="also store all K attributions per row")
+    s.add_argument("--no-attribution", action="store_true", help="skip attribution (about 2x faster)")
+    s.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--workers", type=int, default=None, help="decode processes [one per spare core]")
+    s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
+    s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
+    s.set_defaults(func=cmd_collect)
+
+    s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")
+    s.add_argument("config")
+    s.add_argument("--only", default=None, help="run just this stage")
+    s.add_argument("--from", dest="start", default=None, help="start at this stage")
+    s.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "layer", ...) is None:
+        args.layer = ["inception4c"]
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2) if not args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    except ValueError as e:  # user errors: bad paths, names, configs -- the message says the fix
+        print(f"atlas {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Pipeline configs: TOML files, validated on load, with ``${VAR:-default}`` environment expansion.
+
+A config names a run directory, a model and each stage's settings::
+
+    [run]
+    dir = "runs/quickstart"            # every artifact of the run goes here
+    device = "auto"                    # "auto" (CUDA if present), "cpu", "cuda", "cuda:1"
+
+    [model]
+    name = "inceptionv1"               # or "torchvision:googlenet", "torchvision:resnet50", ...
+    weights = "${ATLAS_INCEPTIONV1_WEIGHTS:-}"   # empty = the model's default location/download
+    random_init = false
+
+    [collect]
+    source = "images/"                 # folder, list file, .tar shards (glob), or "imagenette"
+    layers = ["inception4c"]
+    ...                                # any field of atlas.collect.CollectSettings, plus
+                                       # batch_size and workers
+
+Unknown sections or keys, wrong types and bad values raise :class:`ConfigError` naming the
+file, the key and what is allowed. Strings may use ``${NAME}`` or ``${NAME:-default}``; an
+unset variable without a default is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from atlas.collect import CollectSettings
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class RunSection:
+    dir: str = "runs/default"
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str = "inceptionv1"
+    weights: str = ""
+    random_init: bool = False
+
+
+@dataclass(frozen=True)
+class CollectSection:
+    source: str = ""
+    batch_size: int = 32
+    workers: int = -1  # -1: one per spare core
+    settings: CollectSettings = field(default_factory=CollectSettings)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    path: Path
+    run: RunSection
+    model: ModelSection
+    collect: CollectSection
+    extra: Mapping[str, Mapping[str, Any]]  # sections of stages configured elsewhere (reduce, grid, ...)
+
+    @property
+    def run_dir(self) -> Path:
+        d = Path(self.run.dir)
+        return d if d.is_absolute() else Path.cwd() / d
+
+
+KNOWN_EXTRA = ("reduce", "grid", "render", "tiles", "serve", "attack")
+
+
+def expand_env(value: Any, where: str, path: Path) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in strings, recursively in lists and tables."""
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ and os.environ[name] != "":
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path}: {where} uses ${{{name}}}, which is not set; set it or write ${{{name}:-default}}")
+        return _VAR.sub(sub, value)
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}", path) for k, v in value.items()}
+    return value
+
+
+def _build(cls: type, table: Mapping[str, Any], section: str, path: Path, skip: tuple[str, ...] = ()) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
+    kwargs = {}
+    for key, value in table.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"{path}: unknown key [{section}] {key}.{hint} Allowed: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], f"[{section}] {key}", path)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: [{section}]: {e}") from e
+
+
+def _coerce(value: Any, hint: Any, where: str, path: Path) -> Any:
+    origin = get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: {where} must be a list, e.g. [\"inception4c\"], not {value!r}")
+        return tuple(value)
+    if str(origin) == "typing.Literal" or getattr(origin, "__name__", "") == "Literal":
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(f"{path}: {where} = {value!r} is not allowed; use one of {list(allowed)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: {where} must be an integer, not {value!r}")
+        return value
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{path}: {where} must be a string, not {value!r}")
+    return value
+
+
+def load_config(path: str | os.PathLike) -> PipelineConfig:
+    """Read and validate a pipeline config (see the module docstring for the format)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (examples are in pipelines/)")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+    raw = expand_env(raw, "", path)
+    sections = ("run", "model", "collect", *KNOWN_EXTRA)
+    for name in raw:
+        if name not in sections:
+            close = difflib.get_close_matches(name, sections, n=2)
+            hint = f" Did you mean [{close[0]}]?" if close else ""
+            raise ConfigError(f"{path}: unknown section [{name}].{hint} Allowed: {', '.join(sections)}")
+    run = _build(RunSection, raw.get("run", {}), "run", path)
+    model = _build(ModelSection, raw.get("model", {}), "model", path)
+    coll = dict(raw.get("collect", {}))
+    own = {k: coll.pop(k) for k in ("source", "batch_size", "workers") if k in coll}
+    settings = _build(CollectSettings, coll, "collect", path)
+    collect_sec = _build(CollectSection, own, "collect", path, skip=("settings",))
+    if not collect_sec.source:
+        raise ConfigError(f"{path}: [collect] source is empty; give a folder, list file, .tar shards or 'imagenette'")
+    collect_sec = dataclasses.replace(collect_sec, settings=settings)
+    extra = {k: raw[k] for k in KNOWN_EXTRA if k in raw}
+    return PipelineConfig(path, run, model, collect_sec, extra)

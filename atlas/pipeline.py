@@ -1,0 +1,91 @@
+"""Run a pipeline config: each stage in order into one run directory.
+
+Stages are plain functions; this module only wires named artifacts between them (the run
+directory holds ``activations.h5``, ``layout.h5``, ``cells.h5``, ...). A stage whose output is
+complete for the same settings is skipped by the stage itself; an interrupted stage resumes.
+A failure names the command that resumes the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from atlas.config import PipelineConfig, load_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[PipelineConfig, bool], str]  # returns a one-line summary
+
+
+def _collect(cfg: PipelineConfig, progress: bool) -> str:
+    from atlas.collect import collect
+
+    c = cfg.collect
+    summary = collect(
+        c.source,
+        cfg.run_dir / "activations.h5",
+        cfg.model.name,
+        c.settings,
+        weights=cfg.model.weights or None,
+        random_init=cfg.model.random_init,
+        device=cfg.run.device,
+        batch_size=c.batch_size,
+        workers=None if c.workers < 0 else c.workers,
+        progress=progress,
+    )
+    return summary.describe()
+
+
+STAGES: list[Stage] = [Stage("collect", _collect)]
+
+
+def stage_names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def run_pipeline(
+    config: str | os.PathLike | PipelineConfig,
+    *,
+    only: str | None = None,
+    start: str | None = None,
+    progress: bool = True,
+    report: Callable[[str, str], None] | None = None,
+) -> dict[str, str]:
+    """Run the stages of ``config`` (a path or a loaded config); returns each stage's summary.
+
+    ``report(stage, summary)`` is called after each stage (the CLI prints it).
+    """
+    cfg = config if isinstance(config, PipelineConfig) else load_config(config)
+    names = stage_names()
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in names:
+            raise ValueError(f"{flag} {value!r} is not a stage; stages: {', '.join(names)}")
+    todo = [s for s in STAGES if (only is None or s.name == only)]
+    if start is not None:
+        todo = todo[names.index(start):]
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    summaries: dict[str, str] = {}
+    for stage in todo:
+        log.info("stage %s", stage.name)
+        try:
+            summaries[stage.name] = stage.run(cfg, progress)
+        except BaseException:
+            resume = f"atlas run {shlex.quote(str(cfg.path))} --from {stage.name}"
+            log.error("stage %s did not finish; resume with: %s", stage.name, resume)
+            raise
+        if report is not None:
+            report(stage.name, summaries[stage.name])
+    return summaries
+
+
+def run_dir_of(config: str | os.PathLike) -> Path:
+    return load_config(config).run_dir
