@@ -201,8 +201,17 @@ def _resolve_inceptionv1_weights(weights: str | os.PathLike | None) -> Path:
     return path
 
 
+@contextmanager
+def _seeded(seed: int = 0) -> Iterator[None]:
+    """Seed torch's RNG for the block and restore its state afterwards (no global side effect)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def _load_inceptionv1(weights, random_init: bool) -> AtlasModel:
-    net = InceptionV1()
+    with _seeded():  # random_init gives the same weights in every process
+        net = InceptionV1()
     if not random_init:
         path = _resolve_inceptionv1_weights(weights)
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -233,7 +242,8 @@ def _load_torchvision(arch: str, weights, random_init: bool) -> AtlasModel:
     if random_init or weights is not None:
         # architectures with auxiliary heads only build them for training
         kwargs = {"aux_logits": False, "init_weights": False} if arch in ("googlenet", "inception_v3") else {}
-        net = torchvision.models.get_model(arch, weights=None, **kwargs)
+        with _seeded():
+            net = torchvision.models.get_model(arch, weights=None, **kwargs)
         if weights is not None and not random_init:
             path = Path(weights).expanduser()
             if not path.is_file():
@@ -281,7 +291,8 @@ def load_model(
     Args:
         spec: ``"inceptionv1"``, ``"torchvision:NAME"``, or an ``nn.Module``.
         weights: a local weight file; overrides the default location or download.
-        random_init: skip loading weights (tests, smoke runs).
+        random_init: skip loading weights (tests, smoke runs); the random weights are seeded,
+            so they are the same in every process.
         device: where to put the model, e.g. ``"cpu"``, ``"cuda"``; see :func:`resolve_device`.
         preprocess, input_size, class_names: for a user's own ``nn.Module`` only.
     """

@@ -1,0 +1,239 @@
+"""The collect stage: rows, attribution, resumption after SIGKILL, bad input, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from atlas.collect import CollectSettings, collect, compute_rows, layer_specs, sample_positions
+from atlas.data import SKIP_REASONS, EmptySourceError
+from atlas.models import load_model
+from atlas.store.activations import ActivationsFile, parts_dir_for
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),   # "1": (8, 16, 16) at 32 px
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),  # "3": (16, 8, 8)
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5),
+    )
+
+
+@pytest.fixture
+def tiny_model():
+    return load_model(tiny_net(), input_size=32, class_names=list("abcde"))
+
+
+def write_photos(folder: Path, n: int, size=(48, 40), seed=0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        p = folder / f"img{i:04d}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+def test_sample_positions_deterministic_and_away_from_edges():
+    s = CollectSettings(positions_per_image=5, edge_margin=2, seed=3)
+    a = sample_positions(7, (14, 14), s)
+    b = sample_positions(7, (14, 14), s)
+    assert np.array_equal(a, b) and a.shape == (5, 2)
+    assert a.min() >= 2 and a.max() <= 11
+    assert len({tuple(p) for p in a}) == 5  # distinct
+    assert not np.array_equal(a, sample_positions(8, (14, 14), s))
+    allpos = sample_positions(0, (3, 4), CollectSettings(sampling="all"))
+    assert allpos.tolist() == [[y, x] for y in range(3) for x in range(4)]
+
+
+def test_attribution_equals_autograd_reference(tiny_model):
+    """attribution_c = h . d logit_c / d h at the sampled position, for every class c."""
+    torch.manual_seed(1)
+    x = torch.rand(3, 3, 32, 32)
+    settings = CollectSettings(layers=("1",), positions_per_image=2, top_k=5, full_attribution=True)
+    specs = layer_specs(tiny_model, ["1"])
+    rows = compute_rows(tiny_model, x, [10, 11, 12], specs, settings)["1"]
+    assert rows["activations"].shape == (6, 8)
+    # reference: autograd, one backward pass per class
+    layer_out = {}
+    h = tiny_model.layer("1").register_forward_hook(lambda m, i, o: layer_out.__setitem__("h", o))
+    xr = x.clone().requires_grad_(True)
+    logits = tiny_model(xr)
+    h.remove()
+    act = layer_out["h"]
+    for r in range(6):
+        b, (y, xx) = r // 2, rows["position"][r]
+        ref = []
+        for c in range(5):
+            g = torch.autograd.grad(logits[b, c], act, retain_graph=True)[0]
+            ref.append((act[b, :, y, xx] * g[b, :, y, xx]).sum().item())
+        np.testing.assert_allclose(rows["attribution/full"][r], ref, rtol=2e-3, atol=1e-4)
+        order = np.argsort(ref)[::-1]
+        assert rows["attribution/top_classes"][r].tolist() == order.tolist()
+        np.testing.assert_allclose(rows["activations"][r], act[b, :, y, xx].detach().numpy(), rtol=1e-3, atol=1e-3)
+    assert rows["image_index"].tolist() == [10, 10, 11, 11, 12, 12]
+
+
+def test_collect_writes_documented_layout(tmp_path, tiny_model):
+    write_photos(tmp_path / "photos", 10)
+    out = tmp_path / "acts.h5"
+    s = CollectSettings(layers=("1", "3"), positions_per_image=2, top_k=3, block_size=4)
+    summary = collect(tmp_path / "photos", out, tiny_model, s, batch_size=3, workers=0, progress=False)
+    assert summary.rows == {"1": 20, "3": 20}
+    with ActivationsFile(out) as f:
+        assert f.layers == ["1", "3"] and f.n_images == 10
+        assert f.attrs["kind"] == "activations" and f.attrs["complete"]
+        assert f.spec("3").grid_shape == (8, 8) and f.spec("3").channels == 16
+        assert f.read("1", "activations").dtype == np.float16
+        assert f.read("1", "activations").shape == (20, 8)
+        assert f.read("3", "attribution/top_classes").shape == (20, 3)
+        assert f.read("1", "image_index").tolist() == sorted(list(range(10)) * 2)
+        assert f.image_keys()[0].endswith("img0000.png")
+        assert (f.image_status() == 0).all()
+    assert not parts_dir_for(out).exists()
+    again = collect(tmp_path / "photos", out, tiny_model, s, workers=0, progress=False)
+    assert again.up_to_date
+
+
+def test_collect_skips_and_counts_bad_images(tmp_path, tiny_model):
+    photos = tmp_path / "photos"
+    write_photos(photos, 4)
+    (photos / "zero.jpg").write_bytes(b"")
+    (photos / "garbage.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+    good = photos / "img0000.png"
+    data = (photos / "cut.jpg")
+    Image.open(good).convert("RGB").save(data, quality=90)
+    data.write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
+    Image.new("L", (40, 40), 128).save(photos / "gray.png")
+    Image.new("CMYK", (40, 40), (0, 255, 0, 0)).save(photos / "cmyk.jpg")
+    Image.new("RGB", (4, 4)).save(photos / "tiny.png")
+    (photos / "notes.txt").write_text("not an image, ignored")
+    out = tmp_path / "acts.h5"
+    summary = collect(photos, out, tiny_model, CollectSettings(layers=("3",)), workers=0, progress=False)
+    assert summary.rows == {"3": 6}  # 4 photos + gray + cmyk
+    assert sum(summary.skipped.values()) == 4
+    assert summary.skipped.get("empty file") == 1 and summary.skipped.get("too small") == 1
+    with ActivationsFile(out) as f:
+        keys, status = f.image_keys(), f.image_status()
+        by_name = {Path(k).name: int(s) for k, s in zip(keys, status)}
+    assert by_name["zero.jpg"] == SKIP_REASONS["empty file"]
+    assert by_name["cut.jpg"] == SKIP_REASONS["truncated"]
+    assert by_name["gray.png"] == 0 and by_name["cmyk.jpg"] == 0
+    assert "notes.txt" not in by_name
+
+
+def test_empty_source_is_a_clear_error(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EmptySourceError):
+        collect(tmp_path / "empty", tmp_path / "a.h5", tiny_model, CollectSettings(layers=("1",)), progress=False)
+
+
+def test_non_spatial_and_unknown_layers(tmp_path, tiny_model):
+    write_photos(tmp_path / "p", 1)
+    with pytest.raises(ValueError, match="spatial"):
+        collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, CollectSettings(layers=("6",)), progress=False)
+    with pytest.raises(ValueError, match="Did you mean"):
+        collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, CollectSettings(layers=("33",)), progress=False)
+
+
+def test_interrupted_run_resumes_in_process(tmp_path, tiny_model):
+    write_photos(tmp_path / "p", 23)
+    s = CollectSettings(layers=("3",), positions_per_image=3, block_size=5)
+    ref = collect(tmp_path / "p", tmp_path / "ref.h5", tiny_model, s, workers=0, progress=False)
+    part = collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, s, workers=0, progress=False, max_blocks=2)
+    assert not (tmp_path / "a.h5").exists() and part.images == 10
+    done = collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, s, workers=0, progress=False)
+    assert done.resumed_blocks == 2 and done.images == 13
+    _assert_same_rows(tmp_path / "ref.h5", tmp_path / "a.h5", "3")
+    assert ref.rows == done.rows == {"3": 69}
+
+
+def test_changed_settings_refuse_to_mix_with_partial_run(tmp_path, tiny_model):
+    write_photos(tmp_path / "p", 12)
+    s = CollectSettings(layers=("3",), block_size=4)
+    collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, s, workers=0, progress=False, max_blocks=1)
+    with pytest.raises(ValueError, match="other settings"):
+        collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, CollectSettings(layers=("3",), block_size=4, seed=9),
+                workers=0, progress=False)
+    done = collect(tmp_path / "p", tmp_path / "a.h5", tiny_model, CollectSettings(layers=("3",), block_size=4, seed=9),
+                   workers=0, progress=False, overwrite=True)
+    assert done.rows == {"3": 12}
+
+
+def _assert_same_rows(a: Path, b: Path, layer: str) -> None:
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        ga, gb = fa[f"layers/{layer}"], fb[f"layers/{layer}"]
+        assert ga.attrs["n_rows"] == gb.attrs["n_rows"]
+        for name in ("activations", "image_index", "position", "attribution/top_classes", "attribution/top_values"):
+            np.testing.assert_array_equal(ga[name][:], gb[name][:], err_msg=name)
+        np.testing.assert_array_equal(fa["images/status"][:], fb["images/status"][:])
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "atlas", "-q", "collect", *args]
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_rows(tmp_path):
+    """Kill the real CLI with SIGKILL mid-run (twice), rerun: same rows as a clean run."""
+    photos = tmp_path / "photos"
+    write_photos(photos, 40, size=(64, 48))
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    common = ["--model", "inceptionv1", "--random-init", "--device", "cpu", "--layer", "inception4c",
+              "--positions", "2", "--block-size", "4", "--batch-size", "4", "--workers", "1"]
+    ref = tmp_path / "ref.h5"
+    subprocess.run(_cli(str(photos), "-o", str(ref), *common), check=True, capture_output=True)
+
+    out = tmp_path / "killed.h5"
+    parts = parts_dir_for(out)
+    for kill_after_parts in (2, 5):
+        proc = subprocess.Popen(_cli(str(photos), "-o", str(out), *common), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            n = len(list(parts.glob("part-*.h5"))) if parts.exists() else 0
+            if n >= kill_after_parts:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "collect finished before it could be killed; use more photos"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert not out.exists()
+    subprocess.run(_cli(str(photos), "-o", str(out), *common), check=True, capture_output=True)
+    _assert_same_rows(ref, out, "inception4c")
+    with ActivationsFile(out) as f:
+        ids = f.read("inception4c", "image_index")
+        assert len(ids) == 80 and len(np.unique(ids)) == 40  # 2 rows per good photo, none twice
+    assert not parts.exists()
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_photos_attribution_points_to_the_label(inceptionv1, sample_dir, tmp_path):
+    """On real photos, the top attributed class at the sampled position is often the true class."""
+    listing = tmp_path / "list.txt"
+    paths = sorted(sample_dir.glob("*.JPEG"))[::50]  # 20 photos across the classes
+    listing.write_text("\n".join(str(p) for p in paths))
+    out = tmp_path / "acts.h5"
+    s = CollectSettings(layers=("inception4c",), positions_per_image=4)
+    collect(listing, out, inceptionv1, s, batch_size=10, workers=1, progress=False)
+    with ActivationsFile(out) as f:
+        labels = f.image_labels()[f.read(None, "image_index")]
+        top = f.read(None, "attribution/top_classes")[:, 0]
+        assert (labels >= 0).all()
+    # chance is 1/1000; a real network attributes a good share of positions to the right class
+    assert (top == labels).mean() > 0.15
