@@ -72,6 +72,39 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.explain import evaluate_methods, explain_figure, explain_photo
+    from atlas.models import load_model
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    methods = tuple(args.methods.split(","))
+    if args.evaluate:
+        from atlas.data import open_source
+
+        src = open_source(args.photo)
+        refs = src.refs()[: args.limit]
+        paths = [Path(src.root) / r.key if not Path(r.key).is_absolute() else Path(r.key) for r in refs]
+        scores = evaluate_methods(model, paths, methods=methods, layer=args.gradcam_layer or args.layer,
+                                  ig_steps=args.ig_steps, progress=not args.quiet)
+        print(f"{scores.photos} photos, {model.name}, top-1 class; random map = floor to beat")
+        print(scores.table())
+        if scores.ig_completeness_error is not None:
+            print(f"integrated gradients ({args.ig_steps} steps): mean completeness error "
+                  f"{100 * scores.ig_completeness_error:.2f}%")
+        return 0
+    e = explain_photo(model, args.photo, target=args.target, layer=args.layer, methods=methods,
+                      gradcam_layer=args.gradcam_layer, ig_steps=args.ig_steps, smooth=args.smoothgrad)
+    out = explain_figure(e, args.out or Path(args.photo).stem + "-explain.png", model.class_names)
+    print(f"{Path(args.photo).name}: explaining {e.target_name!r} (p={e.probs[e.target]:.3f}); "
+          + ", ".join(f"{m} {s:.2f} s" for m, s in e.seconds.items()))
+    if e.ig_completeness_error is not None:
+        print(f"integrated gradients completeness error: {100 * e.ig_completeness_error:.2f}%")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from atlas.pipeline import run_pipeline
 
@@ -116,6 +149,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
     s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
     s.set_defaults(func=cmd_collect)
+
+    s = sub.add_parser("explain", help="attribution maps of one photo (or --evaluate a folder)")
+    s.add_argument("photo", help="a photo; with --evaluate a folder / list of photos")
+    _add_model_args(s)
+    s.add_argument("--class", dest="target", default=None, help="class name, WordNet id or index [top-1]")
+    s.add_argument("--layer", default="inception4c", help="layer for the per-position attribution [%(default)s]")
+    s.add_argument("--gradcam-layer", default=None, help="layer for Grad-CAM [--layer]")
+    s.add_argument("--methods", default="saliency,guided_backprop,grad_cam,integrated_gradients")
+    s.add_argument("--ig-steps", type=int, default=32, help="integrated gradients steps [%(default)s]")
+    s.add_argument("--smoothgrad", action="store_true", help="average gradient maps over noisy copies")
+    s.add_argument("-o", "--out", default=None, help="figure to write [PHOTO-explain.png]")
+    s.add_argument("--evaluate", action="store_true", help="deletion/insertion AUC per method over photos")
+    s.add_argument("--limit", type=int, default=100, help="photos to evaluate [%(default)s]")
+    s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")
     s.add_argument("config")

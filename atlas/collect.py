@@ -449,6 +449,9 @@ def collect(
     )
     # counted from the final file, so blocks done by an earlier (killed) run are included
     summary.skipped = _skip_counts(output, reason_names)
+    if sum(summary.skipped.values()) == len(refs):
+        log.warning("none of the %d images of %s could be used (%s); check the source paths",
+                    len(refs), src.root, ", ".join(f"{n} {r}" for r, n in summary.skipped.items()))
     return summary
 
 
