@@ -97,6 +97,8 @@ def breakdown(paths_list: Path, model, settings: CollectSettings, batch_size: in
         except StopIteration:
             break
         t1 = time.perf_counter()
+        if not len(ok):
+            continue
         imgs = imgs.to(model.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         compute_rows(fast, imgs, ok.tolist(), specs, settings)
         if model.device.type == "cuda":
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the summary here")
     args = ap.parse_args(argv)
 
-    paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    paths = sorted(p.resolve() for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     paths = paths[: args.limit]
     model = load_model("inceptionv1", weights=args.weights, device=args.device)
     settings = CollectSettings(layers=(args.layer,))

@@ -36,14 +36,30 @@ _BLOCKS: dict[str, tuple[int, int, int, int, int, int, int]] = {
 
 
 class LRN(nn.Module):
-    """Caffe local response normalization across channels (size 5, alpha 1e-4, beta 0.75, k 1)."""
+    """Caffe local response normalization across channels (size 5, alpha 1e-4, beta 0.75, k 1).
+
+    ``x / (k + alpha / size * sum_{|c' - c| <= size // 2} x_c'^2) ^ beta``, the same values as
+    ``F.local_response_norm``; the windowed channel sum is a 1x1 convolution with a banded 0/1
+    matrix, several times faster on CPUs (especially channels-last) than the pooling it replaces.
+    """
 
     def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self._band: dict[tuple, torch.Tensor] = {}
+
+    def band(self, channels: int, like: torch.Tensor) -> torch.Tensor:
+        key = (channels, like.dtype, like.device)
+        if key not in self._band:
+            c = torch.arange(channels, device=like.device)
+            lo, hi = self.size // 2, (self.size - 1) // 2  # F.local_response_norm's window
+            diff = c[None, :] - c[:, None]
+            self._band[key] = ((diff >= -lo) & (diff <= hi)).to(like.dtype)[:, :, None, None]
+        return self._band[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        window = F.conv2d(x * x, self.band(x.shape[1], x))
+        return x / (self.k + self.alpha / self.size * window).pow(self.beta)
 
 
 class Inception(nn.Module):
