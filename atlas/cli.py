@@ -85,7 +85,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         src = open_source(args.photo)
         refs = src.refs()[: args.limit]
-        paths = [Path(src.root) / r.key if not Path(r.key).is_absolute() else Path(r.key) for r in refs]
+        paths = [p for p in (src.path(r) for r in refs) if p is not None]  # tar members have no path
         scores = evaluate_methods(model, paths, methods=methods, layer=args.gradcam_layer or args.layer,
                                   ig_steps=args.ig_steps, progress=not args.quiet)
         print(f"{scores.photos} photos, {model.name}, top-1 class; random map = floor to beat")

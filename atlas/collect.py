@@ -37,7 +37,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from atlas.data import SKIP_REASONS, ImageDataset, collate_images, open_source
+from atlas.data import SKIP_REASONS, ImageDataset, open_source
 from atlas.datasets import resolve_source
 from atlas.models import AtlasModel, load_model, resolve_device
 from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
@@ -400,7 +400,7 @@ def collect(
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=collate_images,
+        collate_fn=dataset.collate_fn,
         pin_memory=dev.type == "cuda",
         prefetch_factor=4 if workers else None,
         persistent_workers=False,

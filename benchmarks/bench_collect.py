@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from atlas.collect import CollectSettings, collect, compute_rows, layer_specs
-from atlas.data import ImageDataset, collate_images, open_source
+from atlas.data import ImageDataset, open_source
 from atlas.models import load_model
 
 
@@ -83,8 +83,9 @@ def breakdown(paths_list: Path, model, settings: CollectSettings, batch_size: in
     specs = layer_specs(model, settings.layers)
     fast = model.to(memory_format=torch.channels_last)
     src = open_source(paths_list)
-    loader = torch.utils.data.DataLoader(ImageDataset(src, model.image_transform), batch_size=batch_size,
-                                         num_workers=workers, collate_fn=collate_images,
+    dataset = ImageDataset(src, model.image_transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                         num_workers=workers, collate_fn=dataset.collate_fn,
                                          pin_memory=model.device.type == "cuda", prefetch_factor=4 if workers else None)
     wait = compute = 0.0
     n = 0
