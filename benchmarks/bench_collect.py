@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import sys
 import tempfile
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating atlas/naive rounds; medians reported")
     ap.add_argument("--memory-scales", default="", help="comma-separated image counts, e.g. 1000,10000")
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--json", default=None, help="also write the summary here")
@@ -141,20 +143,33 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         lst = list_file(paths, len(paths), tmp)
-        with PeakRSS() as mem:
-            s = collect(lst, tmp / "atlas.h5", model, settings, batch_size=args.batch_size,
-                        workers=args.workers, progress=False)
-        result["atlas_images_per_s"] = s.images_per_second
-        result["atlas_peak_rss_mb"] = mem.peak / 2**20
-        print(f"atlas collect: {s.images} images, {s.images_per_second:.2f} images/s, "
-              f"peak RSS {mem.peak / 2**20:.0f} MB", flush=True)
-        if not args.skip_naive:
-            n = args.naive_limit or len(paths)
-            rate = naive(paths[:n], load_model("inceptionv1", weights=args.weights, device=args.device), settings)
-            result["naive_images_per_s"] = rate
+        naive_model = load_model("inceptionv1", weights=args.weights, device=args.device)
+        n = args.naive_limit or len(paths)
+        atlas_rates, naive_rates, peaks = [], [], []
+        # rounds alternate the two so that other load on the machine hits both alike
+        for r in range(args.rounds):
+            with PeakRSS() as mem:
+                s = collect(lst, tmp / f"atlas-{r}.h5", model, settings, batch_size=args.batch_size,
+                            workers=args.workers, progress=False)
+            atlas_rates.append(s.images_per_second)
+            peaks.append(mem.peak / 2**20)
+            print(f"round {r}: atlas collect {s.images} images, {s.images_per_second:.2f} images/s, "
+                  f"peak RSS {mem.peak / 2**20:.0f} MB", flush=True)
+            if not args.skip_naive:
+                rate = naive(paths[:n], naive_model, settings)
+                naive_rates.append(rate)
+                print(f"round {r}: naive loop {n} images, {rate:.2f} images/s", flush=True)
+        result["rounds"] = args.rounds
+        result["atlas_images_per_s"] = statistics.median(atlas_rates)
+        result["atlas_images_per_s_all"] = atlas_rates
+        result["atlas_peak_rss_mb"] = max(peaks)
+        if naive_rates:
             result["naive_images"] = n
-            result["speedup"] = result["atlas_images_per_s"] / rate
-            print(f"naive loop: {n} images, {rate:.2f} images/s; atlas/naive = {result['speedup']:.2f}x", flush=True)
+            result["naive_images_per_s"] = statistics.median(naive_rates)
+            result["naive_images_per_s_all"] = naive_rates
+            result["speedup"] = result["atlas_images_per_s"] / result["naive_images_per_s"]
+            print(f"median of {args.rounds}: atlas {result['atlas_images_per_s']:.2f} images/s, naive "
+                  f"{result['naive_images_per_s']:.2f} images/s; atlas/naive = {result['speedup']:.2f}x", flush=True)
         if args.breakdown:
             b = breakdown(lst, model, settings, args.batch_size,
                           args.workers if args.workers is not None else max(1, min(4, (os.cpu_count() or 2) - 1)))
