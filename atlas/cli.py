@@ -87,7 +87,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         refs = src.refs()[: args.limit]
         paths = [p for p in (src.path(r) for r in refs) if p is not None]  # tar members have no path
         scores = evaluate_methods(model, paths, methods=methods, layer=args.gradcam_layer or args.layer,
-                                  ig_steps=args.ig_steps, progress=not args.quiet)
+                                  ig_steps=args.ig_steps, steps=args.curve_steps, progress=not args.quiet)
         print(f"{scores.photos} photos, {model.name}, top-1 class; random map = floor to beat")
         print(scores.table())
         if scores.ig_completeness_error is not None:
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--out", default=None, help="figure to write [PHOTO-explain.png]")
     s.add_argument("--evaluate", action="store_true", help="deletion/insertion AUC per method over photos")
     s.add_argument("--limit", type=int, default=100, help="photos to evaluate [%(default)s]")
+    s.add_argument("--curve-steps", type=int, default=16, help="deletion/insertion steps [%(default)s]")
     s.set_defaults(func=cmd_explain)
 
     s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")

@@ -79,3 +79,16 @@ def test_cli_explain(photo, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "atlas", "explain", str(photo), "--random-init", "--class", "wokk"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Did you mean" in bad.stderr and "wok" in bad.stderr
+
+
+def test_cli_evaluate_prints_auc_table(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    r = subprocess.run([sys.executable, "-m", "atlas", "-q", "explain", str(photos), "--evaluate", "--random-init",
+                        "--ig-steps", "2", "--curve-steps", "2", "--methods", "saliency,grad_cam"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| saliency |" in r.stdout and "| grad_cam |" in r.stdout and "| random |" in r.stdout
+    assert r.stdout.startswith("2 photos")
