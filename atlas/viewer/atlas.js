@@ -1,0 +1,608 @@
+/* Activation atlas viewer (Carter et al., "Activation Atlas", Distill 2019).
+ *
+ * Reads the tiles folder written by `atlas tiles` through `atlas serve`:
+ *   /api/runs                       the atlases served
+ *   <base>manifest.json             geometry, zoom -> grid level mapping, class names
+ *   <base>{z}/{x}/{y}.<ext>         tiles (Leaflet, flat CRS with y down)
+ *   <base>meta/<size>/<ry>-<rx>.json per-cell metadata, fetched on hover/click
+ *   /api/class?run=&name=           per-cell attribution to a class, for highlighting
+ * Map units are pixels at the deepest tiled zoom; the layout's unit square starts at margin_px
+ * and is content_px wide. The URL hash (run, z, x, y, class, cell) restores a view.
+ */
+(function () {
+  'use strict';
+
+  const DIM = 0.84; // opacity of the veil over cells that do not match a highlighted class
+  const $ = (id) => document.getElementById(id);
+  const fmt = new Intl.NumberFormat('en-US');
+
+  const state = {
+    runs: [], run: null, m: null, map: null, tiles: null, highlightLayer: null,
+    regions: new Map(), klass: null, selected: null, hover: null, hoverRect: null, selectedRect: null,
+    restoring: false, hashTimer: 0, tilesLoaded: 0,
+  };
+
+  // ---- small helpers ------------------------------------------------------------------------
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === 'text') node.textContent = v;
+      else if (k === 'cls') node.className = v;
+      else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+      else node.setAttribute(k, v === true ? '' : v);
+    }
+    for (const child of [].concat(children || [])) if (child) node.append(child);
+    return node;
+  }
+
+  async function getJSON(url) {
+    const response = await fetch(url, { headers: { Accept: 'application/json' } });
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).error || detail; } catch (e) { /* not JSON */ }
+      const err = new Error(detail);
+      err.status = response.status;
+      throw err;
+    }
+    return response.json();
+  }
+
+  function showMessage(text) {
+    const box = $('message');
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  function num(value, fallback) {
+    const n = parseFloat(value);
+    return Number.isFinite(n) ? n : fallback;
+  }
+
+  function formatValue(v) {
+    const a = Math.abs(v);
+    return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
+  }
+
+  // ---- geometry -----------------------------------------------------------------------------
+
+  function tileZoom() {
+    const z = Math.round(state.map.getZoom());
+    return Math.max(0, Math.min(state.m.max_native_zoom, z));
+  }
+
+  function currentLevel() {
+    const size = state.m.zooms[tileZoom()].level;
+    return state.m.levels.find((lv) => lv.size === size);
+  }
+
+  function toLatLng(u, v) { // layout (x=u, y=v) in [0,1] -> map
+    const m = state.m;
+    return L.latLng(m.margin_px + v * m.content_px, m.margin_px + u * m.content_px);
+  }
+
+  function toLayout(latlng) {
+    const m = state.m;
+    return { u: (latlng.lng - m.margin_px) / m.content_px, v: (latlng.lat - m.margin_px) / m.content_px };
+  }
+
+  function cellAt(latlng, level) {
+    const { u, v } = toLayout(latlng);
+    if (u < 0 || v < 0 || u >= 1 || v >= 1) return null;
+    const ix = Math.floor(u * level.size);
+    const iy = Math.floor(v * level.size);
+    return { iy, ix, id: iy * level.size + ix };
+  }
+
+  function cellBounds(level, iy, ix) {
+    const m = state.m;
+    const c = m.content_px / level.size;
+    const pad = c * m.gap / 2;
+    return L.latLngBounds(
+      [m.margin_px + iy * c + pad, m.margin_px + ix * c + pad],
+      [m.margin_px + (iy + 1) * c - pad, m.margin_px + (ix + 1) * c - pad],
+    );
+  }
+
+  // ---- metadata -----------------------------------------------------------------------------
+
+  function region(level, ry, rx) {
+    const key = `${level.size}/${ry}-${rx}`;
+    if (!state.regions.has(key)) {
+      const known = level.regions.some((r) => r[0] === ry && r[1] === rx);
+      const url = state.run.base + level.meta_url.replace('{ry}', ry).replace('{rx}', rx) + '?v=' + state.m.build;
+      const promise = known
+        ? getJSON(url).then((doc) => ({ names: doc.names, cells: new Map(doc.cells.map((c) => [c.id, c])) }))
+        : Promise.resolve({ names: {}, cells: new Map() });
+      state.regions.set(key, promise.catch((err) => { state.regions.delete(key); throw err; }));
+    }
+    return state.regions.get(key);
+  }
+
+  async function lookupCell(level, iy, ix) {
+    const r = level.region || 40;
+    const doc = await region(level, Math.floor(iy / r), Math.floor(ix / r));
+    const cell = doc.cells.get(iy * level.size + ix);
+    return cell ? { cell, names: doc.names, level } : null;
+  }
+
+  function className(names, c) {
+    return names[String(c)] || state.m.classes[c] || `class ${c}`;
+  }
+
+  // ---- tooltip ------------------------------------------------------------------------------
+
+  function classList(info, limit, onPick) {
+    const top = info.cell.top.filter((p) => p[1] > 0).slice(0, limit);
+    const max = Math.max(...top.map((p) => p[1]), 1e-9);
+    const activeName = state.klass ? state.klass.name : null;
+    return el('ol', { cls: 'classes' }, top.map(([c, v]) => {
+      const bar = el('span', { cls: 'bar' });
+      bar.style.width = `${Math.max(4, (100 * v) / max)}%`;
+      const name = className(info.names, c);
+      return el('li', {
+        cls: name === activeName ? 'active' : null,
+        title: onPick ? `Highlight cells by attribution to “${name}”` : null,
+        onclick: onPick ? () => onPick(name) : null,
+      }, [bar, el('span', { cls: 'name', text: name }), el('span', { cls: 'val', text: formatValue(v) })]);
+    }));
+  }
+
+  function iconNode(info, cls) {
+    // the icon is a k x k-cell sprite sheet's box, shown scaled with CSS (one download serves
+    // every neighbour in the sheet)
+    const icon = info.cell.icon;
+    if (!icon) return el('div', { cls: cls + ' pending', text: 'icon not rendered yet' });
+    const node = el('div', { cls: cls + ' sprite', role: 'img', 'aria-label': 'feature visualization of the cell' });
+    node.dataset.sprite = icon.sprite;
+    requestAnimationFrame(() => {
+      const shown = node.clientWidth || icon.size;
+      const k = shown / icon.size;
+      node.style.backgroundImage = `url("${state.run.base}${icon.sprite}?v=${state.m.build}")`;
+      node.style.backgroundSize = `${icon.sprite_px * k}px ${icon.sprite_px * k}px`;
+      node.style.backgroundPosition = `${-icon.x * k}px ${-icon.y * k}px`;
+    });
+    return node;
+  }
+
+  function renderTooltip(info, point) {
+    const tip = $('tooltip');
+    const { cell, level } = info;
+    const top = cell.top.find((p) => p[1] > 0);
+    tip.replaceChildren(
+      el('div', { cls: 'tt-head' }, [
+        iconNode(info, 'tt-icon'),
+        el('div', {}, [
+          el('div', { cls: 'tt-title', text: top ? className(info.names, top[0]) : 'no positive class' }),
+          el('div', { cls: 'tt-sub', text: `${fmt.format(cell.count)} activations` }),
+          el('div', { cls: 'tt-sub', text: `grid ${level.size}×${level.size} · cell ${cell.iy}, ${cell.ix}` }),
+        ]),
+      ]),
+      classList(info, 5, null),
+    );
+    tip.dataset.cell = `${level.size}:${cell.id}`;
+    tip.hidden = false;
+    placeTooltip(point);
+  }
+
+  function placeTooltip(point) {
+    const tip = $('tooltip');
+    const w = tip.offsetWidth, h = tip.offsetHeight;
+    let x = point.x + 18, y = point.y + 18;
+    if (x + w > window.innerWidth - 8) x = point.x - w - 14;
+    if (y + h > window.innerHeight - 8) y = point.y - h - 14;
+    tip.style.left = `${Math.max(8, x)}px`;
+    tip.style.top = `${Math.max(8, y)}px`;
+  }
+
+  function hideHover() {
+    $('tooltip').hidden = true;
+    state.hover = null;
+    if (state.hoverRect) { state.hoverRect.remove(); state.hoverRect = null; }
+  }
+
+  async function onMouseMove(e) {
+    const level = currentLevel();
+    const hit = cellAt(e.latlng, level);
+    const key = hit ? `${level.size}:${hit.id}` : null;
+    if (key === state.hover) {
+      if (key && !$('tooltip').hidden) placeTooltip(e.containerPoint);
+      return;
+    }
+    hideHover();
+    if (!hit) return;
+    state.hover = key;
+    let info = null;
+    try { info = await lookupCell(level, hit.iy, hit.ix); } catch (err) { return; }
+    if (state.hover !== key) return; // the mouse moved on meanwhile
+    if (!info) { state.hover = key; return; }
+    state.hoverRect = L.rectangle(cellBounds(level, hit.iy, hit.ix), { className: 'cell-hover', fill: false, interactive: false }).addTo(state.map);
+    renderTooltip(info, state.map.mouseEventToContainerPoint(e.originalEvent));
+  }
+
+  // ---- side panel ---------------------------------------------------------------------------
+
+  async function openPanel(level, iy, ix, { quiet } = {}) {
+    let info;
+    try { info = await lookupCell(level, iy, ix); } catch (err) { return; }
+    if (!info) { if (!quiet) closePanel(); return; }
+    const { cell } = info;
+    state.selected = { size: level.size, id: cell.id, iy, ix };
+    if (state.selectedRect) state.selectedRect.remove();
+    state.selectedRect = L.rectangle(cellBounds(level, iy, ix), { className: 'cell-selected', fill: false, interactive: false }).addTo(state.map);
+
+    const top = cell.top.find((p) => p[1] > 0);
+    const thumbs = (cell.thumbs || []).filter(Boolean);
+    const body = $('panel-body');
+    body.replaceChildren(
+      el('h2', { text: top ? className(info.names, top[0]) : `Cell ${cell.iy}, ${cell.ix}` }),
+      el('div', { cls: 'panel-icon-wrap' }, [
+        iconNode(info, 'panel-icon'),
+        el('div', { cls: 'panel-facts' }, [
+          el('b', { text: fmt.format(cell.count) }), 'activations',
+          el('br'), `grid ${level.size}×${level.size}`, el('br'), `cell ${cell.iy}, ${cell.ix}`,
+        ]),
+      ]),
+      el('h3', { text: 'Top classes by attribution' }),
+      classList(info, 10, (name) => setClass(name)),
+      el('h3', { text: 'Dataset examples' }),
+      el('div', { cls: 'thumbs' }, thumbs.length
+        ? thumbs.map((t, i) => el('img', {
+          src: state.run.base + t + '?v=' + state.m.build, loading: 'lazy',
+          alt: `dataset example ${i + 1} (image ${cell.examples[i]})`, title: `image ${cell.examples[i]}`,
+        }))
+        : el('div', { cls: 'none', text: state.m.thumbs ? 'no examples stored for this cell' : 'no example thumbnails (build the tiles with activations to add them)' })),
+      el('p', { cls: 'panel-note', text: 'Each example is the patch of a photo around the position whose activation landed in this cell. Click a class to highlight it across the atlas.' }),
+    );
+    $('panel').hidden = false;
+    $('panel').dataset.cell = `${level.size}:${cell.id}`;
+    scheduleHash();
+  }
+
+  function closePanel() {
+    $('panel').hidden = true;
+    state.selected = null;
+    if (state.selectedRect) { state.selectedRect.remove(); state.selectedRect = null; }
+    scheduleHash();
+  }
+
+  function onClick(e) {
+    hideHover();
+    const level = currentLevel();
+    const hit = cellAt(e.latlng, level);
+    if (!hit) { closePanel(); return; }
+    openPanel(level, hit.iy, hit.ix);
+  }
+
+  // ---- class highlight ----------------------------------------------------------------------
+
+  const HighlightLayer = L.Layer.extend({
+    onAdd(map) {
+      this._canvas = L.DomUtil.create('canvas', 'atlas-highlight leaflet-zoom-hide');
+      map.getPanes().overlayPane.appendChild(this._canvas);
+      map.on('moveend zoomend resize viewreset', this.redraw, this);
+      this.redraw();
+    },
+    onRemove(map) {
+      map.off('moveend zoomend resize viewreset', this.redraw, this);
+      this._canvas.remove();
+      delete document.body.dataset.highlightCount;
+    },
+    redraw() {
+      const map = this._map;
+      if (!map || !state.klass) return;
+      const size = map.getSize();
+      const pad = size.multiplyBy(0.5).round();
+      const full = size.add(pad.multiplyBy(2));
+      const topLeft = map.containerPointToLayerPoint(pad.multiplyBy(-1));
+      const dpr = window.devicePixelRatio || 1;
+      const canvas = this._canvas;
+      L.DomUtil.setPosition(canvas, topLeft);
+      canvas.width = Math.round(full.x * dpr);
+      canvas.height = Math.round(full.y * dpr);
+      canvas.style.width = `${full.x}px`;
+      canvas.style.height = `${full.y}px`;
+      const ctx = canvas.getContext('2d');
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, full.x, full.y);
+
+      const level = currentLevel();
+      const data = state.klass.levels[String(level.size)] || { max: 0, cells: [] };
+      const m = state.m;
+      const toCanvas = (lat, lng) => map.latLngToContainerPoint([lat, lng]).add(pad);
+      const a = toCanvas(m.margin_px, m.margin_px);
+      const b = toCanvas(m.margin_px + m.content_px, m.margin_px + m.content_px);
+      const bg = m.background;
+      ctx.fillStyle = bg;
+      ctx.globalAlpha = DIM;
+      ctx.fillRect(a.x, a.y, b.x - a.x, b.y - a.y);
+      const c = (b.x - a.x) / level.size;
+      let shown = 0;
+      for (const [id, value] of data.cells) {
+        const iy = Math.floor(id / level.size), ix = id % level.size;
+        const x = a.x + ix * c, y = a.y + iy * c;
+        ctx.clearRect(x, y, c, c);
+        const strength = data.max > 0 ? Math.min(1, value / data.max) : 0;
+        ctx.globalAlpha = DIM * (1 - strength); // opacity of the icon = attribution / max
+        ctx.fillRect(x, y, c, c);
+        shown += 1;
+      }
+      ctx.globalAlpha = 1;
+      canvas.dataset.level = level.size;
+      canvas.dataset.count = shown;
+      canvas.dataset.max = data.max;
+      document.body.dataset.highlightCount = shown;
+      $('class-count').textContent = `${shown} cell${shown === 1 ? '' : 's'} at grid ${level.size}`;
+    },
+  });
+
+  async function setClass(name) {
+    if (!name) { clearClass(); return; }
+    let data;
+    try {
+      data = await getJSON(`/api/class?run=${encodeURIComponent(state.run.id)}&name=${encodeURIComponent(name)}`);
+    } catch (err) {
+      $('class-chip').hidden = false;
+      $('class-name').textContent = name;
+      $('class-count').textContent = err.status === 404 ? 'unknown class' : 'could not load';
+      return;
+    }
+    state.klass = { name: data.class.name, index: data.class.index, levels: data.levels };
+    $('class-name').textContent = data.class.name;
+    $('class-chip').hidden = false;
+    $('search-input').value = '';
+    if (!state.highlightLayer) state.highlightLayer = new HighlightLayer().addTo(state.map);
+    else state.highlightLayer.redraw();
+    document.body.dataset.highlightClass = data.class.name;
+    if (state.selected) {
+      const level = state.m.levels.find((lv) => lv.size === state.selected.size);
+      if (level) openPanel(level, state.selected.iy, state.selected.ix, { quiet: true });
+    }
+    scheduleHash();
+  }
+
+  function clearClass() {
+    state.klass = null;
+    if (state.highlightLayer) { state.highlightLayer.remove(); state.highlightLayer = null; }
+    $('class-chip').hidden = true;
+    delete document.body.dataset.highlightClass;
+    scheduleHash();
+  }
+
+  // ---- search box with autocomplete ---------------------------------------------------------
+
+  function setupSearch() {
+    const input = $('search-input');
+    const list = $('search-list');
+    let items = [];
+    let active = -1;
+
+    function matches(q) {
+      const query = q.trim().toLowerCase();
+      if (!query) return [];
+      const names = state.m.classes;
+      const starts = [], words = [], contains = [];
+      names.forEach((n, i) => {
+        const low = n.toLowerCase();
+        const at = low.indexOf(query);
+        if (at === 0) starts.push(i);
+        else if (at > 0 && /[\s\-'(]/.test(low[at - 1])) words.push(i);
+        else if (at > 0) contains.push(i);
+      });
+      return starts.concat(words, contains).slice(0, 12);
+    }
+
+    function render() {
+      const q = input.value.trim().toLowerCase();
+      items = matches(q);
+      active = items.length ? 0 : -1;
+      list.replaceChildren(...(items.length ? items.map((i, k) => {
+        const name = state.m.classes[i];
+        const at = name.toLowerCase().indexOf(q);
+        return el('li', {
+          role: 'option', id: `opt-${k}`, 'aria-selected': k === active ? 'true' : 'false',
+          onmousedown: (ev) => { ev.preventDefault(); pick(k); },
+        }, [
+          el('span', {}, [name.slice(0, at), el('mark', { text: name.slice(at, at + q.length) }), name.slice(at + q.length)]),
+          el('span', { cls: 'idx', text: `#${i}` }),
+        ]);
+      }) : [el('li', { cls: 'empty', text: q ? 'no class matches' : '' })]));
+      const open = q.length > 0;
+      list.hidden = !open;
+      input.setAttribute('aria-expanded', open ? 'true' : 'false');
+    }
+
+    function move(delta) {
+      if (!items.length) return;
+      active = (active + delta + items.length) % items.length;
+      [...list.children].forEach((li, k) => li.setAttribute('aria-selected', k === active ? 'true' : 'false'));
+      list.children[active].scrollIntoView({ block: 'nearest' });
+      input.setAttribute('aria-activedescendant', `opt-${active}`);
+    }
+
+    function pick(k) {
+      const i = items[k];
+      if (i === undefined) return;
+      list.hidden = true;
+      input.setAttribute('aria-expanded', 'false');
+      input.blur();
+      setClass(state.m.classes[i]);
+    }
+
+    input.addEventListener('input', render);
+    input.addEventListener('focus', () => { if (input.value) render(); });
+    input.addEventListener('blur', () => { list.hidden = true; input.setAttribute('aria-expanded', 'false'); });
+    input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'ArrowDown') { ev.preventDefault(); move(1); }
+      else if (ev.key === 'ArrowUp') { ev.preventDefault(); move(-1); }
+      else if (ev.key === 'Enter') { ev.preventDefault(); pick(Math.max(0, active)); }
+      else if (ev.key === 'Escape') { input.value = ''; render(); input.blur(); }
+    });
+    $('class-clear').addEventListener('click', clearClass);
+  }
+
+  // ---- deep links ---------------------------------------------------------------------------
+
+  function parseHash() {
+    const p = new URLSearchParams(location.hash.replace(/^#/, ''));
+    return {
+      run: p.get('run'), z: num(p.get('z'), null), x: num(p.get('x'), null), y: num(p.get('y'), null),
+      klass: p.get('class'), cell: p.get('cell'),
+    };
+  }
+
+  function scheduleHash() {
+    if (state.restoring) return;
+    clearTimeout(state.hashTimer);
+    state.hashTimer = setTimeout(writeHash, 120);
+  }
+
+  function writeHash() {
+    if (!state.map || state.restoring) return;
+    const { u, v } = toLayout(state.map.getCenter());
+    const p = new URLSearchParams();
+    if (state.runs.length > 1) p.set('run', state.run.id);
+    p.set('z', state.map.getZoom().toFixed(2));
+    p.set('x', u.toFixed(4));
+    p.set('y', v.toFixed(4));
+    if (state.klass) p.set('class', state.klass.name);
+    if (state.selected) p.set('cell', `${state.selected.size}:${state.selected.id}`);
+    // readable links: '/' and ':' need no escaping in a fragment
+    const hash = '#' + p.toString().replace(/\+/g, '%20').replace(/%2F/g, '/').replace(/%3A/g, ':');
+    if (hash !== location.hash) history.replaceState(null, '', hash);
+  }
+
+  async function applyView(view) {
+    state.restoring = true;
+    try {
+      const m = state.m;
+      if (view.z !== null && view.x !== null && view.y !== null) {
+        const z = Math.max(m.min_zoom, Math.min(m.max_zoom, view.z));
+        state.map.setView(toLatLng(view.x, view.y), z, { animate: false });
+      } else {
+        state.map.fitBounds(L.latLngBounds(toLatLng(0, 0), toLatLng(1, 1)), { padding: [40, 40], animate: false });
+      }
+      if (view.klass && (!state.klass || state.klass.name.toLowerCase() !== view.klass.toLowerCase())) await setClass(view.klass);
+      else if (!view.klass && state.klass) clearClass();
+      if (view.cell) {
+        const [size, id] = view.cell.split(':').map((s) => parseInt(s, 10));
+        const level = m.levels.find((lv) => lv.size === size);
+        if (level && id >= 0 && id < size * size) await openPanel(level, Math.floor(id / size), id % size, { quiet: true });
+      } else if (state.selected) {
+        closePanel();
+      }
+    } finally {
+      state.restoring = false;
+    }
+  }
+
+  // ---- map ----------------------------------------------------------------------------------
+
+  function updateStatus() {
+    const level = currentLevel();
+    $('status-level').textContent = `grid ${level.size}×${level.size} · ${fmt.format(level.n_cells)} cells · zoom ${state.map.getZoom().toFixed(2).replace(/\.?0+$/, '')}`;
+    document.body.dataset.level = level.size;
+    document.body.dataset.zoom = state.map.getZoom();
+    const pending = state.m.levels.reduce((s, lv) => s + lv.n_cells - lv.n_done, 0);
+    $('status-pending').hidden = pending === 0;
+    $('status-pending').textContent = `${fmt.format(pending)} icons still rendering (grey)`;
+  }
+
+  async function openRun(run, view) {
+    state.run = run;
+    state.regions.clear();
+    hideHover();
+    if (state.map) { state.map.remove(); state.map = null; state.highlightLayer = null; state.selectedRect = null; }
+    state.klass = null;
+    state.selected = null;
+    $('panel').hidden = true;
+    $('class-chip').hidden = true;
+    let m;
+    try {
+      m = await getJSON(run.base + 'manifest.json?v=' + encodeURIComponent(run.build || ''));
+    } catch (err) {
+      showMessage(`Could not load the atlas “${run.id}”: ${err.message}`);
+      return;
+    }
+    state.m = m;
+    document.title = `${m.title} — Activation Atlas`;
+    $('title').textContent = 'Activation Atlas';
+    $('subtitle').textContent = [m.model, m.layer].filter(Boolean).join(' · ');
+    document.documentElement.style.setProperty('--bg', m.background);
+    $('run-select').value = run.id;
+
+    const k = Math.pow(2, -m.max_native_zoom);
+    const crs = L.extend({}, L.CRS.Simple, { transformation: new L.Transformation(k, 0, k, 0) });
+    const world = L.latLngBounds([0, 0], [m.world_px, m.world_px]);
+    const map = L.map('map', {
+      crs, minZoom: m.min_zoom, maxZoom: m.max_zoom, zoomSnap: 0.25, zoomDelta: 0.5, wheelPxPerZoomLevel: 80,
+      attributionControl: false, zoomControl: false, keyboard: true, keyboardPanDelta: 120,
+      maxBounds: world.pad(0.25), maxBoundsViscosity: 0.7, bounceAtZoomLimits: false,
+    });
+    state.map = map;
+    L.control.zoom({ position: 'topleft' }).addTo(map);
+    state.tiles = L.tileLayer(`${run.base}${m.tile_url}?v=${m.build}`, {
+      tileSize: m.tile_size, minZoom: m.min_zoom, maxZoom: m.max_zoom, minNativeZoom: 0, maxNativeZoom: m.max_native_zoom,
+      bounds: world, noWrap: true, keepBuffer: 3, className: 'atlas-tiles', updateWhenZooming: false,
+    }).addTo(map);
+    state.tiles.on('tileload', () => { state.tilesLoaded += 1; document.body.dataset.tilesLoaded = state.tilesLoaded; });
+    state.tiles.on('load', () => { document.body.dataset.ready = '1'; });
+
+    map.on('mousemove', onMouseMove);
+    map.on('mouseout dragstart zoomstart movestart', hideHover);
+    map.on('click', onClick);
+    map.on('zoomend', () => { hideHover(); updateStatus(); });
+    map.on('moveend', () => { updateStatus(); scheduleHash(); });
+
+    await applyView(view || {});
+    updateStatus();
+    writeHash();
+    window.atlasViewer.map = map;
+  }
+
+  function setupRuns() {
+    const select = $('run-select');
+    select.replaceChildren(...state.runs.map((r) => el('option', { value: r.id, text: r.label + (r.complete ? '' : ' (rendering)') })));
+    $('run-picker').hidden = state.runs.length < 2;
+    select.addEventListener('change', () => {
+      const run = state.runs.find((r) => r.id === select.value);
+      if (run) openRun(run, { z: null, x: null, y: null });
+    });
+  }
+
+  async function main() {
+    setupSearch();
+    $('panel-close').addEventListener('click', closePanel);
+    document.addEventListener('keydown', (ev) => {
+      const typing = ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement;
+      if (ev.key === '/' && !typing) { ev.preventDefault(); $('search-input').focus(); }
+      else if (ev.key === 'Escape' && !typing) { closePanel(); hideHover(); }
+    });
+    window.addEventListener('hashchange', async () => {
+      const view = parseHash();
+      if (view.run && state.run && view.run !== state.run.id) {
+        const run = state.runs.find((r) => r.id === view.run);
+        if (run) { await openRun(run, view); return; }
+      }
+      if (state.map) await applyView(view);
+    });
+    let runs;
+    try {
+      runs = (await getJSON('/api/runs')).runs;
+    } catch (err) {
+      showMessage(`Could not reach the atlas server: ${err.message}`);
+      return;
+    }
+    state.runs = runs;
+    if (!runs.length) { showMessage('No atlas here yet: build one with `atlas tiles`, then reload.'); return; }
+    setupRuns();
+    const view = parseHash();
+    const run = runs.find((r) => r.id === view.run) || runs[0];
+    await openRun(run, view);
+    $('map').focus({ preventScroll: true });
+  }
+
+  window.atlasViewer = { state, setClass, clearClass, openPanel, toLatLng, cellAt, currentLevel, map: null };
+  main();
+}());
