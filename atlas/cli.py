@@ -105,6 +105,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_file(run_dir: str | None, explicit: str | None, name: str) -> str:
+    from pathlib import Path
+
+    if explicit:
+        return explicit
+    if run_dir is None:
+        raise ValueError(f"give the run folder (RUN_DIR) or --{name.split('.')[0]} PATH")
+    return str(Path(run_dir) / name)
+
+
+def cmd_tiles(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.tiles import build_tiles
+
+    cells = _run_file(args.run_dir, args.cells, "cells.h5")
+    icons = _run_file(args.run_dir, args.icons, "icons.h5")
+    acts = args.activations or (str(Path(args.run_dir) / "activations.h5") if args.run_dir else None)
+    if acts and not Path(acts).exists():
+        acts = None
+    out = args.output or (str(Path(args.run_dir) / "tiles") if args.run_dir else None)
+    if out is None:
+        raise ValueError("give -o/--output for the tiles folder (or a RUN_DIR)")
+    summary = build_tiles(cells, icons, out, activations_path=acts, tile_size=args.tile_size,
+                          background=args.background, density_scaling=args.density_scaling,
+                          progress=not args.quiet, cell_px=args.cell_px, tile_format=args.format,
+                          placeholder=args.placeholder, quality=args.quality,
+                          examples_per_cell=args.examples, thumb_size=args.thumb_size, title=args.title)
+    print(summary.describe())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from atlas.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, open_browser=args.open,
+          ready=lambda server: print(f"serving {args.run_dir} at {server.url} (Ctrl-C stops)", flush=True))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from atlas.pipeline import run_pipeline
 
@@ -149,6 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
     s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
     s.set_defaults(func=cmd_collect)
+
+    s = sub.add_parser("tiles", help="cells.h5 + icons.h5 -> zoomable tile pyramid + metadata")
+    s.add_argument("run_dir", nargs="?", default=None, help="run folder with cells.h5, icons.h5, activations.h5")
+    s.add_argument("--cells", default=None)
+    s.add_argument("--icons", default=None)
+    s.add_argument("--activations", default=None, help="for dataset-example thumbnails [RUN_DIR/activations.h5]")
+    s.add_argument("-o", "--output", default=None, help="tiles folder [RUN_DIR/tiles]")
+    s.add_argument("--tile-size", type=int, default=256)
+    s.add_argument("--cell-px", type=int, default=None, help="pixels per cell at its native zoom [icon size]")
+    s.add_argument("--format", choices=("jpeg", "png", "webp"), default="jpeg")
+    s.add_argument("--quality", type=int, default=88)
+    s.add_argument("--background", default="#f4f3ef")
+    s.add_argument("--placeholder", default="#d9d7d0", help="color of cells not rendered yet")
+    s.add_argument("--density-scaling", action="store_true", help="scale icons by cell density")
+    s.add_argument("--examples", type=int, default=8, help="dataset examples per cell [%(default)s]")
+    s.add_argument("--thumb-size", type=int, default=64)
+    s.add_argument("--title", default=None)
+    s.set_defaults(func=cmd_tiles)
+
+    s = sub.add_parser("serve", help="browse atlases in a web browser (read-only HTTP server)")
+    s.add_argument("run_dir", help="a run folder, its tiles folder, or a folder of runs")
+    s.add_argument("--host", default="127.0.0.1", help="bind address; 0.0.0.0 only when you mean it [%(default)s]")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--open", action="store_true", help="open the page in a browser")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("explain", help="attribution maps of one photo (or --evaluate a folder)")
     s.add_argument("photo", help="a photo; with --evaluate a folder / list of photos")
