@@ -115,6 +115,64 @@ def _run_file(run_dir: str | None, explicit: str | None, name: str) -> str:
     return str(Path(run_dir) / name)
 
 
+def cmd_reduce(args: argparse.Namespace) -> int:
+    from atlas.reduce import ReduceSettings, reduce_file
+
+    settings = ReduceSettings(
+        n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, whiten=args.whiten,
+        sample_size=args.sample_size, placement=args.placement, random_state=args.seed,
+        class_filter=args.class_filter, class_top_n=args.class_top_n, n_workers=args.workers,
+    )
+    acts = _run_file(args.run_dir, args.activations, "activations.h5")
+    out = _run_file(args.run_dir, args.output, "layout.h5")
+    summary = reduce_file(acts, out, settings, layer=args.layer, progress=not args.quiet, overwrite=args.overwrite)
+    print(summary.describe())
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from atlas.grid import GridSettings, grid_file
+
+    settings = GridSettings(sizes=tuple(int(v) for v in args.sizes.split(",")), min_count=args.min_count,
+                            top_k=args.top_k, n_examples=args.examples, class_filter=args.class_filter,
+                            class_top_n=args.class_top_n)
+    acts = _run_file(args.run_dir, args.activations, "activations.h5")
+    layout = _run_file(args.run_dir, args.layout, "layout.h5")
+    out = _run_file(args.run_dir, args.output, "cells.h5")
+    summary = grid_file(acts, layout, out, settings, progress=not args.quiet, overwrite=args.overwrite)
+    print(summary.describe())
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from atlas.models import load_model
+    from atlas.render import render_cells
+
+    cells = _run_file(args.run_dir, args.cells, "cells.h5")
+    out = _run_file(args.run_dir, args.output, "icons.h5")
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    levels = [int(v) for v in args.levels.split(",")] if args.levels else None
+    summary = render_cells(cells, out, model, levels=levels, icon_size=args.icon_size, steps=args.steps,
+                           attempts=args.attempts, batch_size=args.batch_size, lr=args.lr,
+                           cossim_pow=args.cossim_pow, device=args.device, seed=args.seed,
+                           progress=not args.quiet, overwrite=args.overwrite)
+    print(summary.describe())
+    return 0
+
+
+def cmd_vis(args: argparse.Namespace) -> int:
+    from atlas.models import load_model
+    from atlas.optvis import visualize
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    out = args.out or (args.objective.replace(":", "_").replace("/", "_") + ".png")
+    visualize(model, args.objective, out, size=args.size, steps=args.steps, batch=args.batch, param=args.param,
+              init_image=args.image, transforms=not args.no_transforms, lr=args.lr, seed=args.seed,
+              device=args.device, progress=not args.quiet)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_tiles(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -189,6 +247,70 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
     s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
     s.set_defaults(func=cmd_collect)
+
+    s = sub.add_parser("reduce", help="activations.h5 -> layout.h5 (UMAP to 2-D, normalized to [0, 1])")
+    s.add_argument("run_dir", nargs="?", default=None, help="run folder with activations.h5")
+    s.add_argument("--activations", default=None)
+    s.add_argument("-o", "--output", default=None, help="layout file [RUN_DIR/layout.h5]")
+    s.add_argument("--layer", default=None, help="which collected layer [the only one]")
+    s.add_argument("--n-neighbors", type=int, default=20)
+    s.add_argument("--min-dist", type=float, default=0.01)
+    s.add_argument("--metric", default="cosine")
+    s.add_argument("--whiten", action="store_true", help="whiten activations before UMAP")
+    s.add_argument("--sample-size", type=int, default=100_000, help="rows UMAP is fitted on [%(default)s]")
+    s.add_argument("--placement", choices=("knn", "umap"), default="knn",
+                   help="placing the other rows: fast kNN interpolation or UMAP.transform [%(default)s]")
+    s.add_argument("--class", dest="class_filter", default=None, help="class atlas: lay out only this class")
+    s.add_argument("--class-top-n", type=int, default=2000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2, help="parallel placement tasks [%(default)s]")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_reduce)
+
+    s = sub.add_parser("grid", help="activations + layout -> cells.h5 at several zoom levels")
+    s.add_argument("run_dir", nargs="?", default=None)
+    s.add_argument("--activations", default=None)
+    s.add_argument("--layout", default=None)
+    s.add_argument("-o", "--output", default=None, help="cells file [RUN_DIR/cells.h5]")
+    s.add_argument("--sizes", default="20,40,80,160", help="grid sizes [%(default)s]")
+    s.add_argument("--min-count", type=int, default=6, help="drop cells with fewer rows [%(default)s]")
+    s.add_argument("--top-k", type=int, default=10)
+    s.add_argument("--examples", type=int, default=8)
+    s.add_argument("--class", dest="class_filter", default=None)
+    s.add_argument("--class-top-n", type=int, default=2000)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_grid)
+
+    s = sub.add_parser("render", help="cells.h5 -> icons.h5: a feature visualization per cell, in batches")
+    s.add_argument("run_dir", nargs="?", default=None)
+    s.add_argument("--cells", default=None)
+    s.add_argument("-o", "--output", default=None, help="icons file [RUN_DIR/icons.h5]")
+    _add_model_args(s)
+    s.add_argument("--levels", default=None, help="grid sizes to render, e.g. 20,40 [all]")
+    s.add_argument("--icon-size", type=int, default=80)
+    s.add_argument("--steps", type=int, default=256, help="optimizer steps (paper: 1024) [%(default)s]")
+    s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
+    s.add_argument("--batch-size", type=int, default=32, help="cells optimized together [%(default)s]")
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--cossim-pow", type=float, default=4.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_render)
+
+    s = sub.add_parser("vis", help="one feature visualization: channel, neuron, class logit, DeepDream ...")
+    s.add_argument("objective", help="e.g. inception4c:447 (channel), neuron:inception4c:447, logit:snorkel, layer:inception4c (DeepDream), "
+                                     "channel:inception4c:97 + 100*diversity:inception4c (with --batch 4)")
+    _add_model_args(s)
+    s.add_argument("-o", "--out", default=None, help="PNG to write [from the objective]")
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--steps", type=int, default=512)
+    s.add_argument("--batch", type=int, default=1, help="images at once (with diversity) [%(default)s]")
+    s.add_argument("--param", choices=("fft", "pixel"), default="fft")
+    s.add_argument("--image", default=None, help="start from this photo (DeepDream)")
+    s.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_vis)
 
     s = sub.add_parser("tiles", help="cells.h5 + icons.h5 -> zoomable tile pyramid + metadata")
     s.add_argument("run_dir", nargs="?", default=None, help="run folder with cells.h5, icons.h5, activations.h5")

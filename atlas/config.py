@@ -32,9 +32,11 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from atlas.collect import CollectSettings
+from atlas.grid import GridSettings
+from atlas.reduce import ReduceSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -65,12 +67,40 @@ class CollectSection:
 
 
 @dataclass(frozen=True)
+class RenderSection:
+    """Settings of :func:`atlas.render.render_cells` (``levels`` empty = every grid level)."""
+
+    levels: tuple[int, ...] = ()
+    icon_size: int = 80
+    steps: int = 256
+    attempts: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    cossim_pow: float = 4.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TilesSection:
+    """Settings of :func:`atlas.tiles.build_tiles`."""
+
+    tile_size: int = 256
+    density_scaling: bool = False
+    format: Literal["jpeg", "png", "webp"] = "jpeg"
+    examples: int = 8
+    title: str = ""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     path: Path
     run: RunSection
     model: ModelSection
     collect: CollectSection
-    extra: Mapping[str, Mapping[str, Any]]  # sections of stages configured elsewhere (reduce, grid, ...)
+    reduce: ReduceSettings
+    grid: GridSettings
+    render: RenderSection
+    tiles: TilesSection
 
     @property
     def run_dir(self) -> Path:
@@ -78,7 +108,7 @@ class PipelineConfig:
         return d if d.is_absolute() else Path.cwd() / d
 
 
-KNOWN_EXTRA = ("reduce", "grid", "render", "tiles", "serve", "attack")
+STAGE_SECTIONS = ("reduce", "grid", "render", "tiles")
 
 
 def expand_env(value: Any, where: str, path: Path) -> Any:
@@ -134,6 +164,10 @@ def _coerce(value: Any, hint: Any, where: str, path: Path) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path}: {where} must be an integer, not {value!r}")
         return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: {where} must be a number, not {value!r}")
+        return float(value)
     if hint is str and not isinstance(value, str):
         raise ConfigError(f"{path}: {where} must be a string, not {value!r}")
     return value
@@ -149,7 +183,7 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path} is not valid TOML: {e}") from e
     raw = expand_env(raw, "", path)
-    sections = ("run", "model", "collect", *KNOWN_EXTRA)
+    sections = ("run", "model", "collect", *STAGE_SECTIONS)
     for name in raw:
         if name not in sections:
             close = difflib.get_close_matches(name, sections, n=2)
@@ -164,5 +198,10 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
     if not collect_sec.source:
         raise ConfigError(f"{path}: [collect] source is empty; give a folder, list file, .tar shards or 'imagenette'")
     collect_sec = dataclasses.replace(collect_sec, settings=settings)
-    extra = {k: raw[k] for k in KNOWN_EXTRA if k in raw}
-    return PipelineConfig(path, run, model, collect_sec, extra)
+    return PipelineConfig(
+        path, run, model, collect_sec,
+        reduce=_build(ReduceSettings, raw.get("reduce", {}), "reduce", path),
+        grid=_build(GridSettings, raw.get("grid", {}), "grid", path),
+        render=_build(RenderSection, raw.get("render", {}), "render", path),
+        tiles=_build(TilesSection, raw.get("tiles", {}), "tiles", path),
+    )

@@ -45,7 +45,52 @@ def _collect(cfg: PipelineConfig, progress: bool) -> str:
     return summary.describe()
 
 
-STAGES: list[Stage] = [Stage("collect", _collect)]
+def _reduce(cfg: PipelineConfig, progress: bool) -> str:
+    from atlas.reduce import reduce_file
+
+    d = cfg.run_dir
+    return reduce_file(d / "activations.h5", d / "layout.h5", cfg.reduce, progress=progress).describe()
+
+
+def _grid(cfg: PipelineConfig, progress: bool) -> str:
+    from atlas.grid import grid_file
+
+    d = cfg.run_dir
+    return grid_file(d / "activations.h5", d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress).describe()
+
+
+def _render(cfg: PipelineConfig, progress: bool) -> str:
+    from atlas.models import load_model
+    from atlas.render import render_cells
+
+    r = cfg.render
+    model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
+                       device=cfg.run.device)
+    return render_cells(
+        cfg.run_dir / "cells.h5", cfg.run_dir / "icons.h5", model, levels=list(r.levels) or None,
+        icon_size=r.icon_size, steps=r.steps, attempts=r.attempts, batch_size=r.batch_size, lr=r.lr,
+        cossim_pow=r.cossim_pow, device=cfg.run.device, seed=r.seed, progress=progress,
+    ).describe()
+
+
+def _tiles(cfg: PipelineConfig, progress: bool) -> str:
+    from atlas.tiles import build_tiles
+
+    d, t = cfg.run_dir, cfg.tiles
+    return build_tiles(
+        d / "cells.h5", d / "icons.h5", d / "tiles", activations_path=d / "activations.h5", tile_size=t.tile_size,
+        density_scaling=t.density_scaling, tile_format=t.format, examples_per_cell=t.examples,
+        title=t.title or None, progress=progress,
+    ).describe()
+
+
+STAGES: list[Stage] = [
+    Stage("collect", _collect),
+    Stage("reduce", _reduce),
+    Stage("grid", _grid),
+    Stage("render", _render),
+    Stage("tiles", _tiles),
+]
 
 
 def stage_names() -> list[str]:
