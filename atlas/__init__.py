@@ -20,6 +20,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "AtlasUMAP": "atlas.reduce",
+    "GridSettings": "atlas.grid",
+    "ReduceSettings": "atlas.reduce",
+    "build_tiles": "atlas.tiles",
+    "cell_means": "atlas.grid",
+    "comparison_file": "atlas.reduce",
+    "explain_photo": "atlas.explain",
+    "grid_cells": "atlas.grid",
+    "grid_file": "atlas.grid",
+    "load_placer": "atlas.reduce",
+    "make_server": "atlas.serve",
+    "normalize_layout": "atlas.reduce",
+    "project": "atlas.reduce",
+    "reduce_file": "atlas.reduce",
+    "serve": "atlas.serve",
     "ActivationsFile": "atlas.store.activations",
     "AtlasModel": "atlas.models",
     "CollectSettings": "atlas.collect",
