@@ -1,0 +1,336 @@
+"""The render stage: a feature-visualization icon for every atlas cell (``cells.h5`` -> ``icons.h5``).
+
+Carter et al., "Activation Atlas" (Distill 2019): each cell's icon is an image optimized so
+that the activation at the center of the layer points along the cell's mean activation
+vector, using the objective ``dot * max(cos, 0.1) ** cossim_pow``
+(:func:`atlas.optvis.directions`, the notebooks' ``direction_neuron_cossim_S``), an FFT
+parameterization with decorrelated color and the transforms of the paper's icon renderer
+(:func:`atlas.optvis.icon_transforms`).
+
+Batching: ``batch_size`` cells are optimized together, one image per cell, each with its own
+direction. Each image draws its random start and transforms from its own generator, seeded
+from ``(seed, grid size, cell id, attempt)``, and images do not interact in the model, so a
+cell's icon does not depend on which other cells share its batch, on the batch size or on
+whether the run was resumed -- up to float rounding: batched convolutions round differently
+from single ones, which moves pixels by a few levels out of 255 after hundreds of steps, and
+a GPU rounds differently from a CPU. Only the settings hashed into the file decide the icons.
+
+Best of k (``attempts``): each cell is rendered ``attempts`` times with different seeds and the
+attempt with the highest objective on the final (untransformed) icon is kept, as in the
+notebooks' ``render_icons``.
+
+Resuming: icons are written after every batch (layout and crash safety in
+:mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
+and a complete file is left alone.
+
+Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The default here is 256
+steps, best of 1, which gives recognisable icons in a quarter of the time and is what a CPU
+can afford (see ``benchmarks/render.md`` for icons per minute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from atlas.models import AtlasModel, resolve_device
+from atlas.optvis import Objective, directions, evaluate, fft_image, icon_transforms, render_vis, to_uint8
+from atlas.optvis.transform import Transform, apply
+from atlas.store.cells import cells_attrs, read_cells
+from atlas.optvis.objectives import whitening_from_covariance
+from atlas.store.activations import ActivationsFile
+from atlas.store.common import is_current
+from atlas.store.icons import KIND, IconsFile
+
+__all__ = [
+    "DEFAULT_ATTEMPTS",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_COSSIM_POW",
+    "DEFAULT_ICON_SIZE",
+    "DEFAULT_STEPS",
+    "RenderSummary",
+    "cell_generator",
+    "render_cells",
+    "render_directions",
+    "whitening_from_activations",
+]
+
+log = logging.getLogger(__name__)
+
+#: Icon side in pixels (the paper's icons are 80 px).
+DEFAULT_ICON_SIZE = 80
+#: Optimizer steps per icon (the paper: 1024; 256 already gives recognisable icons).
+DEFAULT_STEPS = 256
+#: Renders per cell, the best kept (the paper: 4).
+DEFAULT_ATTEMPTS = 1
+#: Cells per optimizer batch.
+DEFAULT_BATCH_SIZE = 32
+#: Exponent of the cosine factor of the icon objective (the notebooks: 4; it raises the icons'
+#: cosine to their direction from about the members' average to clearly above it).
+DEFAULT_COSSIM_POW = 4.0
+#: Adam learning rate (Lucid's default).
+DEFAULT_LR = 0.05
+
+
+def cell_generator(seed: int, size: int, cell_id: int, attempt: int = 0) -> torch.Generator:
+    """The CPU generator of one cell's render: seeded from ``(seed, size, cell_id, attempt)``."""
+    state = np.random.SeedSequence([int(seed), int(size), int(cell_id), int(attempt)]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+
+
+def render_directions(
+    model: AtlasModel,
+    layer: str,
+    vecs: np.ndarray | torch.Tensor,
+    generators: Sequence[Sequence[torch.Generator]],
+    *,
+    icon_size: int = DEFAULT_ICON_SIZE,
+    steps: int = DEFAULT_STEPS,
+    lr: float = DEFAULT_LR,
+    cossim_pow: float = DEFAULT_COSSIM_POW,
+    whiten: np.ndarray | None = None,
+    transforms: Sequence[Transform] | None = None,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render one icon per direction, best of ``len(generators)`` attempts, in one batch per attempt.
+
+    Args:
+        vecs: (B, C) directions in ``layer``.
+        generators: per attempt, B generators (one per direction).
+        transforms: default :func:`atlas.optvis.icon_transforms`.
+
+    Returns:
+        icons (B, 3, S, S) in [0, 1] on the CPU, and their objective values (B,).
+    """
+    vecs_t = torch.as_tensor(np.asarray(vecs, np.float32))
+    dev = device if device is not None else model.device
+    obj = directions(layer, vecs_t, cossim_pow=cossim_pow, whiten=whiten)
+    transforms = icon_transforms() if transforms is None else transforms
+    best_img: torch.Tensor | None = None
+    best_val: torch.Tensor | None = None
+    for gens in generators:
+        param = fft_image(icon_size, len(vecs_t), generator=gens, device=dev)
+        res = render_vis(model, obj, param, transforms, steps=steps, lr=lr, generator=gens, device=dev)
+        if best_img is None or best_val is None:
+            best_img, best_val = res.images, res.values
+        else:
+            better = res.values > best_val
+            best_img = torch.where(better[:, None, None, None], res.images, best_img)
+            best_val = torch.where(better, res.values, best_val)
+    if best_img is None or best_val is None:
+        raise ValueError("generators must hold at least one attempt (a list of B generators)")
+    return best_img, best_val
+
+
+def whitening_from_activations(path: str | os.PathLike, layer: str | None = None, *, eps: float = 1e-4,
+                               chunk_rows: int = 65536) -> np.ndarray:
+    """The Activation Atlas whitening ``S = inv(A^T A / N + ridge)``, (C, C) float32, over every row
+    of ``layer`` in ``activations.h5`` (streamed in chunks; memory is one chunk plus C x C)."""
+    with ActivationsFile(path) as acts:
+        layer = acts.layer(layer)
+        c = acts.spec(layer).channels
+        gram = np.zeros((c, c), np.float64)
+        n = 0
+        for _, rows in acts.iter_chunks(layer, "activations", chunk_rows):
+            r = rows.astype(np.float32)
+            gram += r.T @ r
+            n += len(r)
+    if n < 2:
+        raise ValueError(f"{path} has {n} rows of {layer}; collect more activations before whitening")
+    return whitening_from_covariance(gram / n, eps)
+
+
+def _center_cossim(model: AtlasModel, layer: str, images: torch.Tensor, vecs: np.ndarray) -> np.ndarray:
+    """Cosine between each image's center activation in ``layer`` and its direction, (B,)."""
+    v = torch.as_tensor(vecs, dtype=torch.float32)
+
+    def cos(acts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        a = acts[layer]
+        if a.dim() == 4:
+            a = a[:, :, a.shape[2] // 2, a.shape[3] // 2]
+        return torch.nn.functional.cosine_similarity(a, v.to(a.device, a.dtype), dim=1, eps=1e-8)
+
+    with torch.no_grad():
+        return evaluate(model, Objective(cos, "center cosine", [layer]), images.to(model.device)).cpu().numpy()
+
+
+@dataclass
+class RenderSummary:
+    """What a render run did."""
+
+    output: Path
+    rendered: dict[int, int] = field(default_factory=dict)
+    total: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    complete: bool = False
+    up_to_date: bool = False
+    mean_cossim: float = float("nan")
+
+    def describe(self) -> str:
+        if self.up_to_date:
+            return f"{self.output} is complete and current; nothing to do"
+        n = sum(self.rendered.values())
+        rate = n / self.seconds * 60 if self.seconds > 0 else float("nan")
+        levels = ", ".join(f"{s}x{s}: {self.rendered.get(s, 0)}/{t}" for s, t in self.total.items())
+        state = "complete" if self.complete else "incomplete (rerun to render the other levels)"
+        return (f"rendered {n} icons ({levels}) in {self.seconds:.1f} s ({rate:.1f} icons/min, mean cosine "
+                f"to the cell direction {self.mean_cossim:.2f}); {self.output} is {state}")
+
+
+def render_settings(
+    cells_hash: str, model: str, layer: str, *, icon_size: int, steps: int, attempts: int, lr: float,
+    cossim_pow: float, seed: int, whiten: np.ndarray | None, transforms: Sequence[Transform],
+) -> dict[str, Any]:
+    """The settings hashed into ``icons.h5`` (batch size and device are not: they do not change icons)."""
+    whiten_hash = None
+    if whiten is not None:
+        whiten_hash = hashlib.sha256(np.ascontiguousarray(whiten, np.float32).tobytes()).hexdigest()[:16]
+    return {
+        "cells_settings_hash": cells_hash, "model": model, "layer": layer, "icon_size": int(icon_size),
+        "steps": int(steps), "attempts": int(attempts), "lr": float(lr), "cossim_pow": float(cossim_pow),
+        "seed": int(seed), "whiten": whiten_hash, "transforms": [repr(t) for t in transforms],
+        "param": "fft_image(sd=0.01, decay_power=1, decorrelate=True)", "objective": "directions(neuron, center)",
+    }
+
+
+def render_cells(
+    cells_path: str | os.PathLike,
+    icons_path: str | os.PathLike,
+    model: AtlasModel,
+    *,
+    levels: Sequence[int] | None = None,
+    icon_size: int = DEFAULT_ICON_SIZE,
+    steps: int = DEFAULT_STEPS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    cossim_pow: float = DEFAULT_COSSIM_POW,
+    whiten: np.ndarray | bool | None = None,
+    transforms: Sequence[Transform] | None = None,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> RenderSummary:
+    """The render stage: an icon for every cell of ``cells.h5``, written to ``icons.h5``.
+
+    Args:
+        cells_path: a complete ``cells.h5`` of the grid stage.
+        icons_path: where to write (layout: :mod:`atlas.store.icons`); resumed when it holds a
+            render with the same settings, started over when the settings or cells changed.
+        model: the model the cells were collected from (checked against ``cells.h5``).
+        levels: grid sizes to render now (default all); the file always has rows for all.
+        icon_size: icon side in pixels (default 80, as in the paper).
+        steps: optimizer steps per attempt (default 256; the paper: 1024).
+        attempts: renders per cell, the one with the highest objective kept (default 1; the paper: 4).
+        batch_size: cells optimized together (default 32; larger on a GPU). Not part of the
+            settings: icons do not depend on it beyond float rounding.
+        lr: Adam learning rate (default 0.05).
+        cossim_pow: exponent of ``max(cos, 0.1)`` in the objective (default 4; 0 = plain dot product).
+        whiten: optional (C, C) inverse covariance of the layer's activations
+            (:func:`atlas.optvis.whitening_matrix`), or True to compute it from the
+            ``activations.h5`` the cells came from (:func:`whitening_from_activations`);
+            directions become ``v @ whiten`` (the paper's icons are whitened). Default: off.
+        transforms: default :func:`atlas.optvis.icon_transforms`.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...; the model is moved there.
+        seed: base seed of every cell's generator (see :func:`cell_generator`).
+        progress: show a tqdm bar (icons/s).
+        overwrite: start over even if ``icons_path`` could be resumed.
+
+    Returns:
+        a :class:`RenderSummary`.
+    """
+    t0 = time.perf_counter()
+    for name, value, low in (("icon_size", icon_size, 8), ("steps", steps, 0), ("attempts", attempts, 1),
+                             ("batch_size", batch_size, 1)):
+        if int(value) < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
+    cattrs = cells_attrs(cells_path)
+    if cattrs.get("model") and cattrs["model"] != model.name:
+        raise ValueError(f"{cells_path} was collected with model {cattrs['model']!r} but the model given is "
+                         f"{model.name!r}; render with --model {cattrs['model']}")
+    layer = str(cattrs["layer"])
+    model.layer(layer)  # unknown layer -> a helpful error before any work
+    all_levels = read_cells(cells_path)
+    wanted = list(all_levels) if levels is None else [int(s) for s in levels]
+    unknown = sorted(set(wanted) - set(all_levels))
+    if unknown:
+        raise ValueError(f"{cells_path} has grid sizes {sorted(all_levels)}, not {unknown}; pick from those")
+    if whiten is True:
+        source = cattrs.get("source")
+        if not source or not Path(source).is_file():
+            raise ValueError(f"whiten=True needs the activations.h5 that {cells_path} was built from ({source!r} "
+                             "is not there); pass the matrix instead: whiten=whitening_from_activations(PATH)")
+        log.info("computing the whitening matrix of %s from %s", layer, source)
+        whiten = whitening_from_activations(source, layer)
+    elif whiten is False:
+        whiten = None
+    transforms = list(icon_transforms() if transforms is None else transforms)
+    try:
+        apply(transforms, torch.zeros(1, 3, icon_size, icon_size), torch.Generator())
+    except ValueError as e:
+        raise ValueError(f"icon_size {icon_size} is too small for the transforms ({e}); use icon_size >= 48 "
+                         "with the default transforms") from e
+    settings = render_settings(str(cattrs.get("settings_hash", "")), model.name, layer, icon_size=icon_size,
+                               steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
+                               whiten=whiten, transforms=transforms)
+    icons_path = Path(icons_path)
+    total = {s: len(all_levels[s]) for s in wanted}
+    if not overwrite and is_current(icons_path, KIND, settings):
+        log.info("%s is complete and current; skipping render", icons_path)
+        return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
+
+    dev = resolve_device(device)
+    if model.device != dev:
+        log.info("moving the model to %s", dev)
+        model.to(dev)
+    attrs = dict(model=model.name, layer=layer, cells=str(cells_path), icon_size=int(icon_size), steps=int(steps),
+                 attempts=int(attempts), lr=float(lr), cossim_pow=float(cossim_pow), seed=int(seed),
+                 whiten=whiten is not None, transforms=", ".join(repr(t) for t in transforms),
+                 cells_settings_hash=settings["cells_settings_hash"])
+    store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, icon_size, settings,
+                              attrs, overwrite=overwrite)
+    work = [(s, int(r)) for s in wanted for r in store.pending(s)]
+    summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)
+    log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch", len(work), layer,
+             ", ".join(f"{s}x{s}" for s in wanted), dev, steps, attempts, batch_size)
+    cossims: list[np.ndarray] = []
+    bar = tqdm(total=len(work), unit="icon", desc=f"render {layer}", disable=not progress)
+    try:
+        for start in range(0, len(work), batch_size):
+            batch = work[start:start + batch_size]
+            vecs = np.stack([all_levels[s].direction[r] for s, r in batch]).astype(np.float32)
+            gens = [[cell_generator(seed, s, int(all_levels[s].cell_id[r]), a) for s, r in batch]
+                    for a in range(attempts)]
+            images, values = render_directions(model, layer, vecs, gens, icon_size=icon_size, steps=steps, lr=lr,
+                                               cossim_pow=cossim_pow, whiten=whiten, transforms=transforms,
+                                               device=dev)
+            cos = _center_cossim(model, layer, images, vecs)
+            icons = to_uint8(images)
+            sizes = np.array([s for s, _ in batch])
+            rows = np.array([r for _, r in batch])
+            for s in dict.fromkeys(sizes.tolist()):
+                sel = sizes == s
+                store.write(s, rows[sel], icons[sel], values.numpy()[sel], cos[sel])
+                summary.rendered[s] += int(sel.sum())
+            cossims.append(cos)
+            bar.update(len(batch))
+            bar.set_postfix(cossim=f"{float(np.mean(cos)):.2f}")
+    finally:
+        bar.close()
+    summary.complete = store.finish()
+    summary.seconds = time.perf_counter() - t0
+    if cossims:
+        summary.mean_cossim = float(np.mean(np.concatenate(cossims)))
+    log.info("%s", summary.describe())
+    return summary

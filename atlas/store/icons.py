@@ -1,0 +1,196 @@
+"""``icons.h5``: the feature-visualization icon of every atlas cell, written by the render stage.
+
+Layout (``M`` cells of a level, rows aligned with the same level of ``cells.h5``; ``S`` the icon
+side)::
+
+    /                         attrs: atlas_version, kind="icons", model, layer, cells (path of
+                                     cells.h5), cells_settings_hash, sizes (list of int),
+                                     icon_size (S), steps, attempts, lr, cossim_pow, seed,
+                                     whiten (bool), transforms (text), settings_json,
+                                     settings_hash, complete (bool)
+    /levels/<size>            attrs: size, n_cells (M), n_done
+    /levels/<size>/cell_id    (M,)        int32    copied from cells.h5 (iy * size + ix)
+    /levels/<size>/icons      (M, S, S, 3) uint8   RGB icon; zeros until done
+    /levels/<size>/done       (M,)        bool     True once the row's icon is written
+    /levels/<size>/objective  (M,)        float32  objective value of the kept attempt
+                                                   (NaN until done)
+    /levels/<size>/cossim     (M,)        float32  cosine between the icon's activation (center
+                                                   position) and the cell direction (NaN until done)
+
+Crash safety: rows are written in batches; each batch writes its icons and values, flushes,
+then sets their ``done`` flags and flushes again, so a row counts as done only once its icon is
+on disk. The file is opened only while a batch is written, so readers (the tiles stage) can
+look at a render in progress. ``complete`` is set once every row of every level is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from atlas.store.common import ArtifactError, read_settings, settings_hash, stamp
+
+__all__ = ["KIND", "IconLevel", "IconsFile", "icons_settings", "read_icons"]
+
+log = logging.getLogger(__name__)
+
+KIND = "icons"
+
+
+@dataclass
+class IconLevel:
+    """The icons of one grid size (shapes in the module docstring)."""
+
+    size: int
+    cell_id: np.ndarray
+    icons: np.ndarray
+    done: np.ndarray
+    objective: np.ndarray
+    cossim: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.cell_id)
+
+
+class IconsFile:
+    """Writer of ``icons.h5`` that resumes a render made with the same settings.
+
+    ``IconsFile.prepare(path, levels, icon_size, settings, attrs)`` creates the file, or keeps an
+    existing one whose ``settings_hash`` and cell ids match (so its done rows are kept), or
+    starts over when they do not (logged).
+    """
+
+    def __init__(self, path: Path, icon_size: int):
+        self.path = path
+        self.icon_size = icon_size
+
+    @classmethod
+    def prepare(
+        cls,
+        path: str | os.PathLike,
+        levels: Mapping[int, np.ndarray],
+        icon_size: int,
+        settings: Mapping[str, Any],
+        attrs: Mapping[str, Any],
+        *,
+        overwrite: bool = False,
+    ) -> IconsFile:
+        """Open ``path`` for rendering ``levels`` ({size: cell_id (M,)}) with ``settings``."""
+        path = Path(path)
+        want = settings_hash(settings)
+        if path.exists() and not overwrite:
+            reason = _mismatch(path, levels, icon_size, want)
+            if reason is None:
+                log.info("resuming the render in %s", path)
+                return cls(path, icon_size)
+            log.warning("%s: %s; rendering all icons again", path, reason)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as f:
+                stamp(f, KIND, settings, **attrs)
+                f.attrs["sizes"] = [int(s) for s in levels]
+                f.attrs["icon_size"] = int(icon_size)
+                f.attrs["complete"] = False
+                for size, cell_id in levels.items():
+                    m, s = len(cell_id), icon_size
+                    g = f.create_group(f"levels/{size}")
+                    g.attrs.update(size=int(size), n_cells=m, n_done=0)
+                    g.create_dataset("cell_id", data=np.asarray(cell_id, np.int32))
+                    ds = g.create_dataset("icons", shape=(m, s, s, 3), dtype=np.uint8,
+                                          chunks=(max(1, min(m, 16)), s, s, 3), compression="gzip",
+                                          compression_opts=1, fillvalue=0)
+                    ds.attrs["meaning"] = "RGB icon of each cell, rows aligned with cells.h5; zeros until done"
+                    g.create_dataset("done", data=np.zeros(m, bool))
+                    g.create_dataset("objective", data=np.full(m, np.nan, np.float32))
+                    g.create_dataset("cossim", data=np.full(m, np.nan, np.float32))
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return cls(path, icon_size)
+
+    def pending(self, size: int) -> np.ndarray:
+        """Row indices (ascending) of level ``size`` whose icon is not done yet."""
+        with h5py.File(self.path, "r") as f:
+            return np.flatnonzero(~f[f"levels/{size}/done"][:])
+
+    def write(self, size: int, rows: np.ndarray, icons: np.ndarray, objective: np.ndarray,
+              cossim: np.ndarray) -> None:
+        """Store the icons (B, S, S, 3) uint8 of ``rows`` (ascending) of level ``size``, then mark them done."""
+        rows = np.asarray(rows, np.int64)
+        if len(rows) == 0:
+            return
+        if np.any(np.diff(rows) <= 0):
+            raise ValueError("rows must be strictly increasing")
+        with h5py.File(self.path, "r+") as f:
+            g = f[f"levels/{size}"]
+            g["icons"][rows] = icons
+            g["objective"][rows] = np.asarray(objective, np.float32)
+            g["cossim"][rows] = np.asarray(cossim, np.float32)
+            f.flush()
+            done = g["done"]
+            done[rows] = True
+            g.attrs["n_done"] = int(done[:].sum())
+            f.flush()
+
+    def finish(self) -> bool:
+        """Set ``complete`` when every row of every level is done; returns it."""
+        with h5py.File(self.path, "r+") as f:
+            complete = all(bool(f[f"levels/{s}/done"][:].all()) for s in f.attrs["sizes"])
+            f.attrs["complete"] = complete
+        return complete
+
+
+def _mismatch(path: Path, levels: Mapping[int, np.ndarray], icon_size: int, want_hash: str) -> str | None:
+    """Why an existing file cannot be resumed, or None when it can."""
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("kind") != KIND:
+                return f"it holds {f.attrs.get('kind')!r}, not icons"
+            if f.attrs.get("settings_hash") != want_hash:
+                return "it was rendered with other settings or from other cells"
+            if int(f.attrs.get("icon_size", -1)) != icon_size:
+                return "its icon size differs"
+            for size, cell_id in levels.items():
+                key = f"levels/{size}"
+                if key not in f or not np.array_equal(f[f"{key}/cell_id"][:], np.asarray(cell_id, np.int32)):
+                    return f"its grid {size} has other cells"
+    except OSError as e:
+        return f"it cannot be read ({e})"
+    return None
+
+
+def read_icons(path: str | os.PathLike, sizes: Sequence[int] | None = None) -> dict[int, IconLevel]:
+    """Load the icons of ``icons.h5`` (all levels, or ``sizes``); a render in progress is allowed
+    (check ``done``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path} does not exist; run `atlas render` first")
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("kind") != KIND:
+            raise ArtifactError(f"{path} holds {f.attrs.get('kind')!r}, not 'icons': check the file name")
+        have = [int(s) for s in f.attrs["sizes"]]
+        want = have if sizes is None else [int(s) for s in sizes]
+        missing = sorted(set(want) - set(have))
+        if missing:
+            raise ArtifactError(f"{path} has grid sizes {have}, not {missing}; render those levels first")
+        out = {}
+        for s in want:
+            g = f[f"levels/{s}"]
+            out[s] = IconLevel(size=s, cell_id=g["cell_id"][:], icons=g["icons"][:], done=g["done"][:],
+                               objective=g["objective"][:], cossim=g["cossim"][:])
+        return out
+
+
+def icons_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings an ``icons.h5`` was rendered with (decoded ``settings_json``)."""
+    with h5py.File(path, "r") as f:
+        return read_settings(f)
