@@ -154,8 +154,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     levels = [int(v) for v in args.levels.split(",")] if args.levels else None
     summary = render_cells(cells, out, model, levels=levels, icon_size=args.icon_size, steps=args.steps,
                            attempts=args.attempts, batch_size=args.batch_size, lr=args.lr,
-                           cossim_pow=args.cossim_pow, device=args.device, seed=args.seed,
-                           progress=not args.quiet, overwrite=args.overwrite)
+                           cossim_pow=args.cossim_pow, whiten=True if args.whiten else None, device=args.device,
+                           seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
     print(summary.describe())
     return 0
 
@@ -290,9 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--icon-size", type=int, default=80)
     s.add_argument("--steps", type=int, default=256, help="optimizer steps (paper: 1024) [%(default)s]")
     s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
-    s.add_argument("--batch-size", type=int, default=32, help="cells optimized together [%(default)s]")
+    s.add_argument("--batch-size", type=int, default=32,
+                   help="cells optimized together; on a GPU try 128-256 [%(default)s]")
     s.add_argument("--lr", type=float, default=0.05)
     s.add_argument("--cossim-pow", type=float, default=4.0)
+    s.add_argument("--whiten", action="store_true",
+                   help="whiten directions by the activations' inverse covariance (paper's option)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_render)

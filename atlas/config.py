@@ -77,6 +77,7 @@ class RenderSection:
     batch_size: int = 32
     lr: float = 0.05
     cossim_pow: float = 4.0
+    whiten: bool = False
     seed: int = 0
 
 
