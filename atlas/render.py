@@ -7,13 +7,22 @@ vector, using the objective ``dot * max(cos, 0.1) ** cossim_pow``
 parameterization with decorrelated color and the transforms of the paper's icon renderer
 (:func:`atlas.optvis.icon_transforms`).
 
-Batching: ``batch_size`` cells are optimized together, one image per cell, each with its own
-direction. Each image draws its random start and transforms from its own generator, seeded
-from ``(seed, grid size, cell id, attempt)``, and images do not interact in the model, so a
-cell's icon does not depend on which other cells share its batch, on the batch size or on
-whether the run was resumed -- up to float rounding: batched convolutions round differently
-from single ones, which moves pixels by a few levels out of 255 after hundreds of steps, and
-a GPU rounds differently from a CPU. Only the settings hashed into the file decide the icons.
+Batching: ``batch_size`` cells of one level are optimized together, one image per cell, each
+with its own direction. Each image draws its random start and transforms from its own
+generator, seeded from ``(seed, grid size, cell id, attempt)``, and images do not interact in
+the model, so in exact arithmetic a cell's icon would not depend on the other cells of its
+batch. In float arithmetic it does: a batched convolution rounds differently from a single one
+(differences of 1e-7 after a few steps), and Adam, which divides by the gradient's running
+magnitude, amplifies them over hundreds of steps into a visibly different (equally good)
+icon -- measured on InceptionV1: batch sizes 1 and 3 give the same icons to 2e-7 after 4
+steps, but differ by 16 levels of 255 on average after 128 steps. What holds:
+
+- same settings, batch size, device and thread count -> the same icons, bit for bit;
+- a resumed render equals an uninterrupted one bit for bit: batches are a fixed partition of
+  each level's rows (rows ``[k * batch_size, (k + 1) * batch_size)``) and written whole;
+- another batch size (or a GPU instead of a CPU) gives other samples of the same objective,
+  with the same starts and transform streams. Batch size and device are therefore not part
+  of the settings hash: a file is resumed with whatever batch size the rerun uses.
 
 Best of k (``attempts``): each cell is rendered ``attempts`` times with different seeds and the
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
@@ -22,6 +31,11 @@ notebooks' ``render_icons``.
 Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
 and a complete file is left alone.
+
+Size: an 80 px icon reaches the model as 50 px after the icon transforms, as in the paper's
+renderer; the objective reads the center position of the layer. Upsampling to the model's
+224 px input was not needed for recognisable icons (see ``docs/gallery``) and would cost
+about 20x more per step.
 
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The default here is 256
 steps, best of 1, which gives recognisable icons in a quarter of the time and is what a CPU
@@ -187,6 +201,25 @@ class RenderSummary:
                 f"to the cell direction {self.mean_cossim:.2f}); {self.output} is {state}")
 
 
+def _batches(store: IconsFile, sizes: Sequence[int], counts: Mapping[int, int],
+             batch_size: int) -> list[tuple[int, np.ndarray]]:
+    """The pending work as (grid size, rows) batches of a fixed partition of each level.
+
+    Rows ``[k * batch_size, (k + 1) * batch_size)`` of a level always form batch k, and a batch
+    is written at once, so a resumed render optimizes exactly the batches an uninterrupted one
+    would (the cells of a batch share float rounding; see the module docstring).
+    """
+    out = []
+    for s in sizes:
+        done = np.ones(counts[s], bool)
+        done[store.pending(s)] = False
+        for start in range(0, counts[s], batch_size):
+            rows = np.flatnonzero(~done[start:start + batch_size]) + start
+            if len(rows):
+                out.append((s, rows))
+    return out
+
+
 def render_settings(
     cells_hash: str, model: str, layer: str, *, icon_size: int, steps: int, attempts: int, lr: float,
     cossim_pow: float, seed: int, whiten: np.ndarray | None, transforms: Sequence[Transform],
@@ -234,7 +267,7 @@ def render_cells(
         steps: optimizer steps per attempt (default 256; the paper: 1024).
         attempts: renders per cell, the one with the highest objective kept (default 1; the paper: 4).
         batch_size: cells optimized together (default 32; larger on a GPU). Not part of the
-            settings: icons do not depend on it beyond float rounding.
+            settings hash (see the module docstring for what it changes).
         lr: Adam learning rate (default 0.05).
         cossim_pow: exponent of ``max(cos, 0.1)`` in the objective (default 4; 0 = plain dot product).
         whiten: optional (C, C) inverse covariance of the layer's activations
@@ -300,31 +333,26 @@ def render_cells(
                  cells_settings_hash=settings["cells_settings_hash"])
     store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, icon_size, settings,
                               attrs, overwrite=overwrite)
-    work = [(s, int(r)) for s in wanted for r in store.pending(s)]
+    work = _batches(store, wanted, {s: len(all_levels[s]) for s in wanted}, batch_size)
+    n_work = sum(len(rows) for _, rows in work)
     summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)
-    log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch", len(work), layer,
+    log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch", n_work, layer,
              ", ".join(f"{s}x{s}" for s in wanted), dev, steps, attempts, batch_size)
     cossims: list[np.ndarray] = []
-    bar = tqdm(total=len(work), unit="icon", desc=f"render {layer}", disable=not progress)
+    bar = tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress)
     try:
-        for start in range(0, len(work), batch_size):
-            batch = work[start:start + batch_size]
-            vecs = np.stack([all_levels[s].direction[r] for s, r in batch]).astype(np.float32)
-            gens = [[cell_generator(seed, s, int(all_levels[s].cell_id[r]), a) for s, r in batch]
-                    for a in range(attempts)]
+        for size, rows in work:
+            level = all_levels[size]
+            vecs = level.direction[rows].astype(np.float32)
+            gens = [[cell_generator(seed, size, int(level.cell_id[r]), a) for r in rows] for a in range(attempts)]
             images, values = render_directions(model, layer, vecs, gens, icon_size=icon_size, steps=steps, lr=lr,
                                                cossim_pow=cossim_pow, whiten=whiten, transforms=transforms,
                                                device=dev)
             cos = _center_cossim(model, layer, images, vecs)
-            icons = to_uint8(images)
-            sizes = np.array([s for s, _ in batch])
-            rows = np.array([r for _, r in batch])
-            for s in dict.fromkeys(sizes.tolist()):
-                sel = sizes == s
-                store.write(s, rows[sel], icons[sel], values.numpy()[sel], cos[sel])
-                summary.rendered[s] += int(sel.sum())
+            store.write(size, rows, to_uint8(images), values.numpy(), cos)
+            summary.rendered[size] += len(rows)
             cossims.append(cos)
-            bar.update(len(batch))
+            bar.update(len(rows))
             bar.set_postfix(cossim=f"{float(np.mean(cos)):.2f}")
     finally:
         bar.close()
