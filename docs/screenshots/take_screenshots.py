@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--class", dest="cls", default="scuba diver")
     ap.add_argument("--zoom", type=float, default=3)
     ap.add_argument("--prefix", default="sample-")
+    ap.add_argument("--cell", type=int, nargs=3, default=(20, 8, 4), metavar=("SIZE", "IY", "IX"),
+                    help="the cell to hover and click: grid size, row, column")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,14 +50,22 @@ def main(argv: list[str] | None = None) -> int:
             page.screenshot(path=str(out / f"{args.prefix}{name}.png"))
 
         shot("", "overview")
-        shot(f"#z={args.zoom}&x=0.5&y=0.5", "zoomed")
-        page.mouse.move(640, 400)
-        page.wait_for_timeout(1500)
+        size, iy, ix = args.cell
+        shot(f"#z={args.zoom}&x={(ix + 0.5) / size:.4f}&y={(iy + 0.5) / size:.4f}", "zoomed")
+        x, y = page.evaluate(
+            """([u, v]) => { const p = atlasViewer.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v));
+                              return [p.x, p.y]; }""", [(ix + 0.5) / size, (iy + 0.5) / size])
+        page.mouse.move(x - 40, y - 40)
+        page.mouse.move(x, y, steps=4)
+        page.wait_for_selector("#tooltip:not([hidden])", timeout=10_000)
         page.screenshot(path=str(out / f"{args.prefix}hover.png"))
         shot(f"#class={quote(args.cls)}", "class")
-        shot(f"#z={args.zoom}&x=0.5&y=0.5", "panel", settle=1500)
-        page.mouse.click(640, 400)
-        page.wait_for_timeout(2500)
+        shot(f"#z={args.zoom}&x={(ix + 0.5) / size:.4f}&y={(iy + 0.5) / size:.4f}", "panel", settle=1500)
+        page.mouse.move(x - 40, y - 40)
+        page.mouse.move(x, y, steps=4)
+        page.mouse.click(x, y)
+        page.wait_for_selector("#panel:not([hidden])", timeout=10_000)
+        page.wait_for_timeout(2000)
         page.screenshot(path=str(out / f"{args.prefix}panel.png"))
         browser.close()
     server.shutdown()
