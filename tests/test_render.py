@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from tinynet import Tiny
 
 from atlas import render as render_mod
 from atlas.models import capture, load_model
@@ -28,26 +28,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class Tiny(nn.Module):
-    """conv (3->6, stride 2) -> relu -> conv2 (6->4) -> relu2 -> avgpool -> fc."""
-
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(3, 6, 3, stride=2, padding=1)
-        self.relu = nn.ReLU()
-        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(4, 5)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pool(self.relu2(self.conv2(self.relu(self.conv(x))))).flatten(1))
 
 
 @pytest.fixture
