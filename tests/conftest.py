@@ -62,3 +62,13 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for optimization loops: on a shared 2-core machine OpenMP
+    spin-waiting against other processes made 2 threads up to 20x slower under load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

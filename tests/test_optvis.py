@@ -25,14 +25,7 @@ from atlas.optvis.transform import apply
 # --------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Optimization loops on a shared 2-core machine: one intra-op thread avoids OpenMP
-    spin-waiting against other processes (measured 20x slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
