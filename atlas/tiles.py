@@ -72,6 +72,8 @@ import numpy as np
 from PIL import Image, ImageColor
 from tqdm.auto import tqdm
 
+from atlas.store.common import ArtifactError, open_artifact
+
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the drawing or the file layout changes, so old pyramids get redrawn.
@@ -277,17 +279,11 @@ class _Level:
 
 
 def _read_cells(path: Path) -> tuple[dict[str, Any], list[_Level]]:
-    if not path.is_file():
-        raise TilesError(f"{path} does not exist; run the grid stage (`atlas grid`) first")
     try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise TilesError(f"{path} is not a readable HDF5 file ({e}); delete it and rerun `atlas grid`") from e
+        f = open_artifact(path, "cells", stage="grid")
+    except ArtifactError as e:
+        raise TilesError(str(e)) from e
     with f:
-        if f.attrs.get("kind") != "cells":
-            raise TilesError(f"{path} holds {f.attrs.get('kind')!r}, not 'cells': pass the grid stage's cells.h5")
-        if not bool(f.attrs.get("complete", False)):
-            raise TilesError(f"{path} is incomplete (the grid stage was interrupted); rerun `atlas grid`")
         if "levels" not in f:
             raise TilesError(f"{path} has no /levels group; rerun `atlas grid`")
         attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}

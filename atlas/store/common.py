@@ -56,22 +56,28 @@ def is_current(path: str | os.PathLike, kind: str, settings: Mapping[str, Any]) 
         return False
 
 
-def open_artifact(path: str | os.PathLike, kind: str) -> h5py.File:
-    """Open an artifact for reading, checking that it exists, is HDF5, is ``kind`` and complete."""
+def open_artifact(path: str | os.PathLike, kind: str, stage: str | None = None) -> h5py.File:
+    """Open an artifact for reading, checking that it exists, is HDF5, is ``kind`` and complete.
+
+    ``stage`` names the command that writes the file (e.g. ``"grid"``), so that the errors say
+    ``atlas grid`` instead of "its stage".
+    """
     path = Path(path)
+    run = f"`atlas {stage}`" if stage else f"the stage that writes the {kind} file"
     if not path.is_file():
-        raise ArtifactError(f"{path} does not exist; run the stage that writes the {kind} file first")
+        raise ArtifactError(f"{path} does not exist; run {run} first")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise ArtifactError(f"{path} is not a readable HDF5 file ({e}); delete it and rerun its stage") from e
+        rerun = f"`atlas {stage}`" if stage else "its stage"
+        raise ArtifactError(f"{path} is not a readable HDF5 file ({e}); delete it and rerun {rerun}") from e
     found = f.attrs.get("kind")
     if found != kind:
         f.close()
         raise ArtifactError(f"{path} holds {found!r}, not {kind!r}: check the file name")
     if not f.attrs.get("complete", False):
         f.close()
-        raise ArtifactError(f"{path} is incomplete (its stage was interrupted); rerun the stage to finish it")
+        raise ArtifactError(f"{path} is incomplete (its stage was interrupted); rerun {run} to finish it")
     return f
 
 
