@@ -96,12 +96,27 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 0
     e = explain_photo(model, args.photo, target=args.target, layer=args.layer, methods=methods,
                       gradcam_layer=args.gradcam_layer, ig_steps=args.ig_steps, smooth=args.smoothgrad)
-    out = explain_figure(e, args.out or Path(args.photo).stem + "-explain.png", model.class_names)
+    placement = None
+    if args.atlas:
+        from atlas.explain import place_on_atlas
+
+        placement = place_on_atlas(e, args.atlas, level=args.level, class_names=model.class_names)
+    out = explain_figure(e, args.out or Path(args.photo).stem + "-explain.png", model.class_names, placement)
     print(f"{Path(args.photo).name}: explaining {e.target_name!r} (p={e.probs[e.target]:.3f}); "
           + ", ".join(f"{m} {s:.2f} s" for m, s in e.seconds.items()))
     if e.ig_completeness_error is not None:
         print(f"integrated gradients completeness error: {100 * e.ig_completeness_error:.2f}%")
     print(f"wrote {out}")
+    if placement is not None:
+        print(placement.describe())
+        if (Path(args.atlas) / "tiles" / "manifest.json").is_file():
+            from atlas.explain import write_overlay
+
+            ov = write_overlay(e, placement, name=args.overlay_name)
+            print(f"wrote the viewer overlay {ov}: `atlas serve {args.atlas}` and tick "
+                  f"{ov.stem!r} under Photos")
+        else:
+            print(f"no tiles in {args.atlas}: build them (`atlas tiles`) to see the photo in the viewer")
     return 0
 
 
@@ -350,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ig-steps", type=int, default=32, help="integrated gradients steps [%(default)s]")
     s.add_argument("--smoothgrad", action="store_true", help="average gradient maps over noisy copies")
     s.add_argument("-o", "--out", default=None, help="figure to write [PHOTO-explain.png]")
+    s.add_argument("--atlas", default=None, metavar="RUN_DIR",
+                   help="place the photo's activations on this atlas (figure panel + viewer overlay)")
+    s.add_argument("--level", type=int, default=None, help="grid size for the neighbourhood list [middle]")
+    s.add_argument("--overlay-name", default=None, help="name of the viewer overlay [photo file name]")
     s.add_argument("--evaluate", action="store_true", help="deletion/insertion AUC per method over photos")
     s.add_argument("--limit", type=int, default=100, help="photos to evaluate [%(default)s]")
     s.add_argument("--curve-steps", type=int, default=16, help="deletion/insertion steps [%(default)s]")

@@ -4,14 +4,21 @@
 one class (default: the model's top-1), plus the paper's per-position attribution at a layer
 (``h . d logit / d h`` at every position of the layer's grid: where in the photo the layer's
 activations push toward the class), and :func:`explain_figure` draws them over the photo with
-the class probabilities. :func:`evaluate_methods` scores the methods by deletion / insertion
-AUC over many photos.
+the class probabilities. :func:`place_on_atlas` projects the photo's activations onto an
+existing atlas with the layout's fitted UMAP (``transform``), so the figure and the viewer
+(:func:`write_overlay`) show where the photo lives in the atlas and which neighbourhoods push
+toward the class. :func:`evaluate_methods` scores the methods by deletion / insertion AUC over
+many photos.
 """
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import logging
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,9 +134,11 @@ def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | 
     return Explanation(str(photo), t, names[t], x[0].cpu(), probs, maps, layer, la, vecs, ig_err, seconds)
 
 
-def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence[str] | None = None) -> Path:
-    """Draw the photo, each map as a heatmap over it, the layer attribution grid and the top-5
-    class probabilities into one PNG."""
+def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence[str] | None = None,
+                   placement: AtlasPlacement | None = None) -> Path:
+    """Draw the photo, each map as a heatmap over it, the layer attribution grid, the top-5
+    class probabilities and, with ``placement``, the photo's positions over the atlas picture
+    (stitched from the run's tiles) into one PNG."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -138,7 +147,16 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
     names = class_names or [str(i) for i in range(len(e.probs))]
     img = e.image.permute(1, 2, 0).numpy()
     panels = ["photo", *e.maps, "layer"]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.1 * (len(panels) + 1), 3.6))
+    if placement is None:
+        fig, row = plt.subplots(1, len(panels) + 1, figsize=(3.1 * (len(panels) + 1), 3.6))
+        axes, bars = list(row[:-1]), row[-1]
+    else:  # a second, taller row: the atlas with the photo's points, and the probabilities
+        n = len(panels)
+        fig = plt.figure(figsize=(3.1 * n, 3.6 + 6.4))
+        grid = fig.add_gridspec(2, n, height_ratios=[1, 2])
+        axes = [fig.add_subplot(grid[0, i]) for i in range(n)]
+        _atlas_panel(fig.add_subplot(grid[1, : n - 2]), placement)
+        bars = fig.add_subplot(grid[1, n - 2:])
     for ax, name in zip(axes, panels):
         ax.axis("off")
         ax.imshow(img)
@@ -160,7 +178,7 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
             if name == "integrated_gradients" and e.ig_completeness_error is not None:
                 title += f"\ncompleteness err {100 * e.ig_completeness_error:.1f}%"
             ax.set_title(title, fontsize=9)
-    ax = axes[-1]
+    ax = bars
     top = np.argsort(e.probs)[::-1][:5]
     ax.barh(range(5)[::-1], e.probs[top], color=["#d62728" if c == e.target else "#1f77b4" for c in top])
     ax.set_yticks(range(5)[::-1], [names[c][:18] for c in top], fontsize=8)
@@ -172,6 +190,178 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _atlas_panel(ax, placement: AtlasPlacement) -> None:
+    """The atlas picture (or a blank square without tiles) with the photo's positions on it."""
+    ax.axis("off")
+    tiles = placement.run_dir / "tiles"
+    if (tiles / "manifest.json").is_file():
+        from atlas.tiles import atlas_image
+
+        picture, to_px = atlas_image(tiles)
+        ax.imshow(picture)
+    else:
+        side = 512
+        ax.imshow(np.full((side, side, 3), 0.96))
+        to_px = lambda xy: np.asarray(xy) * side  # noqa: E731
+    ok = np.isfinite(placement.xy).all(1)
+    px = to_px(placement.xy[ok])
+    a = placement.attribution[ok]
+    lim = float(np.abs(a).max()) or 1.0
+    order = np.argsort(np.abs(a))  # strongest on top
+    ax.scatter(px[order, 0], px[order, 1], c=a[order], cmap="RdBu_r", vmin=-lim, vmax=lim,
+               s=6 + 60 * np.abs(a[order]) / lim, edgecolors="black", linewidths=0.3)
+    ax.set_title(f"where the photo lives in the atlas ({placement.layer}): {int(ok.sum())} positions, "
+                 "red = toward the class, blue = away", fontsize=10)
+
+
+@dataclass
+class AtlasPlacement:
+    """Where the positions of one photo's layer activations land on an atlas.
+
+    ``P = H * W`` positions in row-major order; ``xy``: (P, 2) layout ``(x, y)`` in [0, 1] (NaN
+    for a position the layout's metric cannot place, e.g. all zeros under cosine);
+    ``positions``: (P, 2) ``(y, x)`` in the layer grid; ``attribution``: (P,) ``h . d logit / d h``
+    toward the explained class; ``neighborhoods``: the cells of grid ``level`` that the photo's
+    positions fall in, by summed attribution (descending), each a dict with ``size``, ``iy``,
+    ``ix``, ``positions``, ``attribution`` and ``classes`` (the cell's top classes by the atlas's
+    own attribution; empty for a cell the atlas dropped).
+    """
+
+    run_dir: Path
+    layer: str
+    grid_shape: tuple[int, int]
+    xy: np.ndarray
+    positions: np.ndarray
+    attribution: np.ndarray
+    level: int
+    neighborhoods: list[dict]
+    layout_hash: str = ""
+
+    def describe(self, limit: int = 5) -> str:
+        lines = [f"{int(np.isfinite(self.xy).all(1).sum())} of {len(self.xy)} positions placed on "
+                 f"{self.run_dir} ({self.layer}); neighbourhoods of grid {self.level} by attribution:"]
+        for nb in self.neighborhoods[:limit]:
+            classes = ", ".join(nb["classes"][:3]) or "(cell not in the atlas)"
+            lines.append(f"  cell ({nb['iy']:>2}, {nb['ix']:>2}): {nb['positions']:>3} positions, "
+                         f"attribution {nb['attribution']:+.3f}  [{classes}]")
+        return "\n".join(lines)
+
+
+def place_on_atlas(e: Explanation, run_dir: str | os.PathLike, *, level: int | None = None,
+                   class_names: Sequence[str] | None = None) -> AtlasPlacement:
+    """Project ``e.layer_activations`` onto the atlas in ``run_dir`` (its ``layout.h5`` and the
+    fitted model beside it; ``cells.h5`` names the neighbourhoods).
+
+    ``level``: the grid size used to group positions into neighbourhoods (default: the middle
+    size of ``cells.h5``). Raises ``ValueError`` when the atlas was made at another layer.
+    """
+    from atlas.grid import grid_cells
+    from atlas.reduce import load_placer, project
+    from atlas.resources import imagenet_class_names
+    from atlas.store.cells import cells_attrs, read_cells
+    from atlas.store.layout import read_layout
+
+    run_dir = Path(run_dir)
+    layout_path, cells_path = run_dir / "layout.h5", run_dir / "cells.h5"
+    if not layout_path.is_file():
+        raise ValueError(f"{run_dir} holds no layout.h5; give the folder of an atlas run (after `atlas reduce`)")
+    attrs = read_layout(layout_path).attrs
+    if str(attrs.get("layer")) != e.layer:
+        raise ValueError(f"the atlas in {run_dir} was made at layer {attrs.get('layer')!r}, not {e.layer!r}; "
+                         f"explain with --layer {attrs.get('layer')}")
+    if attrs.get("class_index", -1) not in (-1, None):
+        log.info("%s is a class atlas (class %s); placing on it anyway", run_dir, attrs.get("class_index"))
+    est = load_placer(layout_path)
+    xy = project(layout_path, e.layer_activations.astype(np.float32), est=est)
+    h, w = e.layer_attribution.shape
+    yy, xx = np.divmod(np.arange(h * w), w)
+    positions = np.stack([yy, xx], 1).astype(np.int32)
+    a = e.layer_attribution.reshape(-1).astype(np.float64)
+    neighborhoods: list[dict] = []
+    size = level or 0
+    if cells_path.is_file():
+        sizes = [int(v) for v in cells_attrs(cells_path)["sizes"]]
+        size = level or sizes[len(sizes) // 2]
+        if size not in sizes:
+            raise ValueError(f"{cells_path} has grid sizes {sizes}, not {size}")
+        cells = read_cells(cells_path, [size])[size]
+        names = list(class_names or imagenet_class_names())
+        ok = np.isfinite(xy).all(1)
+        ids = grid_cells(np.clip(xy[ok], 0.0, 1.0), size)
+        where = {int(c): i for i, c in enumerate(cells.cell_id)}
+        for cid in np.unique(ids):
+            sel = ids == cid
+            i = where.get(int(cid))
+            classes = [] if i is None else [
+                names[int(c)] if 0 <= int(c) < len(names) else str(int(c))
+                for c, v in zip(cells.top_classes[i], cells.top_values[i]) if v > 0]
+            neighborhoods.append({"size": size, "iy": int(cid // size), "ix": int(cid % size),
+                                  "positions": int(sel.sum()), "attribution": float(a[ok][sel].sum()),
+                                  "classes": classes})
+        neighborhoods.sort(key=lambda nb: -nb["attribution"])
+    return AtlasPlacement(run_dir, e.layer, (h, w), xy, positions, a, size, neighborhoods,
+                          str(attrs.get("settings_hash", "")))
+
+
+def overlay_name(photo: str | os.PathLike) -> str:
+    """A URL- and file-safe overlay name from a photo path."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(photo).stem).strip("-.")[:64] or "photo"
+
+
+def write_overlay(e: Explanation, placement: AtlasPlacement, tiles_dir: str | os.PathLike | None = None,
+                  name: str | None = None) -> Path:
+    """Save the placement as an overlay of the atlas viewer: ``TILES/overlays/NAME.json``, listed
+    in ``TILES/overlays/index.json`` (a later overlay of the same name replaces it).
+
+    The viewer (``atlas serve``) lists the overlays in its "Photos" box; each shows the photo's
+    positions as points over the atlas, red where they push toward the class and blue where
+    they push away, sized by the size of the attribution.
+    """
+    from atlas.tiles import read_manifest
+
+    tiles = Path(tiles_dir) if tiles_dir is not None else placement.run_dir / "tiles"
+    manifest = read_manifest(tiles)
+    if manifest.get("layer") not in (None, "", e.layer):
+        raise ValueError(f"{tiles} shows layer {manifest.get('layer')!r}, not {e.layer!r}")
+    name = overlay_name(name or e.path)
+    thumb = io.BytesIO()
+    img = Image.fromarray((e.image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    img.thumbnail((160, 160))
+    img.save(thumb, format="JPEG", quality=85)
+    ok = np.isfinite(placement.xy).all(1)
+    doc = {
+        "kind": "atlas-overlay", "format": 1, "name": name, "photo": Path(e.path).name,
+        "class": e.target_name, "class_index": e.target, "probability": round(float(e.probs[e.target]), 4),
+        "layer": e.layer, "grid": list(placement.grid_shape), "layout_hash": placement.layout_hash,
+        "max_abs": float(np.abs(placement.attribution).max() or 1.0),
+        "thumb": "data:image/jpeg;base64," + base64.b64encode(thumb.getvalue()).decode(),
+        "points": [{"x": round(float(x), 5), "y": round(float(y), 5), "pos": [int(p[0]), int(p[1])],
+                    "a": round(float(v), 5)}
+                   for (x, y), p, v, good in zip(placement.xy, placement.positions, placement.attribution, ok) if good],
+        "neighborhoods": placement.neighborhoods[:8],
+    }
+    folder = tiles / "overlays"
+    folder.mkdir(exist_ok=True)
+    out = folder / f"{name}.json"
+    _write_json(out, doc)
+    index_path = folder / "index.json"
+    try:
+        index = json.loads(index_path.read_text())["overlays"]
+    except (OSError, ValueError, KeyError, TypeError):
+        index = []
+    index = [o for o in index if isinstance(o, dict) and o.get("name") != name]
+    index.append({"name": name, "file": f"overlays/{name}.json", "photo": doc["photo"], "class": doc["class"],
+                  "probability": doc["probability"]})
+    _write_json(index_path, {"kind": "atlas-overlays", "overlays": index})
+    return out
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, separators=(",", ":")))
+    os.replace(tmp, path)
 
 
 @dataclass

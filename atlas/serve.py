@@ -16,6 +16,8 @@ Routes (``GET`` and ``HEAD`` only; every other method gets 405)::
     /api/class?run=&name=[&level=]    per-cell attribution to a class (for highlighting)
     /api/cell?run=&level=&id=         one cell: count, top classes with names, examples, URLs
     /api/classes?run=&q=[&limit=]     class names matching a query (autocomplete)
+    /api/overlays?run=                photos placed on the atlas by `atlas explain --atlas`
+                                      (the run's overlays/index.json; an empty list when none)
 
 ``<run>`` is the path of a tiles folder (one holding a ``manifest.json`` of kind
 ``atlas-tiles``) relative to the served folder, e.g. ``tiles`` or ``runA/tiles``; ``run`` may be
@@ -417,9 +419,11 @@ class AtlasHandler(BaseHTTPRequestHandler):
                 "class": self._api_class,
                 "cell": self._api_cell,
                 "classes": self._api_classes,
+                "overlays": self._api_overlays,
             }.get(parts[1])
             if handler is None:
-                raise HTTPError(404, f"no API /api/{parts[1]}; try /api/runs, /api/class, /api/cell, /api/classes")
+                raise HTTPError(404, f"no API /api/{parts[1]}; try /api/runs, /api/class, /api/cell, /api/classes, "
+                                     "/api/overlays")
             return handler(query)
         raise HTTPError(404, "not found")
 
@@ -670,6 +674,23 @@ class AtlasHandler(BaseHTTPRequestHandler):
         contains = [i for i, n in enumerate(classes) if q in n.lower() and not n.lower().startswith(q)]
         hits = (starts + contains)[:limit]
         self._send_json({"classes": [{"index": i, "name": classes[i]} for i in hits]})
+
+
+    def _api_overlays(self, query: dict[str, str]) -> None:
+        run = self.server.run(query.get("run"))
+        index = run.path / "overlays" / "index.json"
+        try:
+            doc = json.loads(index.read_text(encoding="utf-8"))
+            entries = doc["overlays"] if isinstance(doc, dict) else []
+        except (OSError, ValueError, KeyError):
+            entries = []
+        ok = [
+            {k: e[k] for k in ("name", "file", "photo", "class", "probability") if k in e}
+            for e in entries
+            if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("file"), str)
+            and e["file"].startswith("overlays/") and e["file"].endswith(".json") and ".." not in e["file"]
+        ]
+        self._send_json({"overlays": ok})
 
 
 def _parse_int(value: str | None, name: str, lo: int, hi: int) -> int:

@@ -72,3 +72,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A complete tiny atlas run folder (see ``tinyrun.py``): activations, layout, cells, icons,
+    tiles, from random-init InceptionV1 on 12 noise photos under ``<run>/../photos``."""
+    from atlas.pipeline import run_pipeline
+    from tinyrun import make_config
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    run_pipeline(make_config(root), progress=False)
+    return root / "run"

@@ -92,3 +92,90 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| saliency |" in r.stdout and "| grad_cam |" in r.stdout and "| random |" in r.stdout
     assert r.stdout.startswith("2 photos")
+
+
+# ---- the photo on an atlas -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def placed(tiny_run, model):
+    """A photo of the tiny run explained and placed on that run's atlas (same random-init model)."""
+    from atlas.explain import place_on_atlas
+
+    photo = tiny_run.parent / "photos" / "p3.jpg"
+    e = explain_photo(model, photo, methods=("saliency",))
+    return e, place_on_atlas(e, tiny_run, class_names=model.class_names)
+
+
+def test_placement_puts_the_collected_positions_where_the_atlas_has_them(tiny_run, placed):
+    """The positions of the photo that collect sampled are rows of the atlas: projected again from
+    explain's activations they land at (or next to) those rows' own layout points."""
+    from atlas.store.activations import ActivationsFile
+    from atlas.store.layout import read_layout
+
+    e, pl = placed
+    assert pl.xy.shape == (196, 2) and pl.positions.shape == (196, 2) and pl.attribution.shape == (196,)
+    assert np.isfinite(pl.xy).all() and pl.xy.min() > -0.2 and pl.xy.max() < 1.2
+    assert np.allclose(pl.attribution.reshape(14, 14), e.layer_attribution)
+    with ActivationsFile(tiny_run / "activations.h5") as f:
+        keys = [k.decode() if isinstance(k, bytes) else k for k in f.image_keys()]
+        image = f.dataset("inception4c", "image_index")[:]
+        pos = f.dataset("inception4c", "position")[:]
+    layout = read_layout(tiny_run / "layout.h5")
+    row_xy = dict(zip(layout.row_ids.tolist(), layout.xy))
+    rows = np.flatnonzero(image == keys.index("p3.jpg"))
+    assert len(rows) == 3
+    all_xy = layout.xy[layout.valid]
+    for r in rows:
+        y, x = pos[r]
+        got = pl.xy[y * 14 + x]
+        own = np.linalg.norm(got - row_xy[int(r)])
+        others = np.linalg.norm(all_xy - got, axis=1)
+        assert own < 0.05, (r, got, row_xy[int(r)])
+        assert own <= np.sort(others)[2] + 1e-6  # among the three nearest atlas points
+    # neighbourhoods: every position counted once, sorted by attribution
+    nbs = pl.neighborhoods
+    assert sum(nb["positions"] for nb in nbs) == 196
+    assert [nb["attribution"] for nb in nbs] == sorted((nb["attribution"] for nb in nbs), reverse=True)
+    assert pl.level == 4 and all(0 <= nb["iy"] < 4 and 0 <= nb["ix"] < 4 for nb in nbs)
+
+
+def test_overlay_file_and_figure_panel(tiny_run, placed, tmp_path):
+    import json
+
+    from atlas.explain import write_overlay
+
+    e, pl = placed
+    out = write_overlay(e, pl, name="my photo!")
+    assert out == tiny_run / "tiles" / "overlays" / "my-photo.json"
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "atlas-overlay" and doc["class"] == e.target_name and len(doc["points"]) == 196
+    p = doc["points"][20]
+    assert p["pos"] == [1, 6] and np.isclose(p["x"], pl.xy[20, 0], atol=1e-4) and np.isclose(p["a"], pl.attribution[20], atol=1e-4)
+    assert doc["thumb"].startswith("data:image/jpeg;base64,")
+    write_overlay(e, pl, name="my photo!")  # the same name replaces, a new one adds
+    write_overlay(e, pl, name="second")
+    index = json.loads((out.parent / "index.json").read_text())["overlays"]
+    assert [o["name"] for o in index] == ["my-photo", "second"]
+    fig = explain_figure(e, tmp_path / "fig.png", placement=pl)
+    with Image.open(fig) as im:
+        assert im.size[1] > 900  # the second row with the atlas
+
+
+def test_placement_on_an_atlas_of_another_layer_is_refused(tiny_run, model, photo):
+    from atlas.explain import place_on_atlas
+
+    e = explain_photo(model, photo, methods=("saliency",), layer="inception4d")
+    with pytest.raises(ValueError, match="made at layer 'inception4c'.*--layer inception4c"):
+        place_on_atlas(e, tiny_run)
+    with pytest.raises(ValueError, match="no layout.h5"):
+        place_on_atlas(e, tiny_run.parent / "photos")
+
+
+def test_cli_explain_with_atlas_writes_overlay(tiny_run, tmp_path):
+    photo = tiny_run.parent / "photos" / "p5.jpg"
+    r = subprocess.run([sys.executable, "-m", "atlas", "explain", str(photo), "--random-init", "--methods", "saliency",
+                        "--atlas", str(tiny_run), "-o", str(tmp_path / "p5.png")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "196 of 196 positions placed" in r.stdout and "tick 'p5' under Photos" in r.stdout
+    assert (tiny_run / "tiles" / "overlays" / "p5.json").is_file()

@@ -301,3 +301,57 @@ def test_run_picker_switches_atlas(vpage):
     vpage.page.wait_for_function("() => atlasViewer.state.run.id === 'beta/tiles'", timeout=5_000)
     vpage.page.wait_for_selector("img.leaflet-tile-loaded[src*='/data/beta/tiles/']", timeout=10_000)
     assert vpage.js("document.body.dataset.level") in ("4", "8")
+
+
+@pytest.fixture(scope="module")
+def explained_site(tiny_run):
+    """`atlas serve` over a real (tiny) run with one photo placed by `atlas explain --atlas`."""
+    from atlas.explain import explain_photo, place_on_atlas, write_overlay
+    from atlas.models import load_model
+
+    model = load_model("inceptionv1", random_init=True)
+    e = explain_photo(model, tiny_run.parent / "photos" / "p7.jpg", methods=("saliency",))
+    overlay = write_overlay(e, place_on_atlas(e, tiny_run), name="p7")
+    server = make_server(tiny_run, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.base_url = f"http://127.0.0.1:{server.server_address[1]}/"
+    server.overlay = json.loads(overlay.read_text())
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_photo_overlay_toggles_points_on_the_atlas(browser, explained_site, vpage, shots):
+    vpage.open()
+    assert vpage.page.is_hidden("#photos")  # no photo placed on the fake atlases
+    doc = explained_site.overlay
+    assert _get(explained_site, "api/overlays")["overlays"][0]["name"] == "p7"
+    p = Page(browser, explained_site)
+    try:
+        p.open()
+        p.page.wait_for_selector("#photos:not([hidden])", timeout=5_000)
+        assert p.js("document.querySelectorAll('.overlay-point').length") == 0
+        p.page.check("#photos input[data-name='p7']")
+        p.page.wait_for_function("() => document.body.dataset.overlayPoints === '196'", timeout=5_000)
+        assert p.js("document.querySelectorAll('path.overlay-point').length") == 196
+        assert p.page.is_visible("#photos-legend .photo-card img")
+        assert doc["class"] in p.page.inner_text("#photos-legend")
+        # each point sits where the overlay file puts it: strongest point's marker vs toLatLng
+        strongest = max(doc["points"], key=lambda q: abs(q["a"]))
+        got = p.js("""(pt) => { const g = atlasViewer.state.shown.get('p7');
+                       const m = g.getLayers().find((l) => l.getTooltip().getContent().includes(
+                           `position (${pt.pos[0]}, ${pt.pos[1]})`));
+                       const a = m.getLatLng(), b = atlasViewer.toLatLng(pt.x, pt.y);
+                       return [a.lat - b.lat, a.lng - b.lng, m.getRadius()]; }""", strongest)
+        assert got[0] == pytest.approx(0, abs=1e-6) and got[1] == pytest.approx(0, abs=1e-6) and got[2] == pytest.approx(10)
+        shots(p.page, "photo-overlay.png")
+        p.page.wait_for_function("() => location.hash.includes('photo=p7')", timeout=5_000)
+        link = p.js("location.hash")
+        p.page.uncheck("#photos input[data-name='p7']")
+        p.page.wait_for_function("() => document.querySelectorAll('.overlay-point').length === 0", timeout=5_000)
+        p.page.goto("about:blank")  # the link brings the overlay back in a fresh page
+        p.open(link)
+        p.page.wait_for_function("() => document.body.dataset.overlayPoints === '196'", timeout=10_000)
+        assert p.js("document.querySelector(\"#photos input[data-name='p7']\").checked")
+    finally:
+        p.close()

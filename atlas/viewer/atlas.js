@@ -6,8 +6,10 @@
  *   <base>{z}/{x}/{y}.<ext>         tiles (Leaflet, flat CRS with y down)
  *   <base>meta/<size>/<ry>-<rx>.json per-cell metadata, fetched on hover/click
  *   /api/class?run=&name=           per-cell attribution to a class, for highlighting
+ *   /api/overlays?run=              photos placed on the atlas by `atlas explain --atlas`
+ *   <base>overlays/<name>.json      one photo's positions on the atlas
  * Map units are pixels at the deepest tiled zoom; the layout's unit square starts at margin_px
- * and is content_px wide. The URL hash (run, z, x, y, class, cell) restores a view.
+ * and is content_px wide. The URL hash (run, z, x, y, class, cell, photo) restores a view.
  */
 (function () {
   'use strict';
@@ -20,6 +22,7 @@
     runs: [], run: null, m: null, map: null, tiles: null, highlightLayer: null,
     regions: new Map(), klass: null, selected: null, hover: null, hoverRect: null, selectedRect: null,
     restoring: false, hashTimer: 0, tilesLoaded: 0,
+    overlays: [], shown: new Map(), // photo overlays: index entries; name -> Leaflet layer group
   };
 
   // ---- small helpers ------------------------------------------------------------------------
@@ -370,6 +373,87 @@
     scheduleHash();
   }
 
+  // ---- photo overlays: "where does this photo live in the atlas" ---------------------------
+
+  function overlayColor(a, max) { // red toward the explained class, blue away; stronger = darker
+    const t = Math.min(1, Math.abs(a) / (max || 1));
+    const light = Math.round(88 - 48 * t);
+    return a >= 0 ? `hsl(4, 78%, ${light}%)` : `hsl(212, 72%, ${light}%)`;
+  }
+
+  async function showOverlay(name, on) {
+    const entry = state.overlays.find((o) => o.name === name);
+    if (!entry) return;
+    if (!on) {
+      const layer = state.shown.get(name);
+      if (layer) layer.remove();
+      state.shown.delete(name);
+    } else if (!state.shown.has(name)) {
+      let doc;
+      try {
+        doc = await getJSON(state.run.base + entry.file + '?v=' + encodeURIComponent(state.m.build));
+      } catch (err) {
+        showMessage(`Could not load the photo overlay “${name}”: ${err.message}`);
+        return;
+      }
+      const group = L.layerGroup();
+      const pts = doc.points.slice().sort((p, q) => Math.abs(p.a) - Math.abs(q.a)); // strongest on top
+      for (const p of pts) {
+        const t = Math.min(1, Math.abs(p.a) / (doc.max_abs || 1));
+        L.circleMarker(toLatLng(p.x, p.y), {
+          radius: 3 + 7 * t, weight: 1, color: '#222', opacity: 0.8, fillOpacity: 0.9,
+          fillColor: overlayColor(p.a, doc.max_abs), className: 'overlay-point',
+        }).bindTooltip(`${doc.photo} · position (${p.pos[0]}, ${p.pos[1]}) of ${doc.grid[0]}×${doc.grid[1]}`
+          + `<br>attribution to “${doc.class}”: ${p.a >= 0 ? '+' : ''}${formatValue(p.a)}`, { direction: 'top' })
+          .addTo(group);
+      }
+      group.doc = doc;
+      group.addTo(state.map);
+      state.shown.set(name, group);
+    }
+    const box = $('photos');
+    const input = box.querySelector(`input[data-name="${CSS.escape(name)}"]`);
+    if (input) input.checked = state.shown.has(name);
+    renderOverlayLegend();
+    document.body.dataset.overlayPoints = [...state.shown.values()].reduce((s, g) => s + g.getLayers().length, 0);
+    scheduleHash();
+  }
+
+  function renderOverlayLegend() {
+    const legend = $('photos-legend');
+    const docs = [...state.shown.values()].map((g) => g.doc);
+    legend.replaceChildren(...docs.map((doc) => el('figure', { cls: 'photo-card' }, [
+      el('img', { src: doc.thumb, alt: doc.photo }),
+      el('figcaption', {}, [el('b', { text: doc.class }), ` p=${doc.probability.toFixed(2)}`, el('br'),
+        el('span', { cls: 'muted', text: `${doc.points.length} positions · ${doc.layer}` })]),
+    ])));
+    legend.hidden = docs.length === 0;
+  }
+
+  async function loadOverlays() {
+    state.overlays = [];
+    state.shown.clear();
+    const box = $('photos');
+    box.hidden = true;
+    let index;
+    try {
+      index = await getJSON(`/api/overlays?run=${encodeURIComponent(state.run.id)}`);
+    } catch (err) {
+      return; // no photo placed on this atlas yet
+    }
+    state.overlays = (index.overlays || []).filter((o) => o && o.name && o.file);
+    if (!state.overlays.length) return;
+    $('photos-list').replaceChildren(...state.overlays.map((o) => el('li', {}, [
+      el('label', { title: `${o.photo}: explaining “${o.class}”` }, [
+        el('input', { type: 'checkbox', 'data-name': o.name, onchange: (ev) => showOverlay(o.name, ev.target.checked) }),
+        el('span', { cls: 'name', text: o.name }),
+        el('span', { cls: 'muted', text: o['class'] }),
+      ]),
+    ])));
+    renderOverlayLegend();
+    box.hidden = false;
+  }
+
   // ---- search box with autocomplete ---------------------------------------------------------
 
   function setupSearch() {
@@ -448,7 +532,7 @@
     const p = new URLSearchParams(location.hash.replace(/^#/, ''));
     return {
       run: p.get('run'), z: num(p.get('z'), null), x: num(p.get('x'), null), y: num(p.get('y'), null),
-      klass: p.get('class'), cell: p.get('cell'),
+      klass: p.get('class'), cell: p.get('cell'), photos: p.get('photo'),
     };
   }
 
@@ -468,6 +552,7 @@
     p.set('y', v.toFixed(4));
     if (state.klass) p.set('class', state.klass.name);
     if (state.selected) p.set('cell', `${state.selected.size}:${state.selected.id}`);
+    if (state.shown.size) p.set('photo', [...state.shown.keys()].join(','));
     // readable links: '/' and ':' need no escaping in a fragment
     const hash = '#' + p.toString().replace(/\+/g, '%20').replace(/%2F/g, '/').replace(/%3A/g, ':');
     if (hash !== location.hash) history.replaceState(null, '', hash);
@@ -492,6 +577,9 @@
       } else if (state.selected) {
         closePanel();
       }
+      const want = new Set((view.photos || '').split(',').filter(Boolean));
+      for (const name of [...state.shown.keys()]) if (!want.has(name)) await showOverlay(name, false);
+      for (const name of want) if (!state.shown.has(name)) await showOverlay(name, true);
     } finally {
       state.restoring = false;
     }
@@ -555,6 +643,7 @@
     map.on('zoomend', () => { hideHover(); updateStatus(); });
     map.on('moveend', () => { updateStatus(); scheduleHash(); });
 
+    await loadOverlays();
     await applyView(view || {});
     updateStatus();
     writeHash();
@@ -603,6 +692,6 @@
     $('map').focus({ preventScroll: true });
   }
 
-  window.atlasViewer = { state, setClass, clearClass, openPanel, toLatLng, cellAt, currentLevel, map: null };
+  window.atlasViewer = { state, setClass, clearClass, openPanel, showOverlay, toLatLng, cellAt, currentLevel, map: null };
   main();
 }());
