@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -37,11 +37,15 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from atlas.data import SKIP_REASONS, ImageDataset, open_source
+from atlas.data import SKIP_REASONS, ImageDataset, ImageSource, open_source
 from atlas.datasets import resolve_source
+from atlas.distributed import ModelSpec, Scheduler
 from atlas.models import AtlasModel, load_model, resolve_device
 from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
 from atlas.store.common import is_current
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +329,7 @@ def default_workers() -> int:
 def collect(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
-    model: AtlasModel | str = "inceptionv1",
+    model: AtlasModel | ModelSpec | str = "inceptionv1",
     settings: CollectSettings | None = None,
     *,
     weights: str | os.PathLike | None = None,
@@ -336,6 +340,7 @@ def collect(
     overwrite: bool = False,
     progress: bool = True,
     max_blocks: int | None = None,
+    scheduler: str | Scheduler | Client | None = None,
 ) -> CollectSummary:
     """Run the collect stage: ``source`` images -> ``output`` (``activations.h5``).
 
@@ -343,7 +348,8 @@ def collect(
         source: a folder (recursive), a text file of paths, one or more ``.tar`` shards (or a
             glob), as understood by :func:`atlas.data.open_source`.
         output: the HDF5 file to write; its parts folder ``<output>.parts/`` holds unfinished work.
-        model: an :class:`~atlas.models.AtlasModel` or a spec for :func:`atlas.models.load_model`.
+        model: an :class:`~atlas.models.AtlasModel`, a spec for :func:`atlas.models.load_model`, or an
+            :class:`atlas.distributed.ModelSpec`.
         settings: what to collect (layers, sampling, attribution); see :class:`CollectSettings`.
         device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"`` ...
         batch_size: images per forward pass (does not change the results).
@@ -352,6 +358,12 @@ def collect(
         overwrite: discard an existing output or partial run instead of reusing/resuming it.
         max_blocks: stop after this many new blocks (for tests of resumption); the run is then
             left unfinished, exactly as a kill would leave it.
+        scheduler: run every missing block as a Dask task (:mod:`atlas.distributed`): a scheduler
+            address (``"tcp://HOST:8786"``), ``"local"``/``"local:N"`` (worker processes on this
+            machine), an :class:`atlas.distributed.Scheduler` or a ``distributed.Client``. The
+            workers load the model themselves, so ``model`` must be a spec (a name or a
+            :class:`~atlas.distributed.ModelSpec`), and ``workers`` is the number of decode threads
+            inside each task (default 1). The rows are those of the in-process run.
 
     Returns a :class:`CollectSummary`. When ``output`` is already complete for the same
     settings, nothing is recomputed.
@@ -359,12 +371,20 @@ def collect(
     settings = settings or CollectSettings()
     output = Path(output)
     t0 = time.perf_counter()
-    if isinstance(model, str):
+    model_spec = None
+    if scheduler is not None or isinstance(model, ModelSpec):
+        model_spec = ModelSpec.of(model, weights=weights, random_init=random_init, device=device)
+        weights, random_init = model_spec.weights, model_spec.random_init
+        # in a distributed run the workers load the model; here it only gives the layer shapes and
+        # the image transform, which do not depend on the weights
+        model = model_spec.for_shapes().load("cpu") if scheduler is not None else model_spec.load()
+    elif isinstance(model, str):
         model = load_model(model, weights=weights, random_init=random_init, device=device)
     elif device != "auto":
         model = model.to(resolve_device(device))
-    dev = model.device
-    src = open_source(resolve_source(source) if isinstance(source, str) else source)
+    if isinstance(source, str):
+        source = resolve_source(source)
+    src = open_source(source)
     refs = src.refs()
     specs = layer_specs(model, settings.layers)
     hashed = {
@@ -390,6 +410,52 @@ def collect(
     if done:
         log.info("resuming %s: %d of %d blocks already done", output, len(done), n_blocks)
 
+    if scheduler is None:
+        n_done_images, skipped = _collect_in_process(model, src, todo, specs, settings, parts, batch_size=batch_size,
+                                                     workers=workers, progress=progress)
+    else:
+        n_done_images, skipped = _collect_distributed(scheduler, model_spec, source, src, todo, specs, settings,
+                                                      parts, output, batch_size=batch_size, workers=workers,
+                                                      progress=progress)
+    reason_names = {code: name for name, code in SKIP_REASONS.items()}
+    elapsed = time.perf_counter() - t0
+    summary = CollectSummary(output, n_done_images, {}, skipped, elapsed,
+                             n_done_images / elapsed if elapsed else 0.0, resumed_blocks=len(done))
+    if len(parts.done_blocks()) < n_blocks:
+        log.info("stopped with %d of %d blocks done; run the same command again to resume",
+                 len(parts.done_blocks()), n_blocks)
+        return summary
+    summary.rows = finalize(
+        output, parts, n_blocks=n_blocks, layers=specs,
+        image_keys=[r.key for r in refs], image_labels=np.array([r.label for r in refs], np.int32),
+        settings=hashed,
+        attrs={"model": model.name, "source": str(src.root), "n_images": len(refs), "top_k": settings.top_k},
+        reasons=SKIP_REASONS,
+    )
+    # counted from the final file, so blocks done by an earlier (killed) run are included
+    summary.skipped = _skip_counts(output, reason_names)
+    if sum(summary.skipped.values()) == len(refs):
+        log.warning("none of the %d images of %s could be used (%s); check the source paths",
+                    len(refs), src.root, ", ".join(f"{n} {r}" for r, n in summary.skipped.items()))
+    return summary
+
+
+def _collect_in_process(
+    model: AtlasModel,
+    src: ImageSource,
+    todo: Sequence[int],
+    specs: Sequence[LayerSpec],
+    settings: CollectSettings,
+    parts: PartStore,
+    *,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+) -> tuple[int, dict[str, int]]:
+    """Collect blocks ``todo`` in this process (decode workers feed the model); returns
+    ``(images done, skipped images by reason)``."""
+    dev = model.device
+    refs = src.refs()
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
     n_classes = fast(torch.zeros(1, 3, model.input_size, model.input_size, device=dev)).shape[1]
     indices = [i for blk in todo for i in range(blk * settings.block_size, min(len(refs), (blk + 1) * settings.block_size))]
@@ -433,26 +499,48 @@ def collect(
             bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t0
-    summary = CollectSummary(output, n_done_images, {}, dict(skipped), elapsed,
-                             n_done_images / elapsed if elapsed else 0.0, resumed_blocks=len(done))
-    if len(parts.done_blocks()) < n_blocks:
-        log.info("stopped with %d of %d blocks done; run the same command again to resume",
-                 len(parts.done_blocks()), n_blocks)
-        return summary
-    summary.rows = finalize(
-        output, parts, n_blocks=n_blocks, layers=specs,
-        image_keys=[r.key for r in refs], image_labels=np.array([r.label for r in refs], np.int32),
-        settings=hashed,
-        attrs={"model": model.name, "source": str(src.root), "n_images": len(refs), "top_k": settings.top_k},
-        reasons=SKIP_REASONS,
-    )
-    # counted from the final file, so blocks done by an earlier (killed) run are included
-    summary.skipped = _skip_counts(output, reason_names)
-    if sum(summary.skipped.values()) == len(refs):
-        log.warning("none of the %d images of %s could be used (%s); check the source paths",
-                    len(refs), src.root, ", ".join(f"{n} {r}" for r, n in summary.skipped.items()))
-    return summary
+    return n_done_images, dict(skipped)
+
+
+def _collect_distributed(
+    scheduler: str | Scheduler | Client,
+    model_spec: ModelSpec,
+    source: Any,
+    src: ImageSource,
+    todo: Sequence[int],
+    specs: Sequence[LayerSpec],
+    settings: CollectSettings,
+    parts: PartStore,
+    output: Path,
+    *,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+) -> tuple[int, dict[str, int]]:
+    """Collect blocks ``todo`` as Dask tasks (:mod:`atlas.distributed`); returns
+    ``(images done, skipped images by reason)``."""
+    from atlas.distributed import BlockJob, client_for, keys_digest, portable_source, run_collect_blocks
+
+    if not todo:
+        return 0, {}
+    refs = src.refs()
+    bs = settings.block_size
+    jobs = []
+    for blk in todo:
+        start, stop = blk * bs, min(len(refs), (blk + 1) * bs)
+        jobs.append(BlockJob(
+            output=str(output.absolute()), parts_settings=parts.settings, model=model_spec, n_images=len(refs),
+            block=blk, start=start, stop=stop, keys_digest=keys_digest([r.key for r in refs[start:stop]]),
+            settings=settings, specs=tuple(specs), batch_size=batch_size, decode_threads=max(1, workers or 1),
+        ))
+    portable = portable_source(source)
+    with client_for(scheduler) as client:
+        results = run_collect_blocks(client, jobs, src if portable is None else portable, progress=progress,
+                                     desc=f"collect {','.join(settings.layers)}")
+    skipped: Counter[str] = Counter()
+    for r in results:
+        skipped.update(r.skipped)
+    return sum(r.images for r in results), dict(skipped)
 
 
 def _weights_id(weights: str | os.PathLike | None) -> str | None:

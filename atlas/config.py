@@ -5,6 +5,8 @@ A config names a run directory, a model and each stage's settings::
     [run]
     dir = "runs/quickstart"            # every artifact of the run goes here
     device = "auto"                    # "auto" (CUDA if present), "cpu", "cuda", "cuda:1"
+    scheduler = "tcp://HOST:8786"      # optional: collect and reduce on Dask distributed;
+                                       # "local" / "local:N" = N worker processes here
 
     [model]
     name = "inceptionv1"               # or "torchvision:googlenet", "torchvision:resnet50", ...
@@ -47,8 +49,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class RunSection:
+    """``scheduler``: empty (stages run in this process), a Dask scheduler address
+    (``tcp://HOST:8786``), or ``local`` / ``local:N`` (see :mod:`atlas.distributed`)."""
+
     dir: str = "runs/default"
     device: str = "auto"
+    scheduler: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,6 +197,13 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
             hint = f" Did you mean [{close[0]}]?" if close else ""
             raise ConfigError(f"{path}: unknown section [{name}].{hint} Allowed: {', '.join(sections)}")
     run = _build(RunSection, raw.get("run", {}), "run", path)
+    if run.scheduler:
+        from atlas.distributed import parse_scheduler
+
+        try:
+            parse_scheduler(run.scheduler)
+        except ValueError as e:
+            raise ConfigError(f"{path}: [run] scheduler: {e}") from e
     model = _build(ModelSection, raw.get("model", {}), "model", path)
     coll = dict(raw.get("collect", {}))
     own = {k: coll.pop(k) for k in ("source", "batch_size", "workers") if k in coll}

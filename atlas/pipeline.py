@@ -4,6 +4,10 @@ Stages are plain functions; this module only wires named artifacts between them 
 directory holds ``activations.h5``, ``layout.h5``, ``cells.h5``, ...). A stage whose output is
 complete for the same settings is skipped by the stage itself; an interrupted stage resumes.
 A failure names the command that resumes the run.
+
+With a scheduler (``[run] scheduler`` or ``scheduler=``), collect and reduce's placement run on
+Dask distributed (:mod:`atlas.distributed`); the connection (or local cluster) is made when the
+first of them has work and shared by both. Grid, render and tiles run in this process.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.config import PipelineConfig, load_config
+from atlas.distributed import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +28,10 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[PipelineConfig, bool], str]  # returns a one-line summary
+    run: Callable[[PipelineConfig, bool, Scheduler | None], str]  # returns a one-line summary
 
 
-def _collect(cfg: PipelineConfig, progress: bool) -> str:
+def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
     from atlas.collect import collect
 
     c = cfg.collect
@@ -41,25 +46,27 @@ def _collect(cfg: PipelineConfig, progress: bool) -> str:
         batch_size=c.batch_size,
         workers=None if c.workers < 0 else c.workers,
         progress=progress,
+        scheduler=scheduler,
     )
     return summary.describe()
 
 
-def _reduce(cfg: PipelineConfig, progress: bool) -> str:
+def _reduce(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
     from atlas.reduce import reduce_file
 
     d = cfg.run_dir
-    return reduce_file(d / "activations.h5", d / "layout.h5", cfg.reduce, progress=progress).describe()
+    return reduce_file(d / "activations.h5", d / "layout.h5", cfg.reduce, progress=progress,
+                       scheduler=scheduler).describe()
 
 
-def _grid(cfg: PipelineConfig, progress: bool) -> str:
+def _grid(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
     from atlas.grid import grid_file
 
     d = cfg.run_dir
     return grid_file(d / "activations.h5", d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress).describe()
 
 
-def _render(cfg: PipelineConfig, progress: bool) -> str:
+def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
     from atlas.models import load_model
     from atlas.render import render_cells
 
@@ -73,7 +80,7 @@ def _render(cfg: PipelineConfig, progress: bool) -> str:
     ).describe()
 
 
-def _tiles(cfg: PipelineConfig, progress: bool) -> str:
+def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
     from atlas.tiles import build_tiles
 
     d, t = cfg.run_dir, cfg.tiles
@@ -104,10 +111,13 @@ def run_pipeline(
     start: str | None = None,
     progress: bool = True,
     report: Callable[[str, str], None] | None = None,
+    scheduler: str | None = None,
 ) -> dict[str, str]:
     """Run the stages of ``config`` (a path or a loaded config); returns each stage's summary.
 
-    ``report(stage, summary)`` is called after each stage (the CLI prints it).
+    ``report(stage, summary)`` is called after each stage (the CLI prints it). ``scheduler``
+    (a Dask scheduler address, ``"local"`` or ``"local:N"``) replaces the config's
+    ``[run] scheduler``.
     """
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     names = stage_names()
@@ -118,17 +128,23 @@ def run_pipeline(
     if start is not None:
         todo = todo[names.index(start):]
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    spec = scheduler or cfg.run.scheduler
+    sched = Scheduler(spec) if spec else None  # connects when a stage first needs it
     summaries: dict[str, str] = {}
-    for stage in todo:
-        log.info("stage %s", stage.name)
-        try:
-            summaries[stage.name] = stage.run(cfg, progress)
-        except BaseException:
-            resume = f"atlas run {shlex.quote(str(cfg.path))} --from {stage.name}"
-            log.error("stage %s did not finish; resume with: %s", stage.name, resume)
-            raise
-        if report is not None:
-            report(stage.name, summaries[stage.name])
+    try:
+        for stage in todo:
+            log.info("stage %s", stage.name)
+            try:
+                summaries[stage.name] = stage.run(cfg, progress, sched)
+            except BaseException:
+                resume = f"atlas run {shlex.quote(str(cfg.path))} --from {stage.name}"
+                log.error("stage %s did not finish; resume with: %s", stage.name, resume)
+                raise
+            if report is not None:
+                report(stage.name, summaries[stage.name])
+    finally:
+        if sched is not None:
+            sched.close()
     return summaries
 
 

@@ -33,6 +33,7 @@ run resumes where it stopped.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -43,7 +44,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -52,6 +53,11 @@ from tqdm.auto import tqdm
 from atlas.store.activations import ActivationsFile
 from atlas.store.common import ArtifactError, settings_hash
 from atlas.store.layout import NONFINITE, PLACED, ZERO, LayoutWriter, model_path, read_layout, read_rows
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from atlas.distributed import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -792,22 +798,26 @@ class _ChunkTask:
         return _Placed(start, xy, status)
 
 
+def _place_chunk(task: _ChunkTask, start: int, stop: int) -> _Placed:
+    """``task(start, stop)`` as a Dask task of its own, for a task scattered to the workers."""
+    return task(start, stop)
+
+
 def _run_chunks(task: _ChunkTask, bounds: Sequence[tuple[int, int]], writer: LayoutWriter, done_from: int,
-                total: int, n_workers: int, bar: Any, on_chunk: ChunkCallback | None) -> None:
-    """Run the chunk tasks on Dask's threaded scheduler; write each as it finishes, commit the prefix.
+                total: int, n_workers: int, bar: Any, on_chunk: ChunkCallback | None,
+                client: Client | None = None) -> None:
+    """Run the chunk tasks on Dask's threaded scheduler, or on a ``distributed.Client``; write each
+    chunk as it finishes, commit the prefix.
 
-    Tasks go in waves of ``4 * n_workers`` chunks, so whatever order the scheduler picks, the
-    committed prefix advances at least once a wave and a kill loses at most one wave of work.
+    Tasks go in waves of ``4 * n_workers`` chunks (``4 *`` the cluster's threads on a client), so
+    whatever order the scheduler picks, the committed prefix advances at least once a wave and a
+    kill loses at most one wave of work. On a client the task (the fitted model with its
+    neighbour index) is sent to the workers once, not with every chunk.
     """
-    import dask
-    from dask.callbacks import Callback
-
     finished: dict[int, int] = {}
     state = {"next": done_from}
 
-    def posttask(key: Any, result: Any, dsk: Any, st: Any, worker_id: Any) -> None:
-        if not isinstance(result, _Placed):
-            return
+    def record(result: _Placed) -> None:
         stop = result.start + len(result.xy)
         writer.write_rows(result.start, result.xy, result.status)
         bar.update(stop - result.start)
@@ -820,6 +830,30 @@ def _run_chunks(task: _ChunkTask, bounds: Sequence[tuple[int, int]], writer: Lay
             writer.commit(state["next"])
             if on_chunk is not None:
                 on_chunk(state["next"], total)
+
+    if client is not None:
+        from distributed import as_completed
+
+        from atlas.distributed import slim_for_placement, worker_slots
+
+        shipped = copy.copy(task)
+        shipped.est = slim_for_placement(task.est)
+        remote = client.scatter(shipped, broadcast=True, hash=False)
+        wave = 4 * worker_slots(client)
+        for w in range(0, len(bounds), wave):
+            futures = [client.submit(_place_chunk, remote, s, e, key=f"place-{task._token}-{s:012d}")
+                       for s, e in bounds[w:w + wave]]
+            for fut in as_completed(futures):
+                record(fut.result())
+                fut.release()
+        return
+
+    import dask
+    from dask.callbacks import Callback
+
+    def posttask(key: Any, result: Any, dsk: Any, st: Any, worker_id: Any) -> None:
+        if isinstance(result, _Placed):
+            record(result)
 
     fn = dask.delayed(task, pure=False)
     wave = 4 * n_workers
@@ -840,6 +874,7 @@ def reduce_file(
     progress: bool = True,
     overwrite: bool = False,
     on_chunk: ChunkCallback | None = None,
+    scheduler: str | Scheduler | Client | None = None,
     **overrides: Any,
 ) -> ReduceSummary:
     """The reduce stage: ``activations.h5`` -> ``layout.h5`` (format: :mod:`atlas.store.layout`).
@@ -858,6 +893,11 @@ def reduce_file(
     ``overwrite``). ``overrides`` replace fields of ``settings``, e.g.
     ``reduce_file(a, l, class_filter="tabby cat")``. ``on_chunk(rows_done, rows_total)`` is
     called after each commit (raise from it to stop early).
+
+    ``scheduler`` runs the placement chunks on Dask distributed instead of local threads: a
+    scheduler address, ``"local[:N]"``, an :class:`atlas.distributed.Scheduler` or a
+    ``distributed.Client`` (workers must see ``activations_path`` at the same path). The fit
+    runs here either way.
     """
     t0 = time.perf_counter()
     settings = dataclasses.replace(settings or ReduceSettings(), **overrides)
@@ -924,10 +964,16 @@ def reduce_file(
             bounds = [(s, min(m, s + settings.chunk_rows)) for s in range(start, m, settings.chunk_rows)]
             tp = time.perf_counter()
             if bounds:
-                task = _ChunkTask(est, str(activations_path), layer, row_ids, sample_ids, sample_emb)
+                task = _ChunkTask(est, str(Path(activations_path).absolute()), layer, row_ids, sample_ids, sample_emb)
                 with tqdm(total=m, initial=start, unit="row", desc=f"reduce {layer}", disable=not progress,
                           leave=False) as bar:
-                    _run_chunks(task, bounds, writer, start, m, settings.n_workers, bar, on_chunk)
+                    if scheduler is None:
+                        _run_chunks(task, bounds, writer, start, m, settings.n_workers, bar, on_chunk)
+                    else:
+                        from atlas.distributed import client_for
+
+                        with client_for(scheduler) as client:
+                            _run_chunks(task, bounds, writer, start, m, settings.n_workers, bar, on_chunk, client)
             summary.place_seconds = time.perf_counter() - tp
             counts = _finish(writer, row_ids)
         finally:
