@@ -26,6 +26,11 @@ def _add_model_args(p: argparse.ArgumentParser, default: str | None = "inception
     g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 [%(default)s]")
 
 
+def _add_scheduler_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help=f"Dask scheduler (tcp://HOST:8786, or local / local:N for N worker processes here): {what}")
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from atlas.models import load_model
 
@@ -67,6 +72,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        scheduler=args.scheduler,
     )
     print(summary.describe())
     return 0
@@ -130,6 +136,34 @@ def _run_file(run_dir: str | None, explicit: str | None, name: str) -> str:
     return str(Path(run_dir) / name)
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.attack import AttackSettings, run_attack
+    from atlas.models import load_model
+
+    settings = AttackSettings(
+        source=args.source, target=args.target, level=args.level, candidates=args.candidates,
+        random_cells=args.random_cells, noise_patches=args.noise_patches, patch=args.patch, patch_px=args.patch_px,
+        steps=args.steps, sizes=tuple(float(v) for v in args.sizes.split(",")), static_corner=args.corner,
+        augment=args.augment, seed=args.seed, universal_limit=args.universal_limit,
+    )
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    out = Path(args.out or Path(args.run_dir) / "attacks" / f"{args.source}-to-{args.target}".replace(" ", "_"))
+    report = run_attack(model, args.run_dir, settings, images=args.images, target_images=args.target_images,
+                        universal=args.universal, out_dir=out, progress=not args.quiet)
+    print("candidates (target - source attribution, mean over the cell's rows):")
+    for c in report.candidates:
+        print(f"  cell {c['cell'][0]}:{c['cell'][1]},{c['cell'][2]}  score {c['score']:+.4f}  {c['count']} rows  "
+              f"[{', '.join(c['classes'][:3])}]")
+    print(f"{report.n_source_correct} of {report.n_source_views} views of {report.source!r} classified correctly; "
+          f"patches chosen on {report.n_selection}, measured on {report.n_test}")
+    print(report.table())
+    print(f"wrote {out}/report.json, report.md, candidates.png, examples.png, success.png "
+          f"({report.seconds['total']:.0f} s)")
+    return 0
+
+
 def cmd_reduce(args: argparse.Namespace) -> int:
     from atlas.reduce import ReduceSettings, reduce_file
 
@@ -140,7 +174,8 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     )
     acts = _run_file(args.run_dir, args.activations, "activations.h5")
     out = _run_file(args.run_dir, args.output, "layout.h5")
-    summary = reduce_file(acts, out, settings, layer=args.layer, progress=not args.quiet, overwrite=args.overwrite)
+    summary = reduce_file(acts, out, settings, layer=args.layer, progress=not args.quiet, overwrite=args.overwrite,
+                          scheduler=args.scheduler)
     print(summary.describe())
     return 0
 
@@ -222,7 +257,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from atlas.pipeline import run_pipeline
 
     run_pipeline(args.config, only=args.only, start=args.start, progress=not args.quiet,
-                 report=lambda stage, summary: print(f"[{stage}] {summary}"))
+                 report=lambda stage, summary: print(f"[{stage}] {summary}"), scheduler=args.scheduler)
     return 0
 
 
@@ -261,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None, help="decode processes [one per spare core]")
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
     s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
+    _add_scheduler_arg(s, "one Dask task per block of images; --workers is then decode threads per task")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("reduce", help="activations.h5 -> layout.h5 (UMAP to 2-D, normalized to [0, 1])")
@@ -280,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=int, default=2, help="parallel placement tasks [%(default)s]")
     s.add_argument("--overwrite", action="store_true")
+    _add_scheduler_arg(s, "placement chunks as Dask tasks; the UMAP fit stays here")
     s.set_defaults(func=cmd_reduce)
 
     s = sub.add_parser("grid", help="activations + layout -> cells.h5 at several zoom levels")
@@ -374,10 +411,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--curve-steps", type=int, default=16, help="deletion/insertion steps [%(default)s]")
     s.set_defaults(func=cmd_explain)
 
+    s = sub.add_parser("attack", help="patch attack from atlas neighbourhoods: source class -> target class")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="an atlas run folder (activations.h5, layout.h5, cells.h5)")
+    s.add_argument("--source", required=True, help="class of the photos to attack, e.g. snorkel")
+    s.add_argument("--target", required=True, help="class the patch should turn them into, e.g. 'scuba diver'")
+    _add_model_args(s)
+    s.add_argument("--images", default=None, help="photos of the source class [those in the atlas's source]")
+    s.add_argument("--target-images", default=None, help="photos of the target class [those in the atlas's source]")
+    s.add_argument("--universal", default=None, metavar="DIR",
+                   help="also paste the patches over these photos of many classes (flip-to-target rate)")
+    s.add_argument("--universal-limit", type=int, default=None, help="use at most this many universal photos")
+    s.add_argument("--level", type=int, default=None, help="grid size to take cells from [middle size]")
+    s.add_argument("--candidates", type=int, default=4, help="atlas cells to try [%(default)s]")
+    s.add_argument("--random-cells", type=int, default=4, help="random cells for the baseline [%(default)s]")
+    s.add_argument("--noise-patches", type=int, default=4, help="noise patches for the baseline [%(default)s]")
+    s.add_argument("--patch", choices=("optvis", "icon"), default="optvis",
+                   help="fresh feature visualization at patch size, or the cell's rendered icon [%(default)s]")
+    s.add_argument("--patch-px", type=int, default=112, help="rendered patch side in pixels [%(default)s]")
+    s.add_argument("--steps", type=int, default=256, help="optimization steps per patch [%(default)s]")
+    s.add_argument("--sizes", default="0.2,0.3,0.4,0.5", help="patch sizes, fractions of the width [%(default)s]")
+    s.add_argument("--corner", default="br", choices=("tl", "tr", "bl", "br"), help="static corner [%(default)s]")
+    s.add_argument("--augment", type=int, default=24, help="views per source photo when there are few [%(default)s]")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", default=None, help="report folder [RUN_DIR/attacks/SOURCE-to-TARGET]")
+    s.set_defaults(func=cmd_attack)
+
     s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")
     s.add_argument("config")
     s.add_argument("--only", default=None, help="run just this stage")
     s.add_argument("--from", dest="start", default=None, help="start at this stage")
+    _add_scheduler_arg(s, "collect and reduce on Dask; replaces the config's [run] scheduler")
     s.set_defaults(func=cmd_run)
     return p
 

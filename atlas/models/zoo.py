@@ -129,7 +129,9 @@ class AtlasModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.net.parameters()).device
+        for t in (*self.net.parameters(), *self.net.buffers()):
+            return t.device
+        return torch.device("cpu")  # a net without parameters or buffers
 
     def layer_names(self) -> list[str]:
         """Names of every hookable module of ``net`` (dropout and the root excluded)."""
