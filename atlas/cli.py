@@ -49,7 +49,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from atlas.collect import CollectSettings, collect
 
     settings = CollectSettings(
-        layers=tuple(args.layer),
+        layers=tuple(args.layer or ["inception4c"]),
         sampling=args.sampling,
         positions_per_image=args.positions,
         edge_margin=args.edge_margin,
@@ -448,8 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "layer", ...) is None:
-        args.layer = ["inception4c"]
     level = logging.WARNING - 10 * min(args.verbose + 1, 2) if not args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
