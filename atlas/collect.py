@@ -37,6 +37,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from atlas import forward_ad
 from atlas.data import SKIP_REASONS, ImageDataset, ImageSource, open_source
 from atlas.datasets import resolve_source
 from atlas.distributed import ModelSpec, Scheduler
@@ -213,7 +214,7 @@ def _attributed_slots(
 
         handle = module.register_forward_hook(hook)
         try:
-            with torch.no_grad(), fwAD.dual_level():
+            with torch.no_grad(), forward_ad.dual_level():
                 tangent = fwAD.unpack_dual(model(images)).tangent
         finally:
             handle.remove()
