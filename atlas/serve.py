@@ -9,6 +9,8 @@ size), so a rebuilt tile is picked up at once.
 Routes (``GET`` and ``HEAD`` only; every other method gets 405)::
 
     /                                 the viewer (atlas/viewer/index.html)
+    /atlas.json                       the atlases found under the served folder, with "api": true
+                                      (an export writes the same file, with "api": false)
     /static/<path>                    viewer assets (JS, CSS, vendored Leaflet)
     /data/<run>/<path>                files of a tiles folder: manifest.json, {z}/{x}/{y}.jpg,
                                       meta/..., icons/... (sprites), thumbs/...
@@ -96,17 +98,13 @@ class Run:
     path: Path  # resolved
     manifest: dict[str, Any]
     mtime_ns: int
-
-    @property
-    def name(self) -> str:
-        """The run's folder name: ``runA/tiles`` -> ``runA``."""
-        parts = self.id.split("/")
-        return "/".join(parts[:-1]) if len(parts) > 1 and parts[-1] == "tiles" else self.id
+    name: str  # the run's name: its folder's, see run_name()
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
         return {
             "id": self.id,
+            "name": self.name,
             "label": " · ".join(x for x in (self.name, m.get("layer", "")) if x),
             "title": m.get("title", ""),
             "model": m.get("model", ""),
@@ -116,6 +114,18 @@ class Run:
             "levels": [lv.get("size") for lv in m.get("levels", [])],
             "base": f"/data/{self.id}/",
         }
+
+
+def run_name(root: Path, tiles_dir: Path) -> str:
+    """The name a tiles folder is shown by: its run folder's (the folder holding ``tiles/``).
+
+    ``runA/tiles`` -> ``runA``; serving a run folder ``demo`` (or ``demo/tiles`` itself) ->
+    ``demo``; a tiles folder by another name keeps its own.
+    """
+    folder = tiles_dir.parent if tiles_dir.name == "tiles" else tiles_dir
+    if root in folder.parents:
+        return folder.relative_to(root).as_posix()
+    return folder.name or "atlas"
 
 
 def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
@@ -140,7 +150,7 @@ def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
                     rel = real.relative_to(root).as_posix()
                     if rel == ".":  # the served folder is itself a tiles folder
                         rel = root.name if root.name and not root.name.startswith(".") else "atlas"
-                    runs[rel] = Run(rel, real, manifest, manifest_path.stat().st_mtime_ns)
+                    runs[rel] = Run(rel, real, manifest, manifest_path.stat().st_mtime_ns, run_name(root, real))
                 return
         if depth >= max_depth:
             return
@@ -408,6 +418,8 @@ class AtlasHandler(BaseHTTPRequestHandler):
         parts = _check_segments(path)
         if path in ("/", "/index.html"):
             return self._send_file(_inside(VIEWER_DIR, ["index.html"]), cache="no-cache")
+        if path == "/atlas.json":  # the viewer's list of atlases, as an export writes it (with "api": false)
+            return self._api_runs(query)
         head = parts[0]
         if head == "static" and len(parts) > 1:
             return self._send_file(_inside(VIEWER_DIR, parts[1:]), cache="no-cache")
@@ -565,7 +577,7 @@ class AtlasHandler(BaseHTTPRequestHandler):
 
     def _api_runs(self, query: dict[str, str]) -> None:
         runs = self.server.runs()
-        self._send_json({"runs": [run.describe() for _id, run in sorted(runs.items())]})
+        self._send_json({"api": True, "runs": [run.describe() for _id, run in sorted(runs.items())]})
 
     def _level(self, run: Run, query: dict[str, str]) -> dict[str, Any]:
         if not query.get("level"):
@@ -771,4 +783,4 @@ def serve(
         server.server_close()
 
 
-__all__ = ["AtlasHandler", "AtlasServer", "HTTPError", "Run", "find_runs", "make_server", "serve"]
+__all__ = ["AtlasHandler", "AtlasServer", "HTTPError", "Run", "find_runs", "make_server", "run_name", "serve"]

@@ -76,7 +76,7 @@ def get_json(server, target: str):
 def test_viewer_page_and_assets(site):
     status, headers, body = request(site, "GET", "/")
     assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
-    assert b"/static/atlas.js" in body and b"leaflet.js" in body
+    assert b'src="static/atlas.js"' in body and b"leaflet.js" in body  # relative: an export works from any path
     assert "default-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff"
     for path, ctype in [("/static/atlas.js", "text/javascript; charset=utf-8"), ("/static/atlas.css", "text/css; charset=utf-8"),
@@ -124,7 +124,10 @@ def test_api_runs(site):
     assert status == 200
     (run,) = data["runs"]
     assert run["id"] == "tiles" and run["base"] == "/data/tiles/" and run["layer"] == "mixed4c"
-    assert run["levels"] == [4, 8, 16]
+    assert run["levels"] == [4, 8, 16] and run["name"] == "run"  # the served run folder's name, not "tiles"
+    # the viewer reads atlas.json: the same list, saying that the API answers
+    status, doc = get_json(site, "/atlas.json")
+    assert status == 200 and doc == {"api": True, **data}
 
 
 def test_api_cell(site):
@@ -339,6 +342,7 @@ def test_several_runs_and_run_picker_api(tmp_path):
         _s, data = get_json(server, "/api/runs")
         assert [r["id"] for r in data["runs"]] == ["runA/tiles", "runB/tiles"]
         assert [r["label"] for r in data["runs"]] == ["runA · mixed4c", "runB · mixed4c"]
+        assert [r["name"] for r in data["runs"]] == ["runA", "runB"]
         assert request(server, "GET", "/data/runB/tiles/0/0/0.jpg")[0] == 200
         status, err = get_json(server, "/api/cell?level=8&id=1")
         assert status == 400 and "run=" in err["error"]
@@ -355,6 +359,7 @@ def test_serving_a_tiles_folder_directly(tmp_path):
     try:
         _s, data = get_json(server, "/api/runs")
         assert data["runs"][0]["base"] == "/data/tiles/"
+        assert data["runs"][0]["name"] == "run"  # the run's, not the tiles folder's
         assert request(server, "GET", "/data/tiles/manifest.json")[0] == 200
     finally:
         server.shutdown()

@@ -237,6 +237,48 @@ def test_class_search_highlights_by_attribution(vpage, site, shots):
     assert vpage.js("document.querySelector('canvas.atlas-highlight')") is None
 
 
+def test_class_search_brings_off_screen_cells_into_view(vpage, site):
+    by_id = {c["id"]: c for c in _cells(site, 48)}
+    pizza = {i: dict(c["top"]).get(963, 0) for i, c in by_id.items() if dict(c["top"]).get(963, 0) > 0}
+    best = by_id[max(pizza, key=pizza.get)]
+    u, v = (best["ix"] + 0.5) / 48, (best["iy"] + 0.5) / 48
+    far = (0.05 if u > 0.5 else 0.95, 0.05 if v > 0.5 else 0.95)  # the opposite corner, zoomed in
+    vpage.open(f"#run={RUN}&z=4&x={far[0]}&y={far[1]}")
+
+    def in_view(cell: dict, size: int) -> bool:
+        x, y = vpage.point_of(size, cell)
+        return 0 <= x < VIEWPORT["width"] and 0 <= y < VIEWPORT["height"]
+
+    assert not in_view(best, 48)
+    vpage.page.click("#search-input")
+    vpage.page.keyboard.type("pizz")
+    vpage.page.wait_for_selector("#search-list li[role=option]", timeout=5_000)
+    vpage.page.keyboard.press("Enter")
+    vpage.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+    vpage.page.wait_for_timeout(1200)  # the flight takes 0.6 s
+    assert in_view(best, 48)
+    assert vpage.js("atlasViewer.map.getZoom()") <= 4  # brought into view by moving (and zooming out), never in
+    vpage.page.wait_for_function("() => location.hash.includes('class=pizza')", timeout=5_000)
+
+
+def test_serving_a_run_folder_shows_the_runs_name(browser, site):
+    for served in (site.root / "alpha", site.root / "alpha" / "tiles"):
+        server = make_server(served, port=0)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        server.base_url = f"http://127.0.0.1:{server.server_address[1]}/"
+        p = Page(browser, server)
+        try:
+            runs = _get(server, "atlas.json")["runs"]
+            assert [(r["name"], r["label"]) for r in runs] == [("alpha", "alpha · mixed4c")]
+            p.open()
+            assert p.page.inner_text("#subtitle") == "alpha · fake-net · mixed4c"
+            assert p.page.is_hidden("#run-picker")
+        finally:
+            p.close()
+            server.shutdown()
+            server.server_close()
+
+
 def test_click_opens_panel_with_examples(vpage, site, shots):
     cell = _pick(site, 24)
     vpage.open(f"#run={RUN}&z=2&x={(cell['ix'] + 0.5) / 24:.4f}&y={(cell['iy'] + 0.5) / 24:.4f}")

@@ -1,12 +1,17 @@
 /* Activation atlas viewer (Carter et al., "Activation Atlas", Distill 2019).
  *
- * Reads the tiles folder written by `atlas tiles` through `atlas serve`:
- *   /api/runs                       the atlases served
+ * Reads the tiles folder written by `atlas tiles`, served by `atlas serve` or exported as a static
+ * site by `atlas export` (every path is relative to the page):
+ *   atlas.json                      the atlases, and whether a JSON API answers ("api")
  *   <base>manifest.json             geometry, zoom -> grid level mapping, class names
  *   <base>{z}/{x}/{y}.<ext>         tiles (Leaflet, flat CRS with y down)
  *   <base>meta/<size>/<ry>-<rx>.json per-cell metadata, fetched on hover/click
- *   /api/class?run=&name=           per-cell attribution to a class, for highlighting
- *   /api/overlays?run=              photos placed on the atlas by `atlas explain --atlas`
+ *   per-cell attribution to a class, for highlighting:
+ *     api/class?run=&name=          from `atlas serve`
+ *     <base>classes/<index>.json    precomputed by `atlas export` (classes/index.json lists them)
+ *   photos placed on the atlas by `atlas explain --atlas`:
+ *     api/overlays?run=             from `atlas serve`
+ *     <base>overlays/index.json     written by `atlas explain` (always present in an export)
  *   <base>overlays/<name>.json      one photo's positions on the atlas
  * Map units are pixels at the deepest tiled zoom; the layout's unit square starts at margin_px
  * and is content_px wide. The URL hash (run, z, x, y, class, cell, photo) restores a view.
@@ -19,7 +24,7 @@
   const fmt = new Intl.NumberFormat('en-US');
 
   const state = {
-    runs: [], run: null, m: null, map: null, tiles: null, highlightLayer: null,
+    api: true, runs: [], run: null, m: null, map: null, tiles: null, highlightLayer: null,
     regions: new Map(), klass: null, selected: null, hover: null, hoverRect: null, selectedRect: null,
     restoring: false, hashTimer: 0, tilesLoaded: 0,
     overlays: [], shown: new Map(), // photo overlays: index entries; name -> Leaflet layer group
@@ -340,11 +345,42 @@
     },
   });
 
-  async function setClass(name) {
+  async function staticClass(name) { // an export's precomputed per-class files
+    const query = name.trim().toLowerCase().replace(/_/g, ' ');
+    const classes = state.m.classes;
+    let index = /^\d+$/.test(query) && +query < classes.length ? +query : classes.findIndex((n) => n.toLowerCase() === query);
+    if (index < 0) { const err = new Error('unknown class'); err.status = 404; throw err; }
+    if (!state.classIndex) state.classIndex = getJSON(`${state.run.base}classes/index.json?v=${state.m.build}`).then((d) => new Set(d.classes));
+    const present = await state.classIndex;
+    if (!present.has(index)) { // no cell of this atlas is attributed to the class
+      return { class: { index, name: classes[index] }, levels: Object.fromEntries(state.m.levels.map((lv) => [String(lv.size), { max: 0, cells: [] }])) };
+    }
+    return getJSON(`${state.run.base}classes/${index}.json?v=${state.m.build}`);
+  }
+
+  function flyToClass() { // bring the highlighted cells into view (zooming out, never in)
+    const level = currentLevel();
+    const data = state.klass.levels[String(level.size)];
+    if (!data || !data.cells.length) return;
+    const strong = data.cells.filter(([, v]) => v >= 0.25 * data.max);
+    let bounds = null;
+    for (const [id] of strong) {
+      const b = cellBounds(level, Math.floor(id / level.size), id % level.size);
+      bounds = bounds ? bounds.extend(b) : L.latLngBounds(b.getSouthWest(), b.getNorthEast());
+    }
+    const view = state.map.getBounds();
+    if (strong.every(([id]) => view.contains(cellBounds(level, Math.floor(id / level.size), id % level.size).getCenter()))) return;
+    const zoom = Math.min(state.map.getZoom(), state.map.getBoundsZoom(bounds, false, L.point(80, 80)));
+    state.map.flyTo(bounds.getCenter(), zoom, { duration: 0.6 });
+  }
+
+  async function setClass(name, { fly } = {}) {
     if (!name) { clearClass(); return; }
     let data;
     try {
-      data = await getJSON(`/api/class?run=${encodeURIComponent(state.run.id)}&name=${encodeURIComponent(name)}`);
+      data = state.api
+        ? await getJSON(`api/class?run=${encodeURIComponent(state.run.id)}&name=${encodeURIComponent(name)}`)
+        : await staticClass(name);
     } catch (err) {
       $('class-chip').hidden = false;
       $('class-name').textContent = name;
@@ -358,6 +394,7 @@
     if (!state.highlightLayer) state.highlightLayer = new HighlightLayer().addTo(state.map);
     else state.highlightLayer.redraw();
     document.body.dataset.highlightClass = data.class.name;
+    if (fly) flyToClass();
     if (state.selected) {
       const level = state.m.levels.find((lv) => lv.size === state.selected.size);
       if (level) openPanel(level, state.selected.iy, state.selected.ix, { quiet: true });
@@ -437,7 +474,9 @@
     box.hidden = true;
     let index;
     try {
-      index = await getJSON(`/api/overlays?run=${encodeURIComponent(state.run.id)}`);
+      index = await getJSON(state.api
+        ? `api/overlays?run=${encodeURIComponent(state.run.id)}`
+        : `${state.run.base}overlays/index.json?v=${encodeURIComponent(state.m.build)}`);
     } catch (err) {
       return; // no photo placed on this atlas yet
     }
@@ -511,7 +550,7 @@
       list.hidden = true;
       input.setAttribute('aria-expanded', 'false');
       input.blur();
-      setClass(state.m.classes[i]);
+      setClass(state.m.classes[i], { fly: true });
     }
 
     input.addEventListener('input', render);
@@ -600,6 +639,7 @@
   async function openRun(run, view) {
     state.run = run;
     state.regions.clear();
+    state.classIndex = null;
     hideHover();
     if (state.map) { state.map.remove(); state.map = null; state.highlightLayer = null; state.selectedRect = null; }
     state.klass = null;
@@ -616,7 +656,7 @@
     state.m = m;
     document.title = `${m.title} — Activation Atlas`;
     $('title').textContent = 'Activation Atlas';
-    $('subtitle').textContent = [m.model, m.layer].filter(Boolean).join(' · ');
+    $('subtitle').textContent = [run.name, m.model, m.layer].filter(Boolean).join(' · ');
     document.documentElement.style.setProperty('--bg', m.background);
     $('run-select').value = run.id;
 
@@ -678,9 +718,11 @@
     });
     let runs;
     try {
-      runs = (await getJSON('/api/runs')).runs;
+      const doc = await getJSON('atlas.json');
+      runs = doc.runs;
+      state.api = doc.api !== false;
     } catch (err) {
-      showMessage(`Could not reach the atlas server: ${err.message}`);
+      showMessage(`Could not load the list of atlases (atlas.json): ${err.message}`);
       return;
     }
     state.runs = runs;
