@@ -1,7 +1,10 @@
 """Small files the package ships: ImageNet-1k class names and WordNet ids.
 
-``imagenet_classes.tsv`` has one row per class in the standard ImageNet-1k index order:
-``index``, ``wnid`` (WordNet id, e.g. ``n04251144``) and a human-readable ``name``.
+The files live in the repository's top-level ``data/`` folder (see ``data/README.md``);
+``atlas/resources/data`` links to it, and a wheel carries copies there, so they are read as
+package data either way. ``imagenet_classes.tsv`` has one row per class in the standard
+ImageNet-1k index order: ``index``, ``wnid`` (WordNet id, e.g. ``n04251144``) and a
+human-readable ``name``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from importlib import resources
 
 @lru_cache(maxsize=1)
 def _table() -> tuple[tuple[str, str], ...]:
-    text = resources.files(__package__).joinpath("imagenet_classes.tsv").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("data", "imagenet_classes.tsv").read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines()[1:] if line.strip()]
     return tuple((wnid, name) for _i, wnid, name in rows)
 
