@@ -253,6 +253,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from atlas.export import export_site
+
+    print(export_site(args.run_dir, args.out_dir, overwrite=args.overwrite).describe())
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from atlas.pipeline import run_pipeline
 
@@ -391,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--open", action="store_true", help="open the page in a browser")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("export", help="the atlas as a static site (viewer, tiles, data) for any static file host")
+    s.add_argument("run_dir", help="a run folder, its tiles folder, or a folder of runs")
+    s.add_argument("out_dir", help="folder to write the site into (new or empty)")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT_DIR")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("explain", help="attribution maps of one photo (or --evaluate a folder)")
     s.add_argument("photo", help="a photo; with --evaluate a folder / list of photos")
