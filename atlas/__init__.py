@@ -27,6 +27,7 @@ _EXPORTS = {
     "cell_means": "atlas.grid",
     "comparison_file": "atlas.reduce",
     "explain_photo": "atlas.explain",
+    "show": "atlas.notebook",
     "export_site": "atlas.export",
     "grid_cells": "atlas.grid",
     "grid_file": "atlas.grid",

@@ -41,6 +41,8 @@ CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 )
+#: the same for a server made to be embedded (``embeddable``: a notebook's iframe on another port)
+CSP_EMBEDDABLE = CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
 
 
 class LRU:
@@ -130,8 +132,11 @@ class StaticFiles:
         if path.suffix.lower() in COMPRESSIBLE:
             headers["Vary"] = "Accept-Encoding"
         if path.suffix.lower() == ".html":
-            headers["Content-Security-Policy"] = CSP
-            headers["X-Frame-Options"] = "DENY"
+            if self.server.embeddable:
+                headers["Content-Security-Policy"] = CSP_EMBEDDABLE
+            else:
+                headers["Content-Security-Policy"] = CSP
+                headers["X-Frame-Options"] = "DENY"
         if self._not_modified(etag, st.st_mtime):
             self.send_response(304)
             for k in ("ETag", "Last-Modified", "Cache-Control"):
@@ -188,4 +193,4 @@ class StaticFiles:
             self.wfile.write(body)
 
 
-__all__ = ["CONTENT_TYPES", "CSP", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments", "inside"]
+__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments", "inside"]

@@ -46,8 +46,10 @@ class AtlasServer(ThreadingHTTPServer):
         cache_bytes: int = 64 << 20,
         max_connections: int = 128,
         rescan_seconds: float = 2.0,
+        embeddable: bool = False,
     ):
         self.root = Path(root).resolve()
+        self.embeddable = embeddable  # the viewer may be shown in a frame of another origin
         if not self.root.is_dir():
             raise ValueError(f"{root} is not a folder; give a run folder (holding tiles/) or a folder of runs")
         self.files = LRU(cache_bytes)
@@ -284,13 +286,17 @@ def make_server(
     cache_bytes: int = 64 << 20,
     max_connections: int = 128,
     require_runs: bool = True,
+    embeddable: bool = False,
 ) -> AtlasServer:
     """Bind an :class:`AtlasServer` (``port=0`` picks a free port); call ``serve_forever()`` on it.
 
-    Raises ``ValueError`` when ``run_dir`` holds no tiles folder and ``require_runs`` is set.
+    ``embeddable`` lets pages of other origins show the viewer in a frame (a notebook's output);
+    by default the page refuses to be framed. Raises ``ValueError`` when ``run_dir`` holds no
+    tiles folder and ``require_runs`` is set.
     """
     try:
-        server = AtlasServer(run_dir, host, port, cache_bytes=cache_bytes, max_connections=max_connections)
+        server = AtlasServer(run_dir, host, port, cache_bytes=cache_bytes, max_connections=max_connections,
+                             embeddable=embeddable)
     except OSError as e:
         raise OSError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass another port "
                                "(--port 0 picks a free one) or stop the program using it") from e
