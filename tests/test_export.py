@@ -128,7 +128,7 @@ def static_host(site):
 
 
 @pytest.mark.browser
-def test_viewer_works_from_the_static_site(browser, static_host, site):
+def test_viewer_works_from_the_static_site(browser, static_host, site):  # noqa: F811 (the fixture)
     p = Page(browser, static_host)
     try:
         p.open("#z=2&x=0.5&y=0.5")

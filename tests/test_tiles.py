@@ -165,12 +165,14 @@ def test_metadata_split_into_regions(tmp_path):
     manifest = read_manifest(tmp_path / "tiles")
     # default regions hold 40 x 40 cells: a 16 grid fits one file
     assert [lv["regions"] for lv in manifest["levels"]] == [[[0, 0]], [[0, 0]]]
-    from atlas.tiles import TileSettings, _read_cells, _region_files
+    from atlas.tiles import TileSettings
+    from atlas.tiles.inputs import read_cells
+    from atlas.tiles.metadata import region_files
 
-    _attrs, levels = _read_cells(run.cells)
+    _attrs, levels = read_cells(run.cells)
     level16 = levels[1]
     level16.done = np.ones(len(level16.cell_id), bool)
-    docs = _region_files(level16, TileSettings(region=5), manifest["classes"], None, 8)
+    docs = region_files(level16, TileSettings(region=5), manifest["classes"], None, 8)
     for (ry, rx), data in docs.items():
         for cell in json.loads(data)["cells"]:
             assert (cell["iy"] // 5, cell["ix"] // 5) == (ry, rx)
