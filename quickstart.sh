@@ -13,6 +13,11 @@ fi
 # pyproject.toml accepts newer ones.
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+# the distribution is activation-atlas; a .venv made when it was still called atlas keeps that
+# old editable install beside it unless it is removed
+if .venv/bin/python -m pip show --quiet atlas >/dev/null 2>&1; then
+  .venv/bin/python -m pip uninstall --quiet -y atlas
+fi
 .venv/bin/python -m pip install --quiet -e ".[test]"
 if [ "${1:-}" = "--setup" ]; then
   exit 0
