@@ -9,6 +9,9 @@ Each pipeline stage is a plain function over arrays and files::
     model = atlas.load_model("inceptionv1", weights="bvlc_googlenet.pth")
     atlas.collect("photos/", "run/activations.h5", model, atlas.CollectSettings(layers=("inception4c",)))
 
+Sharing and looking: ``atlas.export_site(run, "site/")`` writes a static site of the atlas;
+``atlas.show(run)`` displays it inline in Jupyter (and ``atlas.show(images)`` an image).
+
 Names are imported on first use, so ``import atlas`` stays cheap (no torch until needed).
 """
 

@@ -106,6 +106,17 @@ def test_every_atlas_command_in_the_readme_parses():
     assert seen >= 10
 
 
+def test_readme_python_blocks_compile_and_name_real_functions():
+    import atlas
+
+    blocks = re.findall(r"```python\n(.*?)\n```", README.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        compile(block, "README.md", "exec")
+        for name in re.findall(r"\batlas\.(\w+)\(", block):
+            assert callable(getattr(atlas, name)), f"README calls atlas.{name}, which does not exist"
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
