@@ -24,7 +24,7 @@
   const fmt = new Intl.NumberFormat('en-US');
 
   const state = {
-    api: true, runs: [], run: null, m: null, map: null, tiles: null, highlightLayer: null,
+    api: true, classIndex: null, runs: [], run: null, m: null, map: null, tiles: null, highlightLayer: null,
     regions: new Map(), klass: null, selected: null, hover: null, hoverRect: null, selectedRect: null,
     restoring: false, hashTimer: 0, tilesLoaded: 0,
     overlays: [], shown: new Map(), // photo overlays: index entries; name -> Leaflet layer group
@@ -348,7 +348,7 @@
   async function staticClass(name) { // an export's precomputed per-class files
     const query = name.trim().toLowerCase().replace(/_/g, ' ');
     const classes = state.m.classes;
-    let index = /^\d+$/.test(query) && +query < classes.length ? +query : classes.findIndex((n) => n.toLowerCase() === query);
+    const index = /^\d+$/.test(query) && +query < classes.length ? +query : classes.findIndex((n) => n.toLowerCase() === query);
     if (index < 0) { const err = new Error('unknown class'); err.status = 404; throw err; }
     if (!state.classIndex) state.classIndex = getJSON(`${state.run.base}classes/index.json?v=${state.m.build}`).then((d) => new Set(d.classes));
     const present = await state.classIndex;
