@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 #: corner name -> (row, column) of the corner, 0 = top/left, 1 = bottom/right
 CORNERS = {"tl": (0, 0), "tr": (0, 1), "bl": (1, 0), "br": (1, 1)}
 DEFAULT_SIZES = (0.2, 0.3, 0.4, 0.5)
-FAMILIES = ("atlas", "random_cell", "noise")
+FAMILIES = ("atlas", "example", "random_cell", "noise")
+#: how many of the held-out views a rate is measured on decides its interval: Wilson, 95%
+Z95 = 1.959964
 
 
 # ---- 1. candidate neighbourhoods ----------------------------------------------------------------
@@ -72,6 +74,7 @@ class Candidate:
     classes: list[str]
     direction: np.ndarray = field(repr=False)
     icon: np.ndarray | None = field(default=None, repr=False)
+    example_row: int = -1  # the comparison row of the cell that pushes most toward the target
 
     @property
     def name(self) -> str:
@@ -85,12 +88,15 @@ class Candidate:
 @dataclass
 class ComparisonRows:
     """Every spatial position of a set of photos at ``layer``: the activation vectors ``(M, C)``
-    (float16), their attribution to the target and to the source ``(M,)`` and their image ``(M,)``."""
+    (float16), their attribution to the target and to the source ``(M,)``, their image ``(M,)``,
+    their (y, x) position ``(M, 2)`` and the layer's grid ``(H, W)``."""
 
     acts: np.ndarray
     target_attribution: np.ndarray
     source_attribution: np.ndarray
     image: np.ndarray
+    position: np.ndarray | None = None
+    grid: tuple[int, int] = (0, 0)
 
     @property
     def diff(self) -> np.ndarray:
@@ -107,7 +113,8 @@ def comparison_rows(model: AtlasModel, layer: str, images: torch.Tensor, source:
 
     from atlas.models import capture
 
-    acts, ta, sa, img = [], [], [], []
+    acts, ta, sa, img, pos = [], [], [], [], []
+    grid = (0, 0)
     for start in tqdm(range(0, len(images), batch_size), desc="comparison rows", unit="batch",
                       disable=not progress, leave=False):
         x = images[start:start + batch_size].to(model.device)
@@ -123,9 +130,12 @@ def comparison_rows(model: AtlasModel, layer: str, images: torch.Tensor, source:
         ta.append((h * gt).sum(1).detach().reshape(-1).cpu().numpy())
         sa.append((h * gs).sum(1).detach().reshape(-1).cpu().numpy())
         img.append(np.repeat(np.arange(start, start + b), hh * ww))
+        pos.append(np.tile(np.stack(np.divmod(np.arange(hh * ww), ww), 1), (b, 1)).astype(np.int16))
+        grid = (hh, ww)
     if not acts:
         raise ValueError("no images to compare")
-    return ComparisonRows(np.concatenate(acts), np.concatenate(ta), np.concatenate(sa), np.concatenate(img))
+    return ComparisonRows(np.concatenate(acts), np.concatenate(ta), np.concatenate(sa), np.concatenate(img),
+                          np.concatenate(pos), grid)
 
 
 def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level: int | None = None, k: int = 4,
@@ -191,8 +201,11 @@ def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level:
         direction = (acts_ok[sel].astype(np.float32) * w[sel, None]).sum(0) / w[sel].sum()
         cid = int(uniq[u])
         classes, icon = info(cid)
+        members = np.flatnonzero(ok)[inv == u]
+        best = int(members[np.argmax(diff[members])])
         cands.append(Candidate(level, cid // level, cid % level, float(mean_diff[u]), float(mean_t[u]),
-                               float(mean_s[u]), int(cnt[u]), classes, direction.astype(np.float32), icon))
+                               float(mean_s[u]), int(cnt[u]), classes, direction.astype(np.float32), icon,
+                               example_row=best))
     taken = {c.iy * level + c.ix for c in cands}
     pool = [i for i, c in enumerate(cells.cell_id) if int(c) not in taken]
     rng = np.random.default_rng(seed)
@@ -223,6 +236,42 @@ def render_patches(model: AtlasModel, layer: str, directions_: np.ndarray, *, px
     res = render_vis(model, obj, fft_image(px, len(vecs), generator=gens, device=model.device),
                      standard_transforms(), steps=steps, generator=gens, progress=progress)
     return res.images.detach().cpu()
+
+
+def example_patches(cands: Sequence[Candidate], rows: ComparisonRows, views: torch.Tensor, px: int,
+                    fraction: float = 0.5) -> torch.Tensor:
+    """Dataset-example patches, the paper's own kind: for each candidate, the photo crop around the
+    position of its cell that pushes most toward the target (``fraction`` of the view's width,
+    centred on the position and kept inside the view), resized to ``px``: ``(K, 3, px, px)``."""
+    if rows.position is None:
+        raise ValueError("these comparison rows carry no positions; compute them with comparison_rows")
+    gh, gw = rows.grid
+    out = []
+    for c in cands:
+        if c.example_row < 0:
+            raise ValueError(f"{c.name} has no example row")
+        view = views[int(rows.image[c.example_row])]
+        _, h, w = view.shape
+        y, x = rows.position[c.example_row]
+        side = max(2, int(round(fraction * min(h, w))))
+        cy, cx = (float(y) + 0.5) / gh * h, (float(x) + 0.5) / gw * w
+        top = int(min(max(round(cy - side / 2), 0), h - side))
+        left = int(min(max(round(cx - side / 2), 0), w - side))
+        crop = view[:, top:top + side, left:left + side][None]
+        out.append(F.interpolate(crop.float(), size=(px, px), mode="bilinear", align_corners=False,
+                                 antialias=True)[0].clamp(0, 1))
+    return torch.stack(out)
+
+
+def wilson_interval(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a success rate (95% by default): ``(low, high)`` in [0, 1]."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def noise_patches(n: int, px: int, seed: int = 0) -> torch.Tensor:
@@ -441,6 +490,18 @@ class FamilyResult:
     universal_flip: list[float] | None = None
     universal_changed: list[float] | None = None
     universal_prob: list[float] | None = None
+    n_test: int = 0
+    static_ci: list[list[float]] = field(default_factory=list)
+    dynamic_ci: list[list[float]] = field(default_factory=list)
+    dynamic_any_size_ci: list[float] = field(default_factory=list)
+
+    def with_intervals(self, n: int) -> FamilyResult:
+        """Fill the 95% Wilson intervals of the rates, measured on ``n`` held-out views."""
+        self.n_test = n
+        self.static_ci = [list(wilson_interval(r * n, n)) for r in self.static]
+        self.dynamic_ci = [list(wilson_interval(r * n, n)) for r in self.dynamic]
+        self.dynamic_any_size_ci = list(wilson_interval(self.dynamic_any_size * n, n))
+        return self
 
 
 @dataclass
@@ -474,20 +535,29 @@ class AttackReport:
         sizes = self.settings["sizes"]
         head = "| patch | " + " | ".join(f"{int(round(100 * s))}%" for s in sizes) + " | best size |"
         rows = [f"**{self.source} -> {self.target}**: {self.n_test} held-out views (static corner "
-                f"{self.settings['static_corner']} / dynamic best corner), success = top-1 becomes the target",
+                f"{self.settings['static_corner']} / dynamic best corner), success = top-1 becomes the target; "
+                "[95% Wilson interval] of the dynamic rate",
                 "", head, "|---|" + "---|" * (len(sizes) + 1)]
         for fam in FAMILIES:
-            r = self.families[fam]
-            cells = " | ".join(f"{100 * a:.0f} / {100 * b:.0f}" for a, b in zip(r.static, r.dynamic))
-            rows.append(f"| {fam.replace('_', ' ')} ({r.members[r.chosen]}) | {cells} | {100 * r.dynamic_any_size:.0f} |")
+            r = self.families.get(fam)
+            if r is None:
+                continue
+            cis = r.dynamic_ci or [[float("nan")] * 2] * len(r.dynamic)
+            cells = " | ".join(f"{100 * a:.0f} / {100 * b:.0f} [{100 * lo:.0f}-{100 * hi:.0f}]"
+                               for a, b, (lo, hi) in zip(r.static, r.dynamic, cis))
+            lo, hi = r.dynamic_any_size_ci or [float("nan")] * 2
+            rows.append(f"| {fam.replace('_', ' ')} ({r.members[r.chosen]}) | {cells} | "
+                        f"{100 * r.dynamic_any_size:.0f} [{100 * lo:.0f}-{100 * hi:.0f}] |")
         if self.universal_images:
             rows += ["", f"Universal: flip-to-target rate over {self.universal_images} images of other classes "
                          f"(static corner {self.settings['static_corner']})", "",
                      "| patch | " + " | ".join(f"{int(round(100 * s))}%" for s in sizes) + " |",
                      "|---|" + "---|" * len(sizes)]
             for fam in FAMILIES:
-                r = self.families[fam]
-                rows.append(f"| {fam.replace('_', ' ')} | " + " | ".join(f"{100 * v:.1f}" for v in (r.universal_flip or [])) + " |")
+                r = self.families.get(fam)
+                if r is not None:
+                    rows.append(f"| {fam.replace('_', ' ')} | "
+                                + " | ".join(f"{100 * v:.1f}" for v in (r.universal_flip or [])) + " |")
         return "\n".join(rows)
 
 
@@ -534,7 +604,8 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     per = lambda ps: max(1, settings.augment if len(ps) < 8 else 1)  # noqa: E731
     views = [augment_photo(im, model, per(ps), gen)
              for ps in (tgt_paths, src_paths) for im in (_load(q, model) for q in ps) if im is not None]
-    rows = comparison_rows(model, layer, torch.cat(views), s_idx, t_idx, batch_size=settings.batch_size,
+    comp_x = torch.cat(views)
+    rows = comparison_rows(model, layer, comp_x, s_idx, t_idx, batch_size=settings.batch_size,
                            progress=progress)
     cands, rands, level = comparison_cells(run_dir, rows, level=settings.level, k=settings.candidates,
                                            n_random=settings.random_cells, seed=settings.seed, class_names=names)
@@ -560,10 +631,11 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
                               progress=progress)
         atlas_p, rand_p = both[: len(cands)], both[len(cands):]
     noise_p = noise_patches(settings.noise_patches, settings.patch_px, settings.seed)
+    example_p = example_patches(cands, rows, comp_x, settings.patch_px)
     secs["patches"] = time.perf_counter() - tr
-    fam_patches = {"atlas": atlas_p, "random_cell": rand_p, "noise": noise_p}
-    fam_names = {"atlas": [c.name for c in cands], "random_cell": [c.name for c in rands],
-                 "noise": [f"noise {i}" for i in range(len(noise_p))]}
+    fam_patches = {"atlas": atlas_p, "example": example_p, "random_cell": rand_p, "noise": noise_p}
+    fam_names = {"atlas": [c.name for c in cands], "example": [f"example of {c.name}" for c in cands],
+                 "random_cell": [c.name for c in rands], "noise": [f"noise {i}" for i in range(len(noise_p))]}
 
     # evaluate every member on every view; choose on the selection half, report the test half
     te = time.perf_counter()
@@ -587,7 +659,7 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
             results[fam] = FamilyResult(
                 fam, fam_names[fam], scores, k, e.static(settings.static_corner).tolist(), e.dynamic().tolist(),
                 e.dynamic_any_size(), float(p_before[test].mean()), e.prob_static(settings.static_corner).tolist(),
-                e.prob_dynamic().tolist())
+                e.prob_dynamic().tolist()).with_intervals(len(test))
     secs["evaluate"] = time.perf_counter() - te
 
     # universal mode
@@ -699,8 +771,10 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
 
     # candidates
     k = len(cands)
-    fig, axes = plt.subplots(1, k + 2, figsize=(2.6 * (k + 2), 3.3))
-    for i, ax in enumerate(axes):
+    has_examples = "example" in patches
+    fig, axes = plt.subplots(2 if has_examples else 1, k + 2, figsize=(2.6 * (k + 2), 6.4 if has_examples else 3.3),
+                             squeeze=False)
+    for i, ax in enumerate(axes[0]):
         ax.axis("off")
         if i < k:
             c = cands[i]
@@ -712,6 +786,13 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
             r = fams[fam]
             ax.imshow(patches[fam][r.chosen].permute(1, 2, 0).numpy())
             ax.set_title(f"baseline: {r.members[r.chosen]}", fontsize=8)
+    if has_examples:
+        for i, ax in enumerate(axes[1]):
+            ax.axis("off")
+            if i < k:
+                ax.imshow(patches["example"][i].permute(1, 2, 0).numpy())
+                star = " (chosen)" if i == fams["example"].chosen else ""
+                ax.set_title(f"photo crop of {cands[i].name}{star}", fontsize=8)
     fig.suptitle(f"{report.source} -> {report.target}: atlas neighbourhoods by target - source attribution", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "candidates.png", dpi=100)
@@ -746,10 +827,10 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
     # success vs size
     panels = 2 if report.universal_images else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), squeeze=False)
-    colors = {"atlas": "#d62728", "random_cell": "#7f7f7f", "noise": "#1f77b4"}
+    colors = {"atlas": "#d62728", "example": "#2ca02c", "random_cell": "#7f7f7f", "noise": "#1f77b4"}
     pct = [100 * s for s in sizes]
     ax = axes[0, 0]
-    for fam in FAMILIES:
+    for fam in (f for f in FAMILIES if f in fams):
         r = fams[fam]
         ax.plot(pct, [100 * v for v in r.dynamic], "-o", color=colors[fam], label=f"{fam.replace('_', ' ')}, dynamic")
         ax.plot(pct, [100 * v for v in r.static], "--", color=colors[fam], alpha=0.7, label=f"{fam.replace('_', ' ')}, static")
@@ -760,7 +841,7 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
     ax.legend(fontsize=7)
     if report.universal_images:
         ax = axes[0, 1]
-        for fam in FAMILIES:
+        for fam in (f for f in FAMILIES if f in fams):
             ax.plot(pct, [100 * v for v in fams[fam].universal_flip or []], "-o", color=colors[fam],
                     label=fam.replace("_", " "))
         ax.set_xlabel("patch size (% of image width)")
@@ -789,6 +870,7 @@ __all__ = [
     "comparison_cells",
     "comparison_rows",
     "evaluate_patch",
+    "example_patches",
     "icon_patches",
     "noise_patches",
     "paste",
@@ -796,5 +878,6 @@ __all__ = [
     "render_patches",
     "run_attack",
     "source_images",
+    "wilson_interval",
     "write_report",
 ]

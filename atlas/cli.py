@@ -55,6 +55,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         edge_margin=args.edge_margin,
         seed=args.seed,
         attribution=not args.no_attribution,
+        attribution_classes=args.attribution_classes,
         top_k=args.top_k,
         full_attribution=args.full_attribution,
         dtype=args.dtype,
@@ -180,6 +181,39 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subatlas_settings(args: argparse.Namespace):
+    from atlas.subatlas import SubAtlasSettings
+
+    return SubAtlasSettings(sizes=tuple(int(v) for v in args.sizes.split(",")), min_count=args.min_count,
+                            class_top_n=args.class_top_n, icon_size=args.icon_size, steps=args.steps,
+                            batch_size=args.batch_size)
+
+
+def cmd_classes(args: argparse.Namespace) -> int:
+    from atlas.models import load_model
+    from atlas.subatlas import class_atlas
+
+    settings = _subatlas_settings(args)
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    for name in args.classes:
+        print(class_atlas(args.run_dir, name, model, settings, device=args.device, progress=not args.quiet).describe())
+    print(f"browse them with: atlas serve {args.run_dir}  (the atlas picker lists classes/<name>)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from atlas.models import load_model
+    from atlas.subatlas import comparison_atlas
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    summary = comparison_atlas(args.run_dir, args.class_a, args.class_b, model, _subatlas_settings(args),
+                               device=args.device, progress=not args.quiet)
+    print(summary.describe())
+    print(f"browse it with: atlas serve {args.run_dir}  (the atlas picker lists {summary.folder.parent.name}/"
+          f"{summary.folder.name})")
+    return 0
+
+
 def cmd_grid(args: argparse.Namespace) -> int:
     from atlas.grid import GridSettings, grid_file
 
@@ -298,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=10, help="classes kept per row by attribution [%(default)s]")
     s.add_argument("--full-attribution", action="store_true", help="also store all K attributions per row")
     s.add_argument("--no-attribution", action="store_true", help="skip attribution (about 2x faster)")
+    s.add_argument("--attribution-classes", type=int, default=0, metavar="N",
+                   help="rank only each image's N top-scoring classes plus its label, with one backward pass "
+                        "per class for all positions at once (use with --sampling all); 0 ranks every class "
+                        "with one forward pass per position [%(default)s]")
     s.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--workers", type=int, default=None, help="decode processes [one per spare core]")
@@ -316,8 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metric", default="cosine")
     s.add_argument("--whiten", action="store_true", help="whiten activations before UMAP")
     s.add_argument("--sample-size", type=int, default=100_000, help="rows UMAP is fitted on [%(default)s]")
-    s.add_argument("--placement", choices=("knn", "umap"), default="knn",
-                   help="placing the other rows: fast kNN interpolation or UMAP.transform [%(default)s]")
+    s.add_argument("--placement", choices=("refine", "knn", "umap"), default="refine",
+                   help="placing the other rows: kNN median refined by a few UMAP epochs, the kNN median "
+                        "alone (fastest), or UMAP.transform (slowest) [%(default)s]")
     s.add_argument("--class", dest="class_filter", default=None, help="class atlas: lay out only this class")
     s.add_argument("--class-top-n", type=int, default=2000)
     s.add_argument("--seed", type=int, default=0)
@@ -339,6 +378,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--class-top-n", type=int, default=2000)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_grid)
+
+    def subatlas_args(s: argparse.ArgumentParser) -> None:
+        _add_model_args(s)
+        s.add_argument("--sizes", default="10,20", help="grid sizes (zoom levels) [%(default)s]")
+        s.add_argument("--min-count", type=int, default=4, help="rows a cell needs [%(default)s]")
+        s.add_argument("--class-top-n", type=int, default=2000,
+                       help="rows kept besides those whose top class is the class [%(default)s]")
+        s.add_argument("--icon-size", type=int, default=80)
+        s.add_argument("--steps", type=int, default=128, help="optimisation steps per icon [%(default)s]")
+        s.add_argument("--batch-size", type=int, default=32)
+
+    s = sub.add_parser("classes", help="class atlases: the rows attributed to each class, laid out, rendered, tiled")
+    s.add_argument("run_dir", help="a run folder with activations.h5 (collected with attribution)")
+    s.add_argument("classes", nargs="+", metavar="CLASS", help="class names, WordNet ids or indices")
+    subatlas_args(s)
+    s.set_defaults(func=cmd_classes)
+
+    s = sub.add_parser("compare", help="a two-class comparison atlas: x = attribution to A minus B")
+    s.add_argument("run_dir", help="a run folder with activations.h5 (collected with attribution)")
+    s.add_argument("class_a", metavar="A", help="class drawn on the right")
+    s.add_argument("class_b", metavar="B", help="class drawn on the left")
+    subatlas_args(s)
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("render", help="cells.h5 -> icons.h5: a feature visualization per cell, in batches")
     s.add_argument("run_dir", nargs="?", default=None)

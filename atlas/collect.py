@@ -3,14 +3,14 @@
 Following Carter et al., "Activation Atlas" (Distill 2019): for every image we run the model,
 sample spatial positions of the layer's (H, W) grid -- by default one random position per image,
 away from the edges -- and store the C-dimensional activation vector ``h`` at each sampled
-position together with its attribution to every class logit,
+position together with its attribution to the class logits,
 
     attribution_c = h . d logit_c / d h      (at that position only),
 
-which is a Jacobian-vector product: the derivative of all K logits in the direction of ``h``
-masked to the position. We compute it with forward-mode AD in one pass per sampled position
-(:mod:`torch.autograd.forward_ad`), never a loop over classes, and keep the top-k classes and
-values per row (and optionally the full vector).
+keeping the top-k classes and values per row (and optionally the full vector). How the rows
+and their attribution are computed -- forward mode for every class at a few positions, or one
+backward pass per candidate class for all positions at once -- lives in :mod:`atlas.rows`,
+which the Dask tasks of :mod:`atlas.distributed` share.
 
 Streaming and resumable: images are read by a DataLoader with decode workers, in order, and
 every block of ``block_size`` images is committed atomically to a part file (see
@@ -29,19 +29,18 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.autograd.forward_ad as fwAD
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from atlas import forward_ad
 from atlas.data import SKIP_REASONS, ImageDataset, ImageSource, open_source
 from atlas.datasets import resolve_source
 from atlas.distributed import ModelSpec, Scheduler
 from atlas.models import AtlasModel, load_model, resolve_device
+from atlas.rows import CollectSettings, buffer_batch, commit_block, compute_rows, sample_positions
 from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
 from atlas.store.common import is_current
 
@@ -49,57 +48,6 @@ if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
-
-Sampling = Literal["random", "all"]
-
-
-@dataclass(frozen=True)
-class CollectSettings:
-    """Everything that decides which rows ``activations.h5`` holds (hashed into the file).
-
-    Attributes:
-        layers: layer names of the model, e.g. ``("inception4c",)``.
-        sampling: ``"random"`` (``positions_per_image`` distinct positions per image, at least
-            ``edge_margin`` cells from the border; the paper's default is one) or ``"all"``
-            (every position of the grid, margin ignored).
-        positions_per_image: k for random sampling.
-        edge_margin: border cells excluded from random sampling (padding artifacts live there).
-        seed: positions of image i come from ``np.random.default_rng([seed, i])``, so they do
-            not depend on batching, workers or resumption.
-        attribution: compute class attribution (costs one forward-mode pass per position).
-        top_k: classes kept per row, by attribution.
-        full_attribution: also store the full (N, K) attribution as float16.
-        dtype: storage dtype of activations, ``"float16"`` or ``"float32"``.
-        block_size: images per committed part; a kill loses at most one block of work.
-    """
-
-    layers: tuple[str, ...] = ("inception4c",)
-    sampling: Sampling = "random"
-    positions_per_image: int = 1
-    edge_margin: int = 1
-    seed: int = 0
-    attribution: bool = True
-    top_k: int = 10
-    full_attribution: bool = False
-    dtype: Literal["float16", "float32"] = "float16"
-    block_size: int = 256
-
-    def __post_init__(self) -> None:
-        if not self.layers:
-            raise ValueError("collect needs at least one layer (e.g. --layer inception4c)")
-        if self.sampling not in ("random", "all"):
-            raise ValueError(f"sampling must be 'random' or 'all', not {self.sampling!r}")
-        if self.positions_per_image < 1:
-            raise ValueError("positions_per_image must be at least 1")
-        if self.edge_margin < 0:
-            raise ValueError("edge_margin must be >= 0")
-        if self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be 'float16' or 'float32', not {self.dtype!r}")
-        if self.block_size < 1:
-            raise ValueError("block_size must be at least 1")
-
 
 @dataclass
 class CollectSummary:
@@ -125,183 +73,6 @@ class CollectSummary:
             f"collected {self.images} images ({skipped} skipped: {reasons}) -> {rows} "
             f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s){resumed}; wrote {self.output}"
         )
-
-
-def sample_positions(
-    image_index: int,
-    grid_shape: tuple[int, int],
-    settings: CollectSettings,
-) -> np.ndarray:
-    """Positions (k, 2) as (y, x) for one image; deterministic in (seed, image_index).
-
-    Random sampling draws ``positions_per_image`` distinct cells of the interior
-    ``[margin, H - margin) x [margin, W - margin)``; if the grid is too small for the margin,
-    the whole grid is used. ``"all"`` returns every cell in row-major order.
-    """
-    h, w = grid_shape
-    if settings.sampling == "all":
-        ys, xs = np.divmod(np.arange(h * w), w)
-        return np.stack([ys, xs], 1)
-    m = settings.edge_margin
-    if h - 2 * m < 1 or w - 2 * m < 1:
-        m = 0
-    ih, iw = h - 2 * m, w - 2 * m
-    k = min(settings.positions_per_image, ih * iw)
-    rng = np.random.default_rng([settings.seed, image_index])
-    flat = rng.choice(ih * iw, size=k, replace=False)
-    ys, xs = np.divmod(flat, iw)
-    return np.stack([ys + m, xs + m], 1)
-
-
-def _primal(t: torch.Tensor) -> torch.Tensor:
-    return fwAD.unpack_dual(t).primal
-
-
-class _StopForward(Exception):
-    """Raised by a hook once every wanted layer is captured: the rest of the net is not needed."""
-
-
-def _capture_until_last(model: AtlasModel, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Outputs of ``layers`` for ``images``, stopping the forward pass after the last of them."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_m, _i, output):
-            captured[name] = output
-            if len(captured) == len(layers):
-                raise _StopForward
-
-        return hook
-
-    try:
-        for name in layers:
-            handles.append(model.layer(name).register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model(images)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
-
-
-def _attributed_slots(
-    model: AtlasModel, images: torch.Tensor, layer: str, pos: np.ndarray
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per slot: the activations (B, C) at that position and the attribution to all logits (B, K).
-
-    One forward pass per slot; the layer's output is made a dual tensor whose tangent is the
-    activation itself masked to the slot's position, so the logits' tangent is
-    ``sum_c' h_c' * d logit / d h_c'`` at that position: the attribution of every class at once.
-    """
-    b = images.shape[0]
-    batch_idx = torch.arange(b, device=images.device)
-    acts, attrs = [], []
-    module = model.layer(layer)
-    for slot in range(pos.shape[1]):
-        captured: dict[str, torch.Tensor] = {}
-        ys = torch.as_tensor(pos[:, slot, 0], device=images.device)
-        xs = torch.as_tensor(pos[:, slot, 1], device=images.device)
-
-        def hook(_m, _i, output):
-            h = _primal(output)
-            captured["h"] = h[batch_idx, :, ys, xs]
-            tangent = torch.zeros_like(h)
-            tangent[batch_idx, :, ys, xs] = captured["h"]
-            return fwAD.make_dual(h, tangent)
-
-        handle = module.register_forward_hook(hook)
-        try:
-            with torch.no_grad(), forward_ad.dual_level():
-                tangent = fwAD.unpack_dual(model(images)).tangent
-        finally:
-            handle.remove()
-        if tangent is None:  # the layer does not reach the logits
-            raise ValueError(f"layer {layer!r} does not feed the logits, so it has no class attribution; "
-                             f"use --no-attribution")
-        acts.append(captured["h"])
-        attrs.append(tangent)
-    return acts, attrs
-
-
-def compute_rows(
-    model: AtlasModel,
-    images: torch.Tensor,
-    image_indices: Sequence[int],
-    specs: Sequence[LayerSpec],
-    settings: CollectSettings,
-) -> dict[str, dict[str, np.ndarray]]:
-    """Rows of one batch of images: activations, positions and attribution per layer.
-
-    Args:
-        images: (B, 3, S, S) RGB in [0, 1] on the model's device.
-        image_indices: (B,) source indices of the images (they seed the positions).
-    Returns:
-        ``{layer: {"activations": (R, C), "image_index": (R,), "position": (R, 2),
-        "attribution/top_classes": (R, k), "attribution/top_values": (R, k)
-        [, "attribution/full": (R, K)]}}`` with rows ordered by image, then position.
-    """
-    b = images.shape[0]
-    out: dict[str, dict[str, np.ndarray]] = {}
-    act_dtype = np.float16 if settings.dtype == "float16" else np.float32
-    positions = {
-        s.name: np.stack([sample_positions(int(i), s.grid_shape, settings) for i in image_indices])
-        for s in specs
-    }  # layer -> (B, k, 2)
-    batch_idx = torch.arange(b, device=images.device)
-
-    def gather(h: torch.Tensor, pos: np.ndarray, slot: int) -> torch.Tensor:
-        ys = torch.as_tensor(pos[:, slot, 0], device=h.device)
-        xs = torch.as_tensor(pos[:, slot, 1], device=h.device)
-        return h[batch_idx, :, ys, xs]  # (B, C)
-
-    if not settings.attribution:
-        acts_by_layer = _capture_until_last(model, images, [s.name for s in specs])
-    for spec in specs:
-        pos = positions[spec.name]
-        n_slots = pos.shape[1]
-        if settings.attribution:
-            acts, attrs = _attributed_slots(model, images, spec.name, pos)
-        else:
-            acts = [gather(acts_by_layer[spec.name], pos, slot) for slot in range(n_slots)]
-        # (B, slots, C) -> rows ordered by image then slot
-        a = torch.stack(acts, 1).reshape(b * n_slots, -1)
-        fields = {
-            "activations": a.float().cpu().numpy().astype(act_dtype),
-            "image_index": np.repeat(np.asarray(image_indices, np.int64), n_slots),
-            "position": pos.reshape(b * n_slots, 2).astype(np.int16),
-        }
-        if settings.attribution:
-            full = torch.stack(attrs, 1).reshape(b * n_slots, -1).float()
-            k = min(settings.top_k, full.shape[1])
-            vals, cls = full.topk(k, dim=1)
-            fields["attribution/top_classes"] = cls.cpu().numpy().astype(np.int16)
-            fields["attribution/top_values"] = vals.cpu().numpy().astype(np.float32)
-            if settings.full_attribution:
-                fields["attribution/full"] = full.cpu().numpy().astype(np.float16)
-        out[spec.name] = fields
-    return out
-
-
-def _empty_rows(specs: Sequence[LayerSpec], settings: CollectSettings, n_classes: int) -> dict[str, dict[str, np.ndarray]]:
-    act_dtype = np.float16 if settings.dtype == "float16" else np.float32
-    out = {}
-    for s in specs:
-        f = {
-            "activations": np.zeros((0, s.channels), act_dtype),
-            "image_index": np.zeros(0, np.int64),
-            "position": np.zeros((0, 2), np.int16),
-        }
-        if settings.attribution:
-            k = min(settings.top_k, n_classes)
-            f["attribution/top_classes"] = np.zeros((0, k), np.int16)
-            f["attribution/top_values"] = np.zeros((0, k), np.float32)
-            if settings.full_attribution:
-                f["attribution/full"] = np.zeros((0, n_classes), np.float16)
-        out[s.name] = f
-    return out
 
 
 def layer_specs(model: AtlasModel, layers: Sequence[str]) -> list[LayerSpec]:
@@ -483,17 +254,18 @@ def _collect_in_process(
             rows = None
             if len(ok_idx):
                 imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                rows = compute_rows(fast, imgs, ok_idx.tolist(), specs, settings)
+                rows = compute_rows(fast, imgs, ok_idx.tolist(), specs, settings,
+                                    labels=[refs[i].label for i in ok_idx.tolist()])
             status = {int(i): 0 for i in all_idx.tolist()}
             for i, code in failures:
                 status[int(i)] = int(code)
                 skipped[reason_names.get(int(code), str(code))] += 1
-            _buffer_batch(buffers, rows, status, settings.block_size)
+            buffer_batch(buffers, rows, status, settings.block_size)
             for blk in sorted(buffers):
                 buf = buffers[blk]
                 size = min(len(refs), (blk + 1) * settings.block_size) - blk * settings.block_size
                 if len(buf["status"]) == size:
-                    _commit_block(parts, blk, buf, specs, settings, n_classes)
+                    commit_block(parts, blk, buf, specs, settings, n_classes)
                     del buffers[blk]
             n_done_images += len(all_idx)
             bar.update(len(all_idx))
@@ -549,34 +321,6 @@ def _weights_id(weights: str | os.PathLike | None) -> str | None:
         return None
     p = Path(weights)
     return f"{p.name}:{p.stat().st_size}" if p.is_file() else str(p)
-
-
-def _buffer_batch(buffers: dict[int, dict], rows, status: Mapping[int, int], block_size: int) -> None:
-    """Split a batch's rows and statuses by the block their image belongs to."""
-    for i, code in status.items():
-        buf = buffers.setdefault(i // block_size, {"status": {}, "rows": []})
-        buf["status"][i] = code
-    if rows is None:
-        return
-    first = next(iter(rows.values()))
-    blocks = first["image_index"] // block_size
-    for blk in np.unique(blocks):
-        # every layer has rows for the same images, so each layer's mask is computed on its own
-        buffers[int(blk)]["rows"].append(
-            {layer: {k: v[f["image_index"] // block_size == blk] for k, v in f.items()} for layer, f in rows.items()}
-        )
-
-
-def _commit_block(parts: PartStore, blk: int, buf: dict, specs, settings: CollectSettings, n_classes: int) -> None:
-    start = blk * settings.block_size
-    codes = np.array([buf["status"][i] for i in sorted(buf["status"])], np.uint8)
-    merged = _empty_rows(specs, settings, n_classes)
-    if buf["rows"]:
-        merged = {
-            layer: {k: np.concatenate([r[layer][k] for r in buf["rows"]]) for k in merged[layer]}
-            for layer in merged
-        }
-    parts.write(blk, start, codes, merged)
 
 
 def _skip_counts(output: Path, reason_names: Mapping[int, str]) -> dict[str, int]:

@@ -39,6 +39,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from atlas.collect import CollectSettings
 from atlas.grid import GridSettings
 from atlas.reduce import ReduceSettings
+from atlas.subatlas import SubAtlasSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -108,6 +109,7 @@ class PipelineConfig:
     grid: GridSettings
     render: RenderSection
     tiles: TilesSection
+    classes: SubAtlasSettings = field(default_factory=SubAtlasSettings)
 
     @property
     def run_dir(self) -> Path:
@@ -115,7 +117,7 @@ class PipelineConfig:
         return d if d.is_absolute() else Path.cwd() / d
 
 
-STAGE_SECTIONS = ("reduce", "grid", "render", "tiles")
+STAGE_SECTIONS = ("reduce", "grid", "render", "tiles", "classes")
 
 
 def expand_env(value: Any, where: str, path: Path) -> Any:
@@ -218,4 +220,5 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         grid=_build(GridSettings, raw.get("grid", {}), "grid", path),
         render=_build(RenderSection, raw.get("render", {}), "render", path),
         tiles=_build(TilesSection, raw.get("tiles", {}), "tiles", path),
+        classes=_build(SubAtlasSettings, raw.get("classes", {}), "classes", path),
     )

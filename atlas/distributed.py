@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:  # distributed, torch and the data modules are imported where they are used
     from distributed import Client, LocalCluster
 
-    from atlas.collect import CollectSettings
+    from atlas.rows import CollectSettings
     from atlas.data import ImageSource
     from atlas.models import AtlasModel
     from atlas.store.activations import LayerSpec
@@ -451,7 +451,7 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
 
     import torch
 
-    from atlas.collect import _buffer_batch, _commit_block, compute_rows
+    from atlas.rows import buffer_batch, commit_block, compute_rows
     from atlas.data import SKIP_REASONS, ImageDataset
     from atlas.store.activations import PartStore
 
@@ -493,14 +493,15 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
         rows = None
         if len(ok_idx):
             imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings)
+            rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings,
+                                labels=[refs[i].label for i in ok_idx.tolist()])
         status = {int(i): 0 for i in all_idx.tolist()}
         for i, code in failures:
             status[int(i)] = int(code)
             skipped[reason_names.get(int(code), str(code))] += 1
-        _buffer_batch(buffers, rows, status, job.settings.block_size)
+        buffer_batch(buffers, rows, status, job.settings.block_size)
     buf = buffers[job.block]
-    _commit_block(parts, job.block, buf, job.specs, job.settings, n_classes)
+    commit_block(parts, job.block, buf, job.specs, job.settings, n_classes)
     n_rows = {layer: sum(len(r[layer]["image_index"]) for r in buf["rows"]) for layer in (s.name for s in job.specs)}
     return BlockResult(job.block, job.stop - job.start, dict(skipped), n_rows, time.perf_counter() - t0,
                        f"{socket.gethostname()}:{os.getpid()}")

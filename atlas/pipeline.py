@@ -91,12 +91,28 @@ def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> 
     ).describe()
 
 
+def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+    from atlas.models import load_model
+    from atlas.subatlas import class_atlas, comparison_atlas
+
+    c = cfg.classes
+    if not c.names and not c.compare:
+        return "no class atlases configured ([classes] names, compare)"
+    model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
+                       device=cfg.run.device)
+    done = [class_atlas(cfg.run_dir, n, model, c, device=cfg.run.device, progress=progress) for n in c.names]
+    done += [comparison_atlas(cfg.run_dir, a, b, model, c, device=cfg.run.device, progress=progress)
+             for a, b in c.compare]
+    return "; ".join(s.describe() for s in done)
+
+
 STAGES: list[Stage] = [
     Stage("collect", _collect),
     Stage("reduce", _reduce),
     Stage("grid", _grid),
     Stage("render", _render),
     Stage("tiles", _tiles),
+    Stage("classes", _classes),
 ]
 
 

@@ -17,9 +17,11 @@ from atlas.attack import (
     comparison_cells,
     comparison_rows,
     evaluate_patch,
+    example_patches,
     paste,
     run_attack,
     source_images,
+    wilson_interval,
 )
 from atlas.models import capture, load_model
 
@@ -144,16 +146,45 @@ def test_run_attack_end_to_end_writes_report_and_figures(model, tiny_run, tmp_pa
     report = run_attack(model, tiny_run, settings, images=src, target_images=src, out_dir=tmp_path / "out",
                         progress=False)
     assert report.n_selection + report.n_test == report.n_source_correct >= 4
-    for fam in ("atlas", "random_cell", "noise"):
+    for fam in ("atlas", "example", "random_cell", "noise"):
         r = report.families[fam]
         assert len(r.static) == len(r.dynamic) == 2 and all(0 <= v <= 1 for v in r.static + r.dynamic)
+        assert r.n_test == report.n_test and len(r.dynamic_ci) == 2
+        assert all(lo <= v <= hi for v, (lo, hi) in zip(r.dynamic, r.dynamic_ci))
         assert all(d >= s for s, d in zip(r.static, r.dynamic))  # the best corner is at least the fixed one
         assert r.universal_flip is None
     doc = json.loads((tmp_path / "out" / "report.json").read_text())
     assert doc["source"] == names[source] and doc["families"]["noise"]["members"] == ["noise 0", "noise 1"]
-    for name in ("candidates.png", "examples.png", "success.png", "patch-atlas.png", "report.md"):
+    assert doc["families"]["example"]["members"][0].startswith("example of cell")
+    for name in ("candidates.png", "examples.png", "success.png", "patch-atlas.png", "patch-example.png", "report.md"):
         assert (tmp_path / "out" / name).is_file(), name
     assert "| atlas" in report.table()
+
+
+def test_wilson_interval_matches_known_values():
+    lo, hi = wilson_interval(8, 12)  # 67% of 12: the textbook Wilson interval is 39.1% to 86.2%
+    assert lo == pytest.approx(0.391, abs=1e-3) and hi == pytest.approx(0.862, abs=1e-3)
+    lo, hi = wilson_interval(0, 200)
+    assert lo == 0.0 and hi == pytest.approx(0.0188, abs=1e-3)
+    assert wilson_interval(5, 0) == (0.0, 1.0)
+    # more views, a narrower interval around the same rate
+    assert np.diff(wilson_interval(100, 400)) < np.diff(wilson_interval(10, 40))
+
+
+def test_example_patches_crop_the_view_around_the_best_position(model, tiny_run):
+    from atlas.attack import Candidate, ComparisonRows
+
+    views = torch.zeros(2, 3, 224, 224)
+    views[1, :, 0:112, 112:224] = 1.0  # view 1: the top-right quadrant is white
+    n = 2 * 196
+    rows = ComparisonRows(np.zeros((n, 4), np.float16), np.zeros(n, np.float32), np.zeros(n, np.float32),
+                          np.repeat([0, 1], 196), np.tile(np.stack(np.divmod(np.arange(196), 14), 1), (2, 1)), (14, 14))
+    row = 196 + 2 * 14 + 11  # view 1, position (2, 11): inside the white quadrant
+    cand = Candidate(4, 0, 0, 1.0, 1.0, 0.0, 5, [], np.zeros(4, np.float32), None, example_row=row)
+    p = example_patches([cand], rows, views, px=32, fraction=0.25)
+    assert p.shape == (1, 3, 32, 32) and float(p.min()) > 0.99  # a 56-px crop centred at (40, 184): all white
+    far = Candidate(4, 0, 0, 1.0, 1.0, 0.0, 5, [], np.zeros(4, np.float32), None, example_row=196 + 13 * 14 + 0)
+    assert float(example_patches([far], rows, views, px=32, fraction=0.25).max()) < 0.01  # bottom-left: black
 
 
 def test_bad_input(model, tiny_run, tmp_path):

@@ -88,6 +88,45 @@ def test_attribution_equals_autograd_reference(tiny_model):
     assert rows["image_index"].tolist() == [10, 10, 11, 11, 12, 12]
 
 
+def test_candidate_attribution_equals_forward_mode_at_every_position(tiny_model):
+    """With attribution_classes=N the ranked classes are each image's N top-scoring ones plus its
+    label, and their values are the forward-mode values of the same rows, at every position."""
+    torch.manual_seed(2)
+    x = torch.rand(4, 3, 32, 32)
+    specs = layer_specs(tiny_model, ["1"])
+    exact = compute_rows(tiny_model, x, [0, 1, 2, 3], specs,
+                         CollectSettings(layers=("1",), sampling="all", top_k=5, full_attribution=True))["1"]
+    labels = [4, -1, 0, 2]
+    cand = compute_rows(tiny_model, x, [0, 1, 2, 3], specs,
+                        CollectSettings(layers=("1",), sampling="all", top_k=3, attribution_classes=2),
+                        labels=labels)["1"]
+    assert cand["activations"].shape == (4 * 256, 8) and cand["attribution/top_classes"].shape == (4 * 256, 3)
+    np.testing.assert_array_equal(cand["position"], exact["position"])
+    np.testing.assert_array_equal(cand["activations"], exact["activations"])
+    with torch.no_grad():
+        logits = tiny_model(x)
+    for b in range(4):
+        rows = slice(b * 256, (b + 1) * 256)
+        top2 = set(logits[b].topk(2).indices.tolist())
+        allowed = top2 | {labels[b]} if labels[b] >= 0 and labels[b] not in top2 else set(logits[b].topk(3).indices.tolist())
+        assert set(np.unique(cand["attribution/top_classes"][rows]).tolist()) <= allowed
+        if labels[b] >= 0:
+            assert labels[b] in set(cand["attribution/top_classes"][rows].ravel().tolist())
+        full = exact["attribution/full"][rows].astype(np.float32)
+        got = np.take_along_axis(full, cand["attribution/top_classes"][rows].astype(np.int64), 1)
+        np.testing.assert_allclose(cand["attribution/top_values"][rows], got, rtol=2e-3, atol=1e-4)
+        # ranked within the candidates: values descend
+        assert (np.diff(cand["attribution/top_values"][rows], axis=1) <= 1e-6).all()
+
+
+def test_candidate_attribution_settings_are_checked():
+    with pytest.raises(ValueError, match="attribution_classes = 0"):
+        CollectSettings(attribution_classes=8, full_attribution=True)
+    with pytest.raises(ValueError, match="attribution_classes must be"):
+        CollectSettings(attribution_classes=-1)
+    assert CollectSettings(attribution_classes=4, top_k=10).kept_classes(1000) == 5
+
+
 def test_collect_writes_documented_layout(tmp_path, tiny_model):
     write_photos(tmp_path / "photos", 10)
     out = tmp_path / "acts.h5"
@@ -241,3 +280,25 @@ def test_real_photos_attribution_points_to_the_label(inceptionv1, sample_dir, tm
     # measured: 10% of rows have the label first, 20% within the top 10; shuffled labels ~1%
     assert (top[:, 0] == labels).mean() >= 0.05
     assert in_top10 >= 0.12 and in_top10 >= 5 * max(shuffled, 0.0125)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_photos_candidate_attribution_equals_per_position_forward_mode(inceptionv1, sample_paths):
+    """On real photos and the real InceptionV1, every position's attribution to the candidate
+    classes from the batched backward passes equals today's per-position forward-mode values."""
+    from atlas.rows import attributed_slots, candidate_attribution
+
+    paths = sample_paths[::250]  # 4 photos of different classes
+    x = torch.stack([inceptionv1.image_transform(Image.open(p)) for p in paths])
+    labels = torch.tensor([i * 250 for i in range(len(paths))])
+    h, classes, attr = candidate_attribution(inceptionv1, x, "inception4c", 8, labels)
+    assert h.shape == (4, 512, 14, 14) and classes.shape == (4, 9) and attr.shape == (4, 9, 14, 14)
+    assert all(int(labels[b]) in classes[b].tolist() for b in range(4))
+    pos = np.array([[[1, 1], [6, 9], [12, 3]]] * 4)
+    acts, exact = attributed_slots(inceptionv1, x, "inception4c", pos)
+    for slot in range(3):
+        y, xx = pos[0, slot]
+        ref = exact[slot].gather(1, classes)  # (4, 9) forward-mode values of the candidates
+        np.testing.assert_allclose(attr[:, :, y, xx].numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(h[:, :, y, xx].numpy(), acts[slot].numpy(), rtol=1e-5, atol=1e-5)

@@ -19,6 +19,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_configs_load(monkeypatch):
     monkeypatch.setenv("ATLAS_SAMPLE_IMAGES", "/photos")
+    monkeypatch.setenv("ATLAS_IMAGES_ROOT", "/photos")
     for p in sorted((REPO / "pipelines").glob("*.toml")):
         cfg = load_config(p)
         assert cfg.collect.settings.layers

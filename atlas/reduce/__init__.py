@@ -1,0 +1,70 @@
+"""The reduce stage: a 2-D layout of a layer's activation vectors.
+
+Carter et al., "Activation Atlas" (Distill 2019) lay out the activations with UMAP (cosine
+metric) and rescale the result into the unit square with a percentile clip
+(:func:`normalize_layout`). UMAP is fitted on a sample (default 100,000 rows); every other row
+is *placed* into the fitted layout:
+
+- ``placement="knn"`` (default): the row's ``n_neighbors`` nearest fitted rows (cosine), found
+  with the fitted nearest-neighbour index (pynndescent's ``NNDescent.query``, the index UMAP
+  builds while fitting) or, for small fits, an exact matrix-product search; the row goes to
+  the per-axis *median* of their positions (``knn_aggregate="median"``). ``UMAP.transform``
+  starts new points at the membership-weighted *mean* of the same neighbours
+  (``knn_aggregate="mean"``) and then refines them with SGD epochs; the refinement is what
+  makes it slow (~400 rows/s on two cores). The median needs no refinement: when the
+  neighbours straddle two clusters it stays in one of them instead of landing in the empty
+  space between, and measured on held-out rows its trustworthiness matches or beats
+  ``UMAP.transform`` at tens of thousands of rows/s (figures in ``benchmarks/README.md``).
+- ``placement="umap"``: ``UMAP.transform`` itself (exact, slow).
+
+Rows the metric cannot place are handled explicitly, never silently:
+
+- non-finite rows (NaN/inf) are skipped: status 1, ``xy`` NaN, a warning names the first rows;
+- all-zero rows (cosine distance undefined) get status 2 and sit at the centroid of the placed
+  rows; they are not ``valid``, so the grid stage does not bin them;
+- duplicate rows of the fit sample (exact after unit-normalising and rounding to float16) are
+  fitted once and mapped back: UMAP's neighbour graph degenerates on many identical points.
+  A placed row identical to a fitted row takes that row's position (as ``UMAP.transform`` does).
+
+The stage (:func:`reduce_file`) writes ``layout.h5`` (:mod:`atlas.store.layout`) chunk by
+chunk with a committed-rows counter, in parallel with Dask's threaded scheduler, so a killed
+run resumes where it stopped.
+
+The package, one idea a module: :mod:`~atlas.reduce.bounds` (normalisation),
+:mod:`~atlas.reduce.placement` (placing rows into a fitted layout), :mod:`~atlas.reduce.estimator`
+(:class:`AtlasUMAP`), :mod:`~atlas.reduce.classes` (class and comparison layouts) and
+:mod:`~atlas.reduce.stage` (the stage over files, and reuse of a finished layout).
+"""
+
+from atlas.reduce.bounds import apply_bounds, layout_bounds, normalize_layout
+from atlas.reduce.classes import (
+    class_attribution,
+    comparison_file,
+    comparison_layout,
+    resolve_class,
+    select_class_rows,
+)
+from atlas.reduce.estimator import AtlasUMAP
+from atlas.reduce.placement import KNNPlacer, membership_weights, refine_positions
+from atlas.reduce.stage import ChunkCallback, ReduceSettings, ReduceSummary, load_placer, project, reduce_file
+
+__all__ = [
+    "AtlasUMAP",
+    "ChunkCallback",
+    "KNNPlacer",
+    "ReduceSettings",
+    "ReduceSummary",
+    "apply_bounds",
+    "class_attribution",
+    "comparison_file",
+    "comparison_layout",
+    "layout_bounds",
+    "load_placer",
+    "membership_weights",
+    "normalize_layout",
+    "project",
+    "reduce_file",
+    "refine_positions",
+    "resolve_class",
+    "select_class_rows",
+]
