@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             r["artifact_bytes"] = sum(size_of(run_dir / a) for a in ARTIFACTS[stage])
             if stage == "tiles":
-                r["tile_files"] = sum(1 for p in (run_dir / "tiles").rglob("*") if p.suffix in (".jpg", ".png", ".webp"))
+                m = re.search(r"wrote (\d+) of (\d+) tiles.*?(\d+) thumbnails", r["summary"])
+                r["tile_files"], r["thumbnails"] = (int(m.group(2)), int(m.group(3))) if m else (None, None)
             if stage == "render":
                 r["icons"] = icons_rendered(r["summary"])
             rec["stages"][stage] = r
@@ -133,7 +134,7 @@ def print_table(results: dict) -> None:
             if stage == "render":
                 thr = f"{(r.get('icons') or 0) / r['wall_s'] * 60:,.0f} icons/min"
             elif stage == "tiles":
-                thr = f"{r.get('tile_files', 0):,} tiles"
+                thr = f"{r.get('tile_files') or 0:,} tiles, {r.get('thumbnails') or 0:,} thumbnails"
             else:
                 thr = f"{rows / r['wall_s']:,.0f} rows/s"
             print(f"| {rows:,} | {stage} | {r['wall_s']:,.0f} s | {r['peak_rss_mib']:,.0f} MiB | {thr} | "
