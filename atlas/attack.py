@@ -459,6 +459,7 @@ class AttackSettings:
     seed: int = 0
     universal_limit: int | None = None
     batch_size: int = 32
+    selection_fraction: float = 0.5  # share of the source views each family's patch is chosen on
 
     def __post_init__(self) -> None:
         if self.patch not in ("optvis", "icon"):
@@ -470,6 +471,9 @@ class AttackSettings:
             raise ValueError(f"sizes are fractions of the image width in (0, 1], got {self.sizes}")
         if self.candidates < 1:
             raise ValueError("candidates must be at least 1")
+        if not 0 < self.selection_fraction < 1:
+            raise ValueError(f"selection_fraction is the share of views the patches are chosen on, in (0, 1); "
+                             f"got {self.selection_fraction}")
 
 
 @dataclass
@@ -615,7 +619,9 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     x, tried = source_images(model, s_idx, src_paths, augment=settings.augment, seed=settings.seed,
                              batch_size=settings.batch_size)
     idx = np.arange(len(x))
-    sel, test = (idx[0::2], idx[1::2]) if len(x) >= 4 else (idx, idx)
+    # every k-th view selects, the others measure (k = 2 for half and half)
+    step = max(2, int(round(1 / settings.selection_fraction)))
+    sel, test = (idx[0::step], np.setdiff1d(idx, idx[0::step])) if len(x) >= 4 else (idx, idx)
     if len(x) < 4:
         log.warning("only %d source views: the patch is chosen and measured on the same views", len(x))
     with torch.no_grad():

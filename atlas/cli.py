@@ -148,6 +148,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         random_cells=args.random_cells, noise_patches=args.noise_patches, patch=args.patch, patch_px=args.patch_px,
         steps=args.steps, sizes=tuple(float(v) for v in args.sizes.split(",")), static_corner=args.corner,
         augment=args.augment, seed=args.seed, universal_limit=args.universal_limit,
+        selection_fraction=args.selection_fraction,
     )
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     out = Path(args.out or Path(args.run_dir) / "attacks" / f"{args.source}-to-{args.target}".replace(" ", "_"))
@@ -507,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sizes", default="0.2,0.3,0.4,0.5", help="patch sizes, fractions of the width [%(default)s]")
     s.add_argument("--corner", default="br", choices=("tl", "tr", "bl", "br"), help="static corner [%(default)s]")
     s.add_argument("--augment", type=int, default=24, help="views per source photo when there are few [%(default)s]")
+    s.add_argument("--selection-fraction", type=float, default=0.5,
+                   help="share of the source views each family's patch is chosen on; the rest measure it "
+                        "[%(default)s]")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--out", default=None, help="report folder [RUN_DIR/attacks/SOURCE-to-TARGET]")
     s.set_defaults(func=cmd_attack)

@@ -169,6 +169,8 @@ def test_wilson_interval_matches_known_values():
     assert wilson_interval(5, 0) == (0.0, 1.0)
     # more views, a narrower interval around the same rate
     assert np.diff(wilson_interval(100, 400)) < np.diff(wilson_interval(10, 40))
+    with pytest.raises(ValueError, match="selection_fraction"):
+        AttackSettings("snorkel", "scuba diver", selection_fraction=1.0)
 
 
 def test_example_patches_crop_the_view_around_the_best_position(model, tiny_run):
