@@ -136,12 +136,13 @@ class_top_n = 40
 
 
 @pytest.mark.browser
-def test_viewer_switches_to_a_class_atlas(run: Path, model, two_classes, tmp_path: Path) -> None:
+def test_viewer_switches_to_a_class_atlas_and_a_comparison(run: Path, model, two_classes, tmp_path: Path) -> None:
     from atlas.serve import make_server
     from test_viewer import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
 
-    a, _ = two_classes
+    a, b = two_classes
     class_atlas(run, str(a), model, SMALL, device="cpu", progress=False)
+    comparison_atlas(run, str(a), str(b), model, SMALL, device="cpu", progress=False)
     sync_playwright = _require_browser()
     server = make_server(run, port=0)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -163,6 +164,14 @@ def test_viewer_switches_to_a_class_atlas(run: Path, model, two_classes, tmp_pat
                                    f"document.querySelector('#run-select').value === {target!r}")
             page.wait_for_timeout(1500)
             assert any(f"/data/{target}/" in u for u in requests), "no tile of the class atlas was requested"
+            pair = f"compare/{slug(model.class_names[a])}--{slug(model.class_names[b])}/tiles"
+            assert pair in options
+            page.select_option("#run-select", pair)
+            page.wait_for_function(f"() => document.querySelector('#run-select').value === {pair!r}")
+            page.wait_for_timeout(1500)
+            assert any(f"/data/{pair}/" in u for u in requests), "no tile of the comparison atlas was requested"
+            label = page.eval_on_selector("#run-select", "s => s.options[s.selectedIndex].textContent")
+            assert "compare" in label
             browser.close()
     finally:
         server.shutdown()
