@@ -33,7 +33,7 @@ from typing import Any
 
 from atlas.serve.api import class_highlight, level_attribution, overlay_entries, read_region
 from atlas.serve.files import CONTENT_TYPES, VIEWER_DIR
-from atlas.serve.runs import MAX_SCAN_DEPTH, Run, find_runs
+from atlas.serve.runs import MAX_SCAN_DEPTH, Run, find_runs, ordered_runs
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def export_site(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overw
         partial.mkdir()
         _copy_viewer(partial, summary)
         described = []
-        for run_id, run in sorted(runs.items()):
+        for run_id, run in ordered_runs(runs):
             dest = partial / "data" / run_id
             _copy_tiles(run, dest, summary)
             summary.classes += _write_classes(run, dest, summary)

@@ -191,6 +191,9 @@ class RenderSummary:
     mean_cossim: float = float("nan")
 
     def describe(self) -> str:
+        if self.up_to_date and not self.complete:
+            sizes = ", ".join(f"{s}x{s}" for s in self.total)
+            return f"the {sizes} icons of {self.output} are complete and current; nothing to do"
         if self.up_to_date:
             return f"{self.output} is complete and current; nothing to do"
         n = sum(self.rendered.values())
@@ -336,6 +339,12 @@ def render_cells(
     work = _batches(store, wanted, {s: len(all_levels[s]) for s in wanted}, batch_size)
     n_work = sum(len(rows) for _, rows in work)
     summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)
+    if not n_work and levels is not None:
+        # the levels asked for are done; the others are left to a run that asks for them
+        log.info("levels %s of %s are complete and current; skipping render", list(wanted), icons_path)
+        summary.up_to_date = True
+        summary.complete = store.finish()
+        return summary
     log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch", n_work, layer,
              ", ".join(f"{s}x{s}" for s in wanted), dev, steps, attempts, batch_size)
     cossims: list[np.ndarray] = []

@@ -120,6 +120,9 @@ def test_levels_can_be_rendered_one_at_a_time(tmp_path, tiny):
     first = render_cells(cells, out, tiny, levels=[4], **FAST)
     assert first.rendered == {4: 3} and not first.complete
     assert not read_icons(out)[2].done.any()
+    again = render_cells(cells, out, tiny, levels=[4], **FAST)  # the level asked for is done: a pipeline rerun
+    assert again.up_to_date and not again.complete and "4x4 icons" in again.describe()
+    assert "nothing to do" in again.describe()
     before = read_icons(out)[4].icons
     second = render_cells(cells, out, tiny, **FAST)
     assert second.rendered == {2: 2, 4: 0} and second.complete

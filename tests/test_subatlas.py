@@ -176,3 +176,23 @@ def test_viewer_switches_to_a_class_atlas_and_a_comparison(run: Path, model, two
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_run_s_own_atlas_is_listed_before_its_class_atlases(run: Path, model, two_classes) -> None:
+    """The viewer opens the first atlas of /api/runs: serving a run shows its main atlas, not a class atlas."""
+    import json
+    import urllib.request
+
+    from atlas.serve import make_server
+
+    a, _ = two_classes
+    class_atlas(run, str(a), model, SMALL, device="cpu", progress=False)
+    server = make_server(run, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/runs"
+        ids = [r["id"] for r in json.loads(urllib.request.urlopen(url, timeout=10).read())["runs"]]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert ids[0] == "tiles" and any(i.startswith("classes/") for i in ids[1:])

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from atlas.serve.errors import HTTPError, parse_int
 from atlas.serve.files import inside
-from atlas.serve.runs import Run
+from atlas.serve.runs import Run, ordered_runs
 
 if TYPE_CHECKING:
     from atlas.serve.server import AtlasServer
@@ -101,7 +101,7 @@ class JsonApi:
 
     def _api_runs(self, query: dict[str, str]) -> None:
         runs = self.server.runs()
-        self._send_json({"api": True, "runs": [run.describe() for _id, run in sorted(runs.items())]})
+        self._send_json({"api": True, "runs": [run.describe() for _id, run in ordered_runs(runs)]})
 
     def _level(self, run: Run, query: dict[str, str]) -> dict[str, Any]:
         if not query.get("level"):

@@ -51,6 +51,12 @@ def run_name(root: Path, tiles_dir: Path) -> str:
     return folder.name or "atlas"
 
 
+def ordered_runs(runs: dict[str, Run]) -> list[tuple[str, Run]]:
+    """Shallowest first, then by name: a run's own atlas (``tiles``) before its class and
+    comparison atlases (``classes/<name>/tiles``), so a viewer opening the first one shows it."""
+    return sorted(runs.items(), key=lambda kv: (kv[0].count("/"), kv[0]))
+
+
 def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
     """Tiles folders (with an ``atlas-tiles`` manifest) at most ``max_depth`` levels below ``root``.
 

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--class", dest="cls", default="scuba diver")
     ap.add_argument("--zoom", type=float, default=3)
     ap.add_argument("--prefix", default="sample-")
+    ap.add_argument("--run", default=None, help="which atlas of the served folder (e.g. classes/tench/tiles)")
+    ap.add_argument("--only", choices=("overview",), default=None, help="take only this shot")
     ap.add_argument("--cell", type=int, nargs=3, default=(20, 8, 4), metavar=("SIZE", "IY", "IX"),
                     help="the cell to hover and click: grid size, row, column")
     args = ap.parse_args(argv)
@@ -44,12 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         page = browser.new_page(viewport={"width": 1280, "height": 800})
 
         def shot(hash_: str, name: str, settle: int = 2500) -> None:
+            if args.run:
+                hash_ = "#" + "&".join(p for p in (f"run={quote(args.run)}", hash_.lstrip("#")) if p)
             page.goto(base + hash_)
             page.wait_for_selector("body[data-ready='1']", timeout=30_000)
             page.wait_for_timeout(settle)
             page.screenshot(path=str(out / f"{args.prefix}{name}.png"))
 
         shot("", "overview")
+        if args.only == "overview":
+            browser.close()
+            server.shutdown()
+            return 0
         size, iy, ix = args.cell
         shot(f"#z={args.zoom}&x={(ix + 0.5) / size:.4f}&y={(iy + 0.5) / size:.4f}", "zoomed")
         x, y = page.evaluate(
