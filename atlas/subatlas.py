@@ -114,11 +114,10 @@ def class_atlas(run_dir: str | os.PathLike, name: str, model: AtlasModel, settin
     label = _name_of(model, index)
     folder = class_folder(run_dir, label)
     folder.mkdir(parents=True, exist_ok=True)
-    reduced = reduce_file(run_dir / "activations.h5", folder / "layout.h5",
-                          ReduceSettings(class_filter=str(index), class_top_n=settings.class_top_n,
-                                         sample_size=settings.sample_size), progress=progress)
-    return _finish(run_dir, folder, model, settings, f"Class atlas: {label}", t0, fresh=not reduced.up_to_date,
-                   device=device, progress=progress)
+    reduce_file(run_dir / "activations.h5", folder / "layout.h5",
+                ReduceSettings(class_filter=str(index), class_top_n=settings.class_top_n,
+                               sample_size=settings.sample_size), progress=progress)
+    return _finish(run_dir, folder, model, settings, f"Class atlas: {label}", t0, device=device, progress=progress)
 
 
 def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, model: AtlasModel,
@@ -133,12 +132,9 @@ def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, mod
     a, b = resolve_class(class_a), resolve_class(class_b)
     folder = compare_folder(run_dir, _name_of(model, a), _name_of(model, b))
     folder.mkdir(parents=True, exist_ok=True)
-    layout = folder / "layout.h5"
-    fresh = not _comparison_current(layout, run_dir / "activations.h5", a, b, settings.class_top_n)
-    if fresh:
-        comparison_file(run_dir / "activations.h5", layout, a, b, top_n=settings.class_top_n)
+    comparison_file(run_dir / "activations.h5", folder / "layout.h5", a, b, top_n=settings.class_top_n)
     title = f"Comparison: {_name_of(model, b)} (left) vs {_name_of(model, a)} (right); x = attribution difference"
-    return _finish(run_dir, folder, model, settings, title, t0, fresh=fresh, device=device, progress=progress)
+    return _finish(run_dir, folder, model, settings, title, t0, device=device, progress=progress)
 
 
 def _name_of(model: AtlasModel, index: int) -> str:
@@ -147,25 +143,8 @@ def _name_of(model: AtlasModel, index: int) -> str:
     return names[index] if index < len(names) else f"class {index}"
 
 
-def _comparison_current(layout: Path, activations: Path, a: int, b: int, top_n: int) -> bool:
-    """Whether ``layout`` is a finished comparison of ``a`` and ``b`` over the current activations."""
-    if not layout.is_file():
-        return False
-    import h5py
-
-    from atlas.store.common import read_settings
-
-    try:
-        with h5py.File(layout, "r") as f, h5py.File(activations, "r") as g:
-            s = read_settings(f)
-            return (bool(f.attrs.get("complete", False)) and s.get("compare") == [a, b] and s.get("top_n") == top_n
-                    and s.get("source_settings_hash") == str(g.attrs.get("settings_hash", "")))
-    except OSError:
-        return False
-
-
 def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSettings, title: str,
-            t0: float, *, fresh: bool, device: str, progress: bool) -> SubAtlasSummary:
+            t0: float, *, device: str, progress: bool) -> SubAtlasSummary:
     """Grid, render and tile a sub-atlas whose ``layout.h5`` is written."""
     from atlas.grid import GridSettings, grid_file
     from atlas.render import render_cells
@@ -179,7 +158,8 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
     build_tiles(folder / "cells.h5", folder / "icons.h5", folder / "tiles", activations_path=run_dir / "activations.h5",
                 title=title, progress=progress, class_names=model.class_names)
     rows = int(read_layout(folder / "layout.h5").valid.sum())
-    current = not fresh and grid.up_to_date and rendered.up_to_date
+    # the cells' hash holds the layout's, so a rewritten layout is never "current" here
+    current = grid.up_to_date and rendered.up_to_date
     return SubAtlasSummary(folder, rows, sum(rendered.rendered.values()), time.perf_counter() - t0, up_to_date=current)
 
 

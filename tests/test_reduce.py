@@ -389,6 +389,12 @@ def test_comparison_file_is_a_layout_the_grid_reads(acts_file: Path, tmp_path: P
     np.testing.assert_allclose(lay.xy[lay.valid & (tc[rows, 0] == 2), 0], 0.0)
     grid_file(acts_file, out, tmp_path / "cells.h5", sizes=(4,), min_count=1, progress=False)
     assert read_cells(tmp_path / "cells.h5")[4].count.sum() == lay.valid.sum()
+    # the same comparison again leaves the finished file alone; other settings rewrite it
+    stamp = out.stat().st_mtime_ns
+    comparison_file(acts_file, out, "goldfish", 2, top_n=0, n_neighbors=10)
+    assert out.stat().st_mtime_ns == stamp
+    comparison_file(acts_file, out, "goldfish", 2, top_n=0, n_neighbors=9)
+    assert out.stat().st_mtime_ns != stamp
 
 
 def test_refine_pulls_rows_to_their_neighbours_and_is_deterministic() -> None:

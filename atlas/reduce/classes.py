@@ -11,6 +11,8 @@ import numpy as np
 from atlas.reduce.bounds import normalize_layout
 from atlas.reduce.estimator import AtlasUMAP
 from atlas.store.activations import ActivationsFile
+from atlas.store.common import is_current
+from atlas.store.layout import KIND as LAYOUT_KIND
 from atlas.store.layout import NONFINITE, PLACED, LayoutWriter, read_rows
 
 log = logging.getLogger(__name__)
@@ -128,13 +130,20 @@ def comparison_file(
     Rows: the class rows of A and of B (:func:`select_class_rows` with ``top_n`` each); x and y
     from :func:`comparison_layout`, with each row's attribution to A and B taken from
     ``attribution/full`` when collected, else from its top-k (:func:`class_attribution`).
-    Always rewritten (the data are a few thousand rows).
+    Left as it is when ``layout_path`` is already a complete comparison with the same settings
+    over the same activations; otherwise (re)written whole (the data are tens of thousands of rows).
     """
     a_idx, b_idx = resolve_class(class_a), resolve_class(class_b)
     if a_idx == b_idx:
         raise ValueError(f"compare two different classes; both are {a_idx}")
     with ActivationsFile(activations_path) as acts:
         layer = acts.layer(layer)
+        settings = {"compare": [a_idx, b_idx], "top_n": top_n, "n_neighbors": n_neighbors, "min_dist": min_dist,
+                    "random_state": random_state, "layer": layer,
+                    "source_settings_hash": str(acts.attrs.get("settings_hash", ""))}
+        if is_current(layout_path, LAYOUT_KIND, settings):
+            log.info("%s is complete and current; keeping it", layout_path)
+            return Path(layout_path)
         rows = np.union1d(select_class_rows(acts, layer, a_idx, top_n), select_class_rows(acts, layer, b_idx, top_n))
         if len(rows) < 3:
             raise ValueError(f"classes {a_idx} and {b_idx} select only {len(rows)} rows of {layer}; need at least 3")
@@ -151,9 +160,6 @@ def comparison_file(
         xy = comparison_layout(x, attr_a, attr_b, n_neighbors=n_neighbors, min_dist=min_dist,
                                random_state=random_state)
         xy[status == NONFINITE] = np.nan
-        settings = {"compare": [a_idx, b_idx], "top_n": top_n, "n_neighbors": n_neighbors, "min_dist": min_dist,
-                    "random_state": random_state, "layer": layer,
-                    "source_settings_hash": str(acts.attrs.get("settings_hash", ""))}
         with LayoutWriter.create(layout_path, rows, settings, {
             "model": acts.model, "layer": layer, "source": str(Path(activations_path)),
             "source_settings_hash": str(acts.attrs.get("settings_hash", "")), "class_index": a_idx,
