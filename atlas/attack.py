@@ -107,28 +107,23 @@ def comparison_rows(model: AtlasModel, layer: str, images: torch.Tensor, source:
                     batch_size: int = 16, progress: bool = False) -> ComparisonRows:
     """Activations and per-position attribution ``h . d logit_c / d h`` to ``target`` and
     ``source`` at every position of ``layer`` for ``images`` ``(N, 3, S, S)``: one forward and
-    two backward passes per batch (collect's attribution to all classes costs a pass per
-    position; two classes need only two backward passes)."""
+    two backward passes (down to the layer) per batch, as collect's candidate classes
+    (:func:`atlas.rows.position_attribution`)."""
     from tqdm.auto import tqdm
 
-    from atlas.models import capture
+    from atlas.rows import position_attribution
 
     acts, ta, sa, img, pos = [], [], [], [], []
     grid = (0, 0)
     for start in tqdm(range(0, len(images), batch_size), desc="comparison rows", unit="batch",
                       disable=not progress, leave=False):
         x = images[start:start + batch_size].to(model.device)
-        with torch.enable_grad(), capture(model, [layer]) as cap:
-            logits = model(x.clone().requires_grad_(True))
-            h = cap[layer]
-            if h.dim() != 4:
-                raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)})")
-            (gt,) = torch.autograd.grad(logits[:, target].sum(), h, retain_graph=True)
-            (gs,) = torch.autograd.grad(logits[:, source].sum(), h)
+        pair = torch.tensor([[target, source]], device=x.device).expand(len(x), 2)
+        h, _, attr = position_attribution(model, x, layer, pair)  # attr: (b, 2, H, W)
         b, c, hh, ww = h.shape
-        acts.append(h.detach().permute(0, 2, 3, 1).reshape(-1, c).cpu().numpy().astype(np.float16))
-        ta.append((h * gt).sum(1).detach().reshape(-1).cpu().numpy())
-        sa.append((h * gs).sum(1).detach().reshape(-1).cpu().numpy())
+        acts.append(h.permute(0, 2, 3, 1).reshape(-1, c).cpu().numpy().astype(np.float16))
+        ta.append(attr[:, 0].reshape(-1).cpu().numpy())
+        sa.append(attr[:, 1].reshape(-1).cpu().numpy())
         img.append(np.repeat(np.arange(start, start + b), hh * ww))
         pos.append(np.tile(np.stack(np.divmod(np.arange(hh * ww), ww), 1), (b, 1)).astype(np.int16))
         grid = (hh, ww)

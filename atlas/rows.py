@@ -28,7 +28,7 @@ Rows of a batch are buffered per block of images and committed atomically (:func
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -229,19 +229,26 @@ def candidate_classes(logits: torch.Tensor, n: int, labels: torch.Tensor | None 
     return out
 
 
-def candidate_attribution(
-    model: AtlasModel, images: torch.Tensor, layer: str, n: int, labels: torch.Tensor | None = None
+def position_attribution(
+    model: AtlasModel,
+    images: torch.Tensor,
+    layer: str,
+    classes: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attribution of every position of ``layer`` to each image's candidate classes.
+    """Attribution ``h . d logit_c / d h`` of every position of ``layer`` to a few classes per image.
 
-    One forward pass, then one backward pass per candidate class (batched with
+    One forward pass, then one backward pass per class column (batched with
     ``is_grads_batched``), from the logits down to the layer only: the layer's output is made a
     leaf, so nothing below it is differentiated.
 
+    Args:
+        classes: ``(B, m)`` class ids per image, or a function of the logits ``(B, K)`` that
+            returns them (e.g. each image's top-scoring classes).
+
     Returns:
         ``h`` (B, C, H, W): the layer's activations;
-        ``classes`` (B, n + 1): the candidate classes (:func:`candidate_classes`);
-        ``attr`` (B, n + 1, H, W): ``h . d logit_c / d h`` at every position for each candidate.
+        ``classes`` (B, m): the classes;
+        ``attr`` (B, m, H, W): ``h . d logit_c / d h`` at every position for each class.
     """
     captured: dict[str, torch.Tensor] = {}
 
@@ -257,15 +264,25 @@ def candidate_attribution(
     finally:
         handle.remove()
     h = captured["h"]
+    if h.dim() != 4:
+        raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)})")
     if not logits.requires_grad:
         raise _no_logits_error(layer)
-    classes = candidate_classes(logits.detach(), n, labels)
+    classes = classes(logits.detach()) if callable(classes) else torch.as_tensor(classes, device=logits.device)
     m = classes.shape[1]
     onehot = torch.zeros((m, *logits.shape), dtype=logits.dtype, device=logits.device)
     onehot.scatter_(2, classes.T[:, :, None], 1.0)
     (grads,) = torch.autograd.grad(logits, h, grad_outputs=onehot, is_grads_batched=True)
     attr = (grads * h.detach()).sum(2)  # (m, B, H, W)
     return h.detach(), classes, attr.transpose(0, 1)
+
+
+def candidate_attribution(
+    model: AtlasModel, images: torch.Tensor, layer: str, n: int, labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`position_attribution` to each image's candidate classes (:func:`candidate_classes`):
+    its ``n`` top-scoring classes plus its label; ``classes`` is ``(B, n + 1)``."""
+    return position_attribution(model, images, layer, lambda logits: candidate_classes(logits, n, labels))
 
 
 def compute_rows(
@@ -392,4 +409,4 @@ def commit_block(parts: PartStore, blk: int, buf: dict, specs: Sequence[LayerSpe
 
 __all__ = ["CollectSettings", "Sampling", "attributed_slots", "buffer_batch", "candidate_attribution",
            "candidate_classes", "capture_until_last", "commit_block", "compute_rows", "empty_rows",
-           "sample_positions"]
+           "position_attribution", "sample_positions"]
