@@ -339,8 +339,8 @@ def render_cells(
     work = _batches(store, wanted, {s: len(all_levels[s]) for s in wanted}, batch_size)
     n_work = sum(len(rows) for _, rows in work)
     summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)
-    if not n_work and levels is not None:
-        # the levels asked for are done; the others are left to a run that asks for them
+    if not n_work:
+        # the levels asked for are done (others, if any, are left to a run that asks for them)
         log.info("levels %s of %s are complete and current; skipping render", list(wanted), icons_path)
         summary.up_to_date = True
         summary.complete = store.finish()
