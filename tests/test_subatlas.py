@@ -196,3 +196,15 @@ def test_the_run_s_own_atlas_is_listed_before_its_class_atlases(run: Path, model
         server.shutdown()
         server.server_close()
     assert ids[0] == "tiles" and any(i.startswith("classes/") for i in ids[1:])
+
+
+def test_a_class_too_small_for_its_grid_still_gives_an_atlas(run: Path, model, two_classes) -> None:
+    """Levels that keep no cell (too few rows for min_count) are rendered and tiled as empty."""
+    from atlas.store.icons import read_icons
+
+    a, _ = two_classes
+    empty = SubAtlasSettings(sizes=(2, 3), min_count=10**6, class_top_n=40, icon_size=64, steps=2, batch_size=8)
+    s = class_atlas(run, str(a), model, empty, device="cpu", progress=False)
+    assert s.icons == 0
+    assert all(len(level.cell_id) == 0 for level in read_icons(s.folder / "icons.h5").values())
+    assert (s.folder / "tiles" / "manifest.json").is_file()

@@ -104,9 +104,9 @@ class IconsFile:
                     g = f.create_group(f"levels/{size}")
                     g.attrs.update(size=int(size), n_cells=m, n_done=0)
                     g.create_dataset("cell_id", data=np.asarray(cell_id, np.int32))
-                    ds = g.create_dataset("icons", shape=(m, s, s, 3), dtype=np.uint8,
-                                          chunks=(max(1, min(m, 16)), s, s, 3), compression="gzip",
-                                          compression_opts=1, fillvalue=0)
+                    # a level that kept no cell is an empty dataset (HDF5 chunks cannot exceed it)
+                    packed = dict(chunks=(min(m, 16), s, s, 3), compression="gzip", compression_opts=1) if m else {}
+                    ds = g.create_dataset("icons", shape=(m, s, s, 3), dtype=np.uint8, fillvalue=0, **packed)
                     ds.attrs["meaning"] = "RGB icon of each cell, rows aligned with cells.h5; zeros until done"
                     g.create_dataset("done", data=np.zeros(m, bool))
                     g.create_dataset("objective", data=np.full(m, np.nan, np.float32))

@@ -37,6 +37,14 @@ class Level:
     digest: np.ndarray = field(default_factory=lambda: np.zeros(0, U64))
 
 
+def _per_cell(a: np.ndarray, m: int) -> np.ndarray:
+    """``(m, k)``: one row per cell, also for a level that kept no cell (``(0, k)``)."""
+    a = np.asarray(a)
+    if m:
+        return a.reshape(m, -1)
+    return a.reshape(0, a.shape[-1] if a.ndim > 1 else 0)
+
+
 def read_cells(path: Path) -> tuple[dict[str, Any], list[Level]]:
     try:
         f = open_artifact(path, "cells", stage="grid")
@@ -60,18 +68,13 @@ def read_cells(path: Path) -> tuple[dict[str, Any], list[Level]]:
                     coords=g["coords"][:].astype(np.int64).reshape(-1, 2),
                     center=g["center"][:].astype(np.float32).reshape(-1, 2),
                     count=g["count"][:].astype(np.int64),
-                    top_classes=np.atleast_2d(g["top_classes"][:]).astype(np.int64),
-                    top_values=np.atleast_2d(g["top_values"][:]).astype(np.float32),
-                    example_rows=np.atleast_2d(g["example_rows"][:]).astype(np.int64),
-                    example_images=np.atleast_2d(g["example_images"][:]).astype(np.int64),
+                    top_classes=_per_cell(g["top_classes"][:], len(g["cell_id"])).astype(np.int64),
+                    top_values=_per_cell(g["top_values"][:], len(g["cell_id"])).astype(np.float32),
+                    example_rows=_per_cell(g["example_rows"][:], len(g["cell_id"])).astype(np.int64),
+                    example_images=_per_cell(g["example_images"][:], len(g["cell_id"])).astype(np.int64),
                 )
             except KeyError as e:
                 raise TilesError(f"{path} /levels/{size} lacks a dataset ({e}); rerun `atlas grid`") from e
-            m = len(level.cell_id)
-            level.top_classes = level.top_classes.reshape(m, -1)
-            level.top_values = level.top_values.reshape(m, -1)
-            level.example_rows = level.example_rows.reshape(m, -1)
-            level.example_images = level.example_images.reshape(m, -1)
             bad = (level.coords < 0) | (level.coords >= size)
             if bad.any() or np.any(level.cell_id != level.coords[:, 0] * size + level.coords[:, 1]):
                 raise TilesError(f"{path} /levels/{size}: coords and cell_id disagree or leave the grid; rerun `atlas grid`")
