@@ -155,11 +155,12 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
                      GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress)
     rendered = render_cells(folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size,
                             steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress)
-    build_tiles(folder / "cells.h5", folder / "icons.h5", folder / "tiles", activations_path=run_dir / "activations.h5",
-                title=title, progress=progress, class_names=model.class_names)
+    tiles = build_tiles(folder / "cells.h5", folder / "icons.h5", folder / "tiles",
+                        activations_path=run_dir / "activations.h5", title=title, progress=progress,
+                        class_names=model.class_names)
     rows = int(read_layout(folder / "layout.h5").valid.sum())
     # the cells' hash holds the layout's, so a rewritten layout is never "current" here
-    current = grid.up_to_date and rendered.up_to_date
+    current = grid.up_to_date and rendered.up_to_date and not (tiles.tiles_written or tiles.metadata_written)
     return SubAtlasSummary(folder, rows, sum(rendered.rendered.values()), time.perf_counter() - t0, up_to_date=current)
 
 
