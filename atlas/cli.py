@@ -253,7 +253,7 @@ def cmd_vis(args: argparse.Namespace) -> int:
     out = args.out or (args.objective.replace(":", "_").replace("/", "_") + ".png")
     visualize(model, args.objective, out, size=args.size, steps=args.steps, batch=args.batch, param=args.param,
               init_image=args.image, transforms=not args.no_transforms, lr=args.lr, seed=args.seed,
-              device=args.device, progress=not args.quiet)
+              device=args.device, progress=not args.quiet, input_size=args.input_size)
     print(f"wrote {out}")
     return 0
 
@@ -430,10 +430,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--steps", type=int, default=512)
     s.add_argument("--batch", type=int, default=1, help="images at once (with diversity) [%(default)s]")
-    s.add_argument("--param", choices=("fft", "pixel"), default="fft")
+    s.add_argument("--param", choices=("fft", "pixel", "maco"), default="fft",
+                   help="parameterization: decorrelated FFT, pixels, or MACO (natural magnitude, optimized phase) "
+                        "[%(default)s]")
     s.add_argument("--image", default=None, help="start from this photo (DeepDream)")
     s.add_argument("--no-transforms", action="store_true", help="no transformation robustness")
-    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--lr", type=float, default=None, help="Adam learning rate [fft, pixel: 0.05; maco: 0.25]")
+    s.add_argument("--input-size", type=int, default=None,
+                   help="side the model sees the image at [the model's input size, 224]; 0 = as rendered")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_vis)
 

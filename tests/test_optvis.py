@@ -421,7 +421,7 @@ def test_visualize_writes_a_png_strip(tiny, tmp_path):
     d = optvis.visualize(tiny, "layer:relu2", tmp_path / "d.png", size=16, steps=0, init_image=photo,
                          param="pixel", device="cpu", progress=False)
     assert abs(float(d.images.mean()) - 200 / 255) < 0.01  # zero steps: the photo itself
-    with pytest.raises(ValueError, match="'fft' or 'pixel'"):
+    with pytest.raises(ValueError, match="one of 'fft', 'pixel', 'maco'"):
         optvis.visualize(tiny, "relu2:1", tmp_path / "x.png", param="dct")
 
 

@@ -9,7 +9,8 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
     optvis.save_png(result.images, "447.png")
 
 - :mod:`atlas.optvis.param`: parameterizations (the contract: a module whose ``forward()`` returns
-  (B, 3, H, W) RGB in [0, 1]); FFT with decorrelated color, or pixels.
+  (B, 3, H, W) RGB in [0, 1]); FFT with decorrelated color, pixels, or MACO (fixed natural
+  magnitude, optimized phase; :mod:`atlas.optvis.spectrum` holds the magnitude).
 - :mod:`atlas.optvis.transform`: random jitter/scale/rotate, composed in a list, explicit generators.
 - :mod:`atlas.optvis.objectives`: objectives with an algebra, one value per image.
 - :mod:`atlas.optvis.optimize`: :func:`render_vis` and PNG helpers.
@@ -34,7 +35,18 @@ from atlas.optvis.objectives import (
     whitening_matrix,
 )
 from atlas.optvis.optimize import VisResult, evaluate, render_vis, save_png, to_uint8
-from atlas.optvis.param import FFTImage, ImageParam, PixelImage, color_correlation_normalized, fft_image, pixel_image
+from atlas.optvis.param import (
+    PARAMETERIZATIONS,
+    FFTImage,
+    ImageParam,
+    MacoImage,
+    PixelImage,
+    color_correlation_normalized,
+    fft_image,
+    maco_image,
+    make_image,
+    pixel_image,
+)
 from atlas.optvis.transform import (
     Transform,
     icon_transforms,
@@ -48,8 +60,10 @@ from atlas.optvis.vis import parse_objective, visualize
 
 __all__ = [
     "LOGITS",
+    "PARAMETERIZATIONS",
     "FFTImage",
     "ImageParam",
+    "MacoImage",
     "Objective",
     "PixelImage",
     "Transform",
@@ -69,6 +83,8 @@ __all__ = [
     "interpolate",
     "jitter",
     "layer",
+    "maco_image",
+    "make_image",
     "neuron",
     "pad",
     "parse_objective",

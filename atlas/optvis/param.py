@@ -16,6 +16,13 @@ Visualization", Distill 2017, section "Preconditioning and Parameterization"):
 - :func:`pixel_image`: one free value per pixel and channel (Lucid's ``naive``), with the same
   color decorrelation and sigmoid.
 
+A third follows Fel et al., "Unlocking Feature Visualization for Deeper Networks with MAgnitude
+Constrained Optimization" (MACO, NeurIPS 2023):
+
+- :func:`maco_image`: only the *phase* of the spectrum is optimized; its magnitude is fixed to
+  the mean magnitude of natural photos (:mod:`atlas.optvis.spectrum`). The image is standardized,
+  then recorrelated in color and squashed by the same sigmoid.
+
 Both draw their random initial values from an explicit ``torch.Generator`` on the CPU (then
 move them to ``device``), so a seed gives the same start on every device. Passing a sequence
 of B generators makes image b depend on generator b only: a batch of images is then the same
@@ -34,9 +41,13 @@ __all__ = [
     "COLOR_CORRELATION_SVD_SQRT",
     "FFTImage",
     "ImageParam",
+    "MacoImage",
+    "PARAMETERIZATIONS",
     "PixelImage",
     "color_correlation_normalized",
     "fft_image",
+    "make_image",
+    "maco_image",
     "pixel_image",
 ]
 
@@ -254,3 +265,85 @@ def pixel_image(
     """
     return PixelImage(size, batch, sd=sd, decorrelate=decorrelate, generator=generator, device=device, init=init)
 
+
+
+class MacoImage(ImageParam):
+    """Fixed natural magnitude, optimized phase (MACO); see :func:`maco_image`."""
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        batch: int = 1,
+        *,
+        magnitude: np.ndarray | torch.Tensor | None = None,
+        generator: Generators | None = None,
+        device: str | torch.device = "cpu",
+        init: torch.Tensor | None = None,
+    ):
+        from atlas.optvis.spectrum import natural_magnitude
+
+        super().__init__(batch, _as_size(size), decorrelate=True)
+        h, w = self.size
+        mag = natural_magnitude((h, w), None if magnitude is None else np.asarray(magnitude, np.float32))
+        mag[:, 0, 0] = 0.0  # the mean is set by the standardization, not by the spectrum
+        self.register_buffer("magnitude", mag, persistent=False)
+        if init is not None:
+            t = self._from_rgb(self._check_init(init).to(self.color.device))
+            values = torch.angle(torch.fft.rfft2(t, norm="ortho"))
+        else:
+            # uniform phases: normal ones (mean cos > 0) would add a bright spike at the origin
+            gens = per_item_generators(generator, batch)
+            values = torch.stack([torch.rand((3, h, w // 2 + 1), generator=g) for g in gens]) * (2 * np.pi) - np.pi
+        self.phase = nn.Parameter(values.to(device))
+        self.to(device)
+
+    def forward(self) -> torch.Tensor:
+        h, w = self.size
+        spectrum = torch.polar(self.magnitude.expand_as(self.phase), self.phase)
+        t = torch.fft.irfft2(spectrum, s=(h, w), norm="ortho")
+        t = (t - t.mean(dim=(1, 2, 3), keepdim=True)) / (t.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return self._to_rgb(t)
+
+
+def maco_image(
+    size: int | tuple[int, int],
+    batch: int = 1,
+    *,
+    magnitude: np.ndarray | torch.Tensor | None = None,
+    generator: Generators | None = None,
+    device: str | torch.device = "cpu",
+    init: torch.Tensor | None = None,
+) -> MacoImage:
+    """A batch of images whose spectrum has a fixed natural magnitude and an optimized phase (MACO).
+
+    Fel et al., NeurIPS 2023: ``image = sigmoid(color @ standardize(irfft2(|M| * exp(i * phase))))``
+    with ``|M|`` the mean magnitude of natural photos in the decorrelated color space
+    (:func:`atlas.optvis.spectrum.natural_magnitude`, packaged; or ``magnitude`` (3, H', W'//2+1)
+    of your own, resampled to ``size``). Only the phase (B, 3, H, W // 2 + 1) is a parameter,
+    so the images keep the power spectrum of photos however long they are optimized; this is
+    what lets MACO visualize deep networks without high-frequency noise.
+
+    Args:
+        size, batch, generator, device, init: as in :func:`fft_image` (``init`` sets the phase
+            to a photo's; its magnitude is still the natural one).
+        The random start has uniform phases in [-pi, pi).
+        magnitude: your own magnitude, e.g. from :func:`atlas.optvis.spectrum.compute_magnitude`.
+
+    Phases are in radians, so they want a larger learning rate than the FFT spectrum: see
+    :data:`PARAMETERIZATIONS`.
+    """
+    return MacoImage(size, batch, magnitude=magnitude, generator=generator, device=device, init=init)
+
+
+#: Parameterizations by name, with the Adam learning rate each is tuned for on InceptionV1
+#: (``benchmarks/bench_vis_peer.py``).
+PARAMETERIZATIONS: dict[str, float] = {"fft": 0.05, "pixel": 0.05, "maco": 0.25}
+
+
+def make_image(name: str, size: int | tuple[int, int], batch: int = 1, *, generator: Generators | None = None,
+               device: str | torch.device = "cpu", init: torch.Tensor | None = None) -> ImageParam:
+    """The parameterization called ``name`` (``fft``, ``pixel`` or ``maco``)."""
+    factories = {"fft": fft_image, "pixel": pixel_image, "maco": maco_image}
+    if name not in factories:
+        raise ValueError(f"unknown parameterization {name!r}; choose one of {', '.join(factories)}")
+    return factories[name](size, batch, generator=generator, device=device, init=init)

@@ -29,7 +29,7 @@ from atlas.models import AtlasModel, resolve_device
 from atlas.optvis import objectives as obj
 from atlas.optvis.objectives import Objective
 from atlas.optvis.optimize import VisResult, render_vis, save_png
-from atlas.optvis.param import fft_image, pixel_image
+from atlas.optvis.param import PARAMETERIZATIONS, make_image
 from atlas.optvis.transform import standard_transforms
 
 __all__ = ["parse_objective", "visualize"]
@@ -124,8 +124,9 @@ def visualize(
     param: str = "fft",
     init_image: str | os.PathLike | None = None,
     transforms: bool = True,
-    lr: float = 0.05,
+    lr: float | None = None,
     seed: int = 0,
+    input_size: int | None = None,
     device: str | torch.device = "auto",
     progress: bool = True,
 ) -> VisResult:
@@ -138,15 +139,21 @@ def visualize(
         size: image side in pixels (default 128, as Lucid).
         steps: optimizer steps (default 512, Lucid's usual threshold).
         batch: images rendered together (each its own seed); use with ``diversity``.
-        param: ``"fft"`` (default; decorrelated FFT) or ``"pixel"``.
+        param: ``"fft"`` (default; decorrelated FFT), ``"pixel"`` or ``"maco"`` (fixed natural
+            magnitude, optimized phase; Fel et al. 2023).
         init_image: start from this photo (resized to ``size``) instead of noise, e.g. DeepDream.
         transforms: Lucid's standard transforms (default) or none.
-        lr: Adam learning rate (default 0.05).
+        lr: Adam learning rate (default: the parameterization's, :data:`atlas.optvis.param.PARAMETERIZATIONS`;
+            0.05 for FFT as in Lucid).
         seed: image b uses ``torch.Generator().manual_seed(seed + b)``.
+        input_size: the side the model sees the (transformed) image at; default the model's
+            input size (224 for InceptionV1), as Lucent does for images smaller than that. At
+            128 px and 128 steps this doubles to triples the activation reached, measured at 224 px
+            (``benchmarks/bench_vis_peer.py``). 0: feed the image as it is (Lucid's choice).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ...
     """
-    if param not in ("fft", "pixel"):
-        raise ValueError(f"param must be 'fft' or 'pixel', got {param!r}")
+    if param not in PARAMETERIZATIONS:
+        raise ValueError(f"param must be one of {', '.join(repr(k) for k in PARAMETERIZATIONS)}, got {param!r}")
     if batch < 1 or size < 8:
         raise ValueError(f"need batch >= 1 and size >= 8, got batch={batch}, size={size}")
     dev = resolve_device(device)
@@ -159,11 +166,13 @@ def visualize(
         img = Image.open(init_image).convert("RGB").resize((size, size), Image.BILINEAR)
         init = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(size, size, 3)
         init = init.permute(2, 0, 1).float().div(255)[None]
-    factory = fft_image if param == "fft" else pixel_image
-    p = factory(size, batch, generator=gens, device=dev, init=init)
-    log.info("visualizing %s: %d px, %d steps, batch %d, on %s", o, size, steps, batch, dev)
+    p = make_image(param, size, batch, generator=gens, device=dev, init=init)
+    lr = PARAMETERIZATIONS[param] if lr is None else lr
+    seen = model.input_size if input_size is None else (input_size or None)
+    log.info("visualizing %s: %d px (seen at %s px), %d steps, batch %d, %s lr %g, on %s", o, size, seen or size,
+             steps, batch, param, lr, dev)
     result = render_vis(model, o, p, standard_transforms() if transforms else [], steps=steps, lr=lr,
-                        generator=gens, device=dev, progress=progress)
+                        generator=gens, device=dev, progress=progress, input_size=seen)
     save_png(result.images, Path(out))
     log.info("wrote %s (objective %s)", out, ", ".join(f"{v:.4g}" for v in result.values.tolist()))
     return result
