@@ -74,8 +74,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         scheduler=args.scheduler,
+        decode=args.decode,
+        precision=args.precision,
+        breakdown=args.breakdown,
     )
     print(summary.describe())
+    if args.breakdown:
+        print(summary.describe_breakdown())
     return 0
 
 
@@ -343,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
     s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
     _add_scheduler_arg(s, "one Dask task per block of images; --workers is then decode threads per task")
+    s.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where JPEGs are decoded: gpu = in batches on the model's device (torchvision), cpu = PIL "
+                        "in the workers; auto = gpu on CUDA, cpu otherwise [%(default)s]")
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="forward and attribution passes under torch.autocast at this precision [%(default)s]")
+    s.add_argument("--breakdown", action="store_true",
+                   help="also print what the loop waited on: decode, host->device, model, attribution, write")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("reduce", help="activations.h5 -> layout.h5 (UMAP to 2-D, normalized to [0, 1])")

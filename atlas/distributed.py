@@ -400,6 +400,9 @@ class BlockJob:
         parts_settings: the hashed collect settings (they name the parts folder's owner).
         keys_digest: :func:`keys_digest` of the block's image keys as the client sees them.
         decode_threads: threads decoding images ahead of the model inside the task.
+        decode: ``"auto"``, ``"cpu"`` or ``"gpu"`` (:func:`atlas.batch_decode.resolve_decode`
+            on the worker's device).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:func:`atlas.batch_decode.autocast`).
     """
 
     output: str
@@ -414,6 +417,8 @@ class BlockJob:
     specs: tuple[LayerSpec, ...]
     batch_size: int
     decode_threads: int = 1
+    decode: str = "auto"
+    precision: str = "fp32"
 
 
 @dataclass
@@ -451,6 +456,7 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
 
     import torch
 
+    from atlas.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
     from atlas.rows import buffer_batch, commit_block, compute_rows
     from atlas.data import SKIP_REASONS, ImageDataset
     from atlas.store.activations import PartStore
@@ -477,7 +483,9 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
         )
     model, n_classes = worker_model(job.model)
     dev = model.device
-    dataset = ImageDataset(src, model.image_transform, indices=range(job.start, job.stop))
+    on_device = resolve_decode(job.decode, dev, model.image_transform) == "gpu"
+    kind = EncodedImageDataset if on_device else ImageDataset
+    dataset = kind(src, model.image_transform, indices=range(job.start, job.stop))
     collate = dataset.collate_fn
     reason_names = {code: name for name, code in SKIP_REASONS.items()}
     skipped: Counter[str] = Counter()
@@ -488,13 +496,19 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
         batch.append(item)
         if len(batch) < job.batch_size and k < len(dataset):
             continue
-        all_idx, imgs, ok_idx, failures = collate(batch)
+        if on_device:
+            all_idx, jpegs, decoded, failures = collate(batch)
+            imgs, ok_idx, bad = decode_batch(jpegs, decoded, model.image_transform, dev)
+            failures = [*failures, *bad]
+        else:
+            all_idx, imgs, ok_idx, failures = collate(batch)
         batch = []
         rows = None
         if len(ok_idx):
             imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings,
-                                labels=[refs[i].label for i in ok_idx.tolist()])
+            with autocast(job.precision, dev):
+                rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings,
+                                    labels=[refs[i].label for i in ok_idx.tolist()])
         status = {int(i): 0 for i in all_idx.tolist()}
         for i, code in failures:
             status[int(i)] = int(code)
