@@ -21,7 +21,8 @@ is handed to PIL too, which either decodes it or classifies it.
 Pixels: the batched path resizes with ``torch.nn.functional.interpolate(mode="bilinear",
 antialias=True)``, rounds to 8-bit like PIL, and crops like :class:`~atlas.models.ImageTransform`.
 PIL's bilinear filter and libjpeg's IDCT differ from these in rounding: on the ImageNet sample
-the two paths differ by about 0.4 levels of 255 on average, a few pixels by more
+the two paths differ by 0.23 levels of 255 on average over 100 photos, 99% of pixels by at most 2,
+the largest single pixel by 57
 (``tests/test_batch_decode.py`` checks a mean below 1.5 levels and the activations' cosine
 above 0.99). PIL also decodes large JPEGs at a reduced DCT scale (``draft``) where that stays
 above the resize target; the batched path always decodes at full size and lets the antialiased

@@ -159,7 +159,7 @@ def collect(
         decode: ``"auto"`` (batched JPEG decoding on the GPU when the model is on CUDA, PIL in
             the workers otherwise), ``"cpu"`` or ``"gpu"`` (see :mod:`atlas.batch_decode`; with
             a CPU model ``"gpu"`` runs the batched path with torchvision's CPU decoder). The
-            batched path's pixels differ from PIL's by rounding (about 0.4 of 255 on average),
+            batched path's pixels differ from PIL's by rounding (0.23 of 255 on average),
             so, like ``batch_size``, it is not part of the settings hash.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model and attribution
             passes under ``torch.autocast``. Part of the settings hash when not fp32.
