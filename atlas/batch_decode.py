@@ -1,4 +1,4 @@
-"""Batched JPEG decoding on the model's device, and the precision of collect's forward passes.
+"""Batched JPEG decoding on the model's device (collect's GPU path).
 
 Collect on a GPU is bound by decoding: a PIL decode of an ImageNet photo costs a few ms of one
 core, so a machine's decode workers top out far below what one GPU computes per second. Here
@@ -31,7 +31,6 @@ resize do the reduction, so such photos differ a little more.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image
+from atlas.precision import PRECISIONS, autocast
 
 __all__ = [
     "DECODE_MODES",
@@ -56,12 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DecodeMode = Literal["auto", "cpu", "gpu"]
-Precision = Literal["fp32", "bf16", "fp16"]
 #: Accepted values of collect's ``decode``.
 DECODE_MODES: tuple[str, ...] = ("auto", "cpu", "gpu")
-#: Accepted values of ``precision`` (collect and render).
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 
@@ -87,19 +83,6 @@ def resolve_decode(mode: str, device: torch.device | str, transform: Any = None)
     if mode == "gpu" and dev.type != "cuda":
         log.info("decode='gpu' with the model on %s: the batched torchvision decoder runs on the CPU", dev)
     return mode  # type: ignore[return-value]
-
-
-def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
-    """``torch.autocast`` for ``"bf16"``/``"fp16"`` on ``device``'s type; a no-op for ``"fp32"``.
-
-    Mixed precision (Micikevicius et al., "Mixed Precision Training", ICLR 2018): matmuls and
-    convolutions run in the low precision, reductions and the results stay float32.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])
 
 
 def _jpeg_header(data: bytes) -> tuple[int, int, str] | None:
