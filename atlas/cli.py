@@ -74,8 +74,13 @@ def cmd_collect(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         scheduler=args.scheduler,
+        decode=args.decode,
+        precision=args.precision,
+        breakdown=args.breakdown,
     )
     print(summary.describe())
+    if args.breakdown:
+        print(summary.describe_breakdown())
     return 0
 
 
@@ -235,12 +240,18 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     cells = _run_file(args.run_dir, args.cells, "cells.h5")
     out = _run_file(args.run_dir, args.output, "icons.h5")
-    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    if args.scheduler:
+        from atlas.distributed import ModelSpec
+
+        model = ModelSpec.of(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    else:
+        model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     levels = [int(v) for v in args.levels.split(",")] if args.levels else None
     summary = render_cells(cells, out, model, levels=levels, icon_size=args.icon_size, steps=args.steps,
                            attempts=args.attempts, batch_size=args.batch_size, lr=args.lr,
                            cossim_pow=args.cossim_pow, whiten=True if args.whiten else None, device=args.device,
-                           seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
+                           seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
+                           precision=args.precision, compile=args.compile, scheduler=args.scheduler)
     print(summary.describe())
     return 0
 
@@ -343,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
     s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
     _add_scheduler_arg(s, "one Dask task per block of images; --workers is then decode threads per task")
+    s.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="where JPEGs are decoded: gpu = in batches on the model's device (torchvision), cpu = PIL "
+                        "in the workers; auto = gpu on CUDA, cpu otherwise [%(default)s]")
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="forward and attribution passes under torch.autocast at this precision [%(default)s]")
+    s.add_argument("--breakdown", action="store_true",
+                   help="also print what the loop waited on: decode, host->device, model, attribution, write")
     s.set_defaults(func=cmd_collect)
 
     s = sub.add_parser("reduce", help="activations.h5 -> layout.h5 (UMAP to 2-D, normalized to [0, 1])")
@@ -420,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="whiten directions by the activations' inverse covariance (paper's option)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="model passes of the optimization under torch.autocast at this precision [%(default)s]")
+    s.add_argument("--compile", action="store_true",
+                   help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")
+    _add_scheduler_arg(s, "one Dask task per batch of cells, each worker on its own device")
     s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("vis", help="one feature visualization: channel, neuron, class logit, DeepDream ...")

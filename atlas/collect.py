@@ -12,6 +12,13 @@ and their attribution are computed -- forward mode for every class at a few posi
 backward pass per candidate class for all positions at once -- lives in :mod:`atlas.rows`,
 which the Dask tasks of :mod:`atlas.distributed` share.
 
+On a GPU (:mod:`atlas.batch_decode`): ``decode="auto"`` decodes JPEGs in batches on the GPU
+(the workers only read the files), the model runs channels-last, batches are pinned and copied
+without blocking, and ``precision="bf16"``/``"fp16"`` runs the forward and attribution passes
+under ``torch.autocast``. ``breakdown=True`` times what the main loop (and so the GPU) waited on:
+decode, host->device copies, the model, the attribution and the writes
+(:attr:`CollectSummary.timings`).
+
 Streaming and resumable: images are read by a DataLoader with decode workers, in order, and
 every block of ``block_size`` images is committed atomically to a part file (see
 :mod:`atlas.store.activations`). Rerunning the same command after a crash or a kill redoes only
@@ -36,11 +43,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from atlas.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
 from atlas.data import SKIP_REASONS, ImageDataset, ImageSource, open_source
 from atlas.datasets import resolve_source
 from atlas.distributed import ModelSpec, Scheduler
 from atlas.models import AtlasModel, load_model, resolve_device
-from atlas.rows import CollectSettings, buffer_batch, commit_block, compute_rows, sample_positions
+from atlas.rows import CollectSettings, buffer_batch, capture_until_last, commit_block, compute_rows, sample_positions
 from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
 from atlas.store.common import is_current
 
@@ -61,6 +69,15 @@ class CollectSummary:
     images_per_second: float = 0.0
     resumed_blocks: int = 0
     up_to_date: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def describe_breakdown(self) -> str:
+        """Where the main loop's time went (``collect(..., breakdown=True)``), one line."""
+        if not self.timings:
+            return "no breakdown (run collect with breakdown=True / --breakdown)"
+        total = sum(self.timings.values())
+        parts = ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in self.timings.items())
+        return f"waited on: {parts}"
 
     def describe(self) -> str:
         if self.up_to_date:
@@ -113,6 +130,9 @@ def collect(
     progress: bool = True,
     max_blocks: int | None = None,
     scheduler: str | Scheduler | Client | None = None,
+    decode: str = "auto",
+    precision: str = "fp32",
+    breakdown: bool = False,
 ) -> CollectSummary:
     """Run the collect stage: ``source`` images -> ``output`` (``activations.h5``).
 
@@ -136,11 +156,26 @@ def collect(
             workers load the model themselves, so ``model`` must be a spec (a name or a
             :class:`~atlas.distributed.ModelSpec`), and ``workers`` is the number of decode threads
             inside each task (default 1). The rows are those of the in-process run.
+        decode: ``"auto"`` (batched JPEG decoding on the GPU when the model is on CUDA, PIL in
+            the workers otherwise), ``"cpu"`` or ``"gpu"`` (see :mod:`atlas.batch_decode`; with
+            a CPU model ``"gpu"`` runs the batched path with torchvision's CPU decoder). The
+            batched path's pixels differ from PIL's by rounding (0.23 of 255 on average),
+            so, like ``batch_size``, it is not part of the settings hash.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model and attribution
+            passes under ``torch.autocast``. Part of the settings hash when not fp32.
+        breakdown: time the phases of the main loop (synchronizing the GPU between them) into
+            :attr:`CollectSummary.timings`: ``decode`` (waiting for the workers, plus the
+            batched decode), ``host_to_device``, ``model`` (a plain forward pass of each batch,
+            timed separately and excluded from images/s), ``attribution`` (the rest of the rows'
+            computation), ``write``. In-process runs only.
 
     Returns a :class:`CollectSummary`. When ``output`` is already complete for the same
     settings, nothing is recomputed.
     """
     settings = settings or CollectSettings()
+    autocast(precision, "cpu")  # checks the name before any work
+    if breakdown and scheduler is not None:
+        raise ValueError("breakdown=True times the in-process loop; drop the scheduler (or the breakdown)")
     output = Path(output)
     t0 = time.perf_counter()
     model_spec = None
@@ -168,6 +203,8 @@ def collect(
         "source": str(src.root),
         "n_images": len(refs),
     }
+    if precision != "fp32":  # fp32 runs keep the hash of earlier versions
+        hashed["precision"] = precision
     if not overwrite and is_current(output, "activations", hashed):
         return CollectSummary(output, len(refs), {}, up_to_date=True)
     if overwrite and output.exists():
@@ -183,16 +220,21 @@ def collect(
         log.info("resuming %s: %d of %d blocks already done", output, len(done), n_blocks)
 
     if scheduler is None:
+        timings: dict[str, float] = {}
         n_done_images, skipped = _collect_in_process(model, src, todo, specs, settings, parts, batch_size=batch_size,
-                                                     workers=workers, progress=progress)
+                                                     workers=workers, progress=progress, decode=decode,
+                                                     precision=precision, timings=timings if breakdown else None)
     else:
         n_done_images, skipped = _collect_distributed(scheduler, model_spec, source, src, todo, specs, settings,
                                                       parts, output, batch_size=batch_size, workers=workers,
-                                                      progress=progress)
+                                                      progress=progress, decode=decode, precision=precision)
     reason_names = {code: name for name, code in SKIP_REASONS.items()}
     elapsed = time.perf_counter() - t0
+    if scheduler is None and breakdown:
+        elapsed -= timings.pop("_extra", 0.0)  # the separately timed model passes are not part of the run
     summary = CollectSummary(output, n_done_images, {}, skipped, elapsed,
-                             n_done_images / elapsed if elapsed else 0.0, resumed_blocks=len(done))
+                             n_done_images / elapsed if elapsed else 0.0, resumed_blocks=len(done),
+                             timings=timings if scheduler is None and breakdown else {})
     if len(parts.done_blocks()) < n_blocks:
         log.info("stopped with %d of %d blocks done; run the same command again to resume",
                  len(parts.done_blocks()), n_blocks)
@@ -223,15 +265,25 @@ def _collect_in_process(
     batch_size: int,
     workers: int | None,
     progress: bool,
+    decode: str = "auto",
+    precision: str = "fp32",
+    timings: dict[str, float] | None = None,
 ) -> tuple[int, dict[str, int]]:
     """Collect blocks ``todo`` in this process (decode workers feed the model); returns
-    ``(images done, skipped images by reason)``."""
+    ``(images done, skipped images by reason)``. With ``timings`` (a dict), the phases of the
+    loop are timed into it (see :func:`collect`'s ``breakdown``)."""
     dev = model.device
     refs = src.refs()
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
     n_classes = fast(torch.zeros(1, 3, model.input_size, model.input_size, device=dev)).shape[1]
     indices = [i for blk in todo for i in range(blk * settings.block_size, min(len(refs), (blk + 1) * settings.block_size))]
-    dataset = ImageDataset(src, model.image_transform, indices=indices)
+    where = resolve_decode(decode, dev, model.image_transform)
+    if where == "gpu":
+        dataset: ImageDataset = EncodedImageDataset(src, model.image_transform, indices=indices)
+    else:
+        dataset = ImageDataset(src, model.image_transform, indices=indices)
+    log.info("collect on %s: decoding %s, precision %s, batches of %d", dev,
+             "JPEGs in batches on the device" if where == "gpu" else "with PIL in the workers", precision, batch_size)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(
         dataset,
@@ -247,15 +299,38 @@ def _collect_in_process(
     skipped: Counter[str] = Counter()
     buffers: dict[int, dict] = {}
     n_done_images = 0
+    clock = _PhaseClock(timings, dev)
     bar = tqdm(total=len(indices), unit="img", desc=f"collect {','.join(settings.layers)}",
                disable=not progress, dynamic_ncols=True)
     try:
-        for all_idx, imgs, ok_idx, failures in loader:
+        it = iter(loader)
+        while True:
+            clock.start()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            if where == "gpu":
+                all_idx, jpegs, decoded, failures = batch
+                imgs, ok_idx, bad = decode_batch(jpegs, decoded, model.image_transform, dev)
+                failures = [*failures, *bad]
+                clock.lap("decode")
+                imgs = imgs.contiguous(memory_format=torch.channels_last)
+            else:
+                all_idx, imgs, ok_idx, failures = batch
+                clock.lap("decode")
+                imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                clock.lap("host_to_device")
             rows = None
             if len(ok_idx):
-                imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                rows = compute_rows(fast, imgs, ok_idx.tolist(), specs, settings,
-                                    labels=[refs[i].label for i in ok_idx.tolist()])
+                if clock.on and settings.attribution:
+                    with autocast(precision, dev), torch.no_grad():
+                        capture_until_last(fast, imgs, [s.name for s in specs])
+                    clock.lap("model", extra=True)
+                with autocast(precision, dev):
+                    rows = compute_rows(fast, imgs, ok_idx.tolist(), specs, settings,
+                                        labels=[refs[i].label for i in ok_idx.tolist()])
+                clock.lap("attribution" if settings.attribution else "model")
             status = {int(i): 0 for i in all_idx.tolist()}
             for i, code in failures:
                 status[int(i)] = int(code)
@@ -267,12 +342,58 @@ def _collect_in_process(
                 if len(buf["status"]) == size:
                     commit_block(parts, blk, buf, specs, settings, n_classes)
                     del buffers[blk]
+            clock.lap("write")
             n_done_images += len(all_idx)
             bar.update(len(all_idx))
             bar.set_postfix(skipped=sum(skipped.values()), refresh=False)
     finally:
         bar.close()
     return n_done_images, dict(skipped)
+
+
+class _PhaseClock:
+    """Accumulates wall time per phase into ``timings`` (a no-op when it is None).
+
+    On CUDA the device is synchronized at every lap, so a phase's time includes its kernels.
+    ``extra`` laps (work done only to be timed) go to ``timings["_extra"]`` too, so the caller
+    can leave them out of the throughput. The model's share is also subtracted from the
+    attribution lap that follows it: attribution = rows' computation - a plain forward pass.
+    """
+
+    def __init__(self, timings: dict[str, float] | None, device: torch.device):
+        self.timings = timings
+        self.on = timings is not None
+        self.sync = self.on and device.type == "cuda"
+        self.device = device
+        self._t = 0.0
+        self._model = 0.0
+        if self.on:
+            for k in ("decode", "host_to_device", "model", "attribution", "write"):
+                timings.setdefault(k, 0.0)  # type: ignore[union-attr]
+
+    def start(self) -> None:
+        if self.on:
+            self._t = time.perf_counter()
+
+    def lap(self, phase: str, *, extra: bool = False) -> None:
+        if not self.on:
+            return
+        if self.sync:
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        dt = now - self._t
+        self._t = now
+        if self.timings is None:
+            return
+        if extra:
+            self._model = dt
+            self.timings["_extra"] = self.timings.get("_extra", 0.0) + dt
+            self.timings["model"] += dt
+            return
+        if phase == "attribution":
+            dt = max(0.0, dt - self._model)  # the rows' pass includes a forward pass like the one timed
+            self._model = 0.0
+        self.timings[phase] += dt
 
 
 def _collect_distributed(
@@ -289,6 +410,8 @@ def _collect_distributed(
     batch_size: int,
     workers: int | None,
     progress: bool,
+    decode: str = "auto",
+    precision: str = "fp32",
 ) -> tuple[int, dict[str, int]]:
     """Collect blocks ``todo`` as Dask tasks (:mod:`atlas.distributed`); returns
     ``(images done, skipped images by reason)``."""
@@ -305,6 +428,7 @@ def _collect_distributed(
             output=str(output.absolute()), parts_settings=parts.settings, model=model_spec, n_images=len(refs),
             block=blk, start=start, stop=stop, keys_digest=keys_digest([r.key for r in refs[start:stop]]),
             settings=settings, specs=tuple(specs), batch_size=batch_size, decode_threads=max(1, workers or 1),
+            decode=decode, precision=precision,
         ))
     portable = portable_source(source)
     with client_for(scheduler) as client:

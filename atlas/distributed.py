@@ -23,6 +23,16 @@ exactly as the in-process collect does. The client joins the parts at the end wi
 - the run directory must be on a filesystem that the client and every worker see at the same
   path; a worker that cannot see it fails its task with an error that says so.
 
+Render (:func:`run_render_batches`): each batch of cells the in-process render would optimize
+together (:class:`atlas.render.IconBatch`) is one task (:func:`render_task`); a worker renders
+it on its own device and returns the icons (a few hundred KB), and the client writes every
+finished batch into ``icons.h5`` (only :mod:`atlas.store` opens HDF5). A worker lost mid-run
+costs the batches it held, which Dask runs again on another worker; each task's result is
+written once, and a batch's icons depend only on the batch, so nothing is missing or doubled.
+With ``device="auto"`` on a machine with several GPUs, the worker named ``k`` (a
+``LocalCluster`` names its workers 0, 1, ...) uses GPU ``k mod n_gpus``; remote workers started
+one per GPU (``CUDA_VISIBLE_DEVICES``) see only their own.
+
 Workers load the model themselves from a small :class:`ModelSpec` (a name, or a
 ``"module:function"`` factory) and keep it per worker process (:func:`worker_model`); sources
 given by path are opened once per worker process too. Only block numbers, settings and a
@@ -348,7 +358,7 @@ def worker_model(spec: ModelSpec) -> tuple[AtlasModel, int]:
             import torch
 
             t0 = time.perf_counter()
-            model = spec.load().to(memory_format=torch.channels_last)
+            model = spec.load(worker_device(spec.device)).to(memory_format=torch.channels_last)
             size = model.input_size
             with torch.no_grad():
                 n_classes = int(model(torch.zeros(1, 3, size, size, device=model.device)).shape[1])
@@ -400,6 +410,9 @@ class BlockJob:
         parts_settings: the hashed collect settings (they name the parts folder's owner).
         keys_digest: :func:`keys_digest` of the block's image keys as the client sees them.
         decode_threads: threads decoding images ahead of the model inside the task.
+        decode: ``"auto"``, ``"cpu"`` or ``"gpu"`` (:func:`atlas.batch_decode.resolve_decode`
+            on the worker's device).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:func:`atlas.batch_decode.autocast`).
     """
 
     output: str
@@ -414,6 +427,8 @@ class BlockJob:
     specs: tuple[LayerSpec, ...]
     batch_size: int
     decode_threads: int = 1
+    decode: str = "auto"
+    precision: str = "fp32"
 
 
 @dataclass
@@ -451,6 +466,7 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
 
     import torch
 
+    from atlas.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
     from atlas.rows import buffer_batch, commit_block, compute_rows
     from atlas.data import SKIP_REASONS, ImageDataset
     from atlas.store.activations import PartStore
@@ -477,7 +493,9 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
         )
     model, n_classes = worker_model(job.model)
     dev = model.device
-    dataset = ImageDataset(src, model.image_transform, indices=range(job.start, job.stop))
+    on_device = resolve_decode(job.decode, dev, model.image_transform) == "gpu"
+    kind = EncodedImageDataset if on_device else ImageDataset
+    dataset = kind(src, model.image_transform, indices=range(job.start, job.stop))
     collate = dataset.collate_fn
     reason_names = {code: name for name, code in SKIP_REASONS.items()}
     skipped: Counter[str] = Counter()
@@ -488,13 +506,19 @@ def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) ->
         batch.append(item)
         if len(batch) < job.batch_size and k < len(dataset):
             continue
-        all_idx, imgs, ok_idx, failures = collate(batch)
+        if on_device:
+            all_idx, jpegs, decoded, failures = collate(batch)
+            imgs, ok_idx, bad = decode_batch(jpegs, decoded, model.image_transform, dev)
+            failures = [*failures, *bad]
+        else:
+            all_idx, imgs, ok_idx, failures = collate(batch)
         batch = []
         rows = None
         if len(ok_idx):
             imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings,
-                                labels=[refs[i].label for i in ok_idx.tolist()])
+            with autocast(job.precision, dev):
+                rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings,
+                                    labels=[refs[i].label for i in ok_idx.tolist()])
         status = {int(i): 0 for i in all_idx.tolist()}
         for i, code in failures:
             status[int(i)] = int(code)
@@ -572,6 +596,92 @@ def run_collect_blocks(
     return results
 
 
+# --------------------------------------------------------------------------- render tasks
+
+
+_RENDER_MODELS: dict[ModelSpec, AtlasModel] = {}
+
+
+def worker_device(device: str) -> str:
+    """The device a Dask worker runs on: ``device``, except that ``"auto"`` on a worker named by
+    an integer ``k`` on a machine with several GPUs is ``cuda:{k mod n_gpus}`` (one worker per GPU)."""
+    if device != "auto":
+        return device
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n <= 1:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not inside a worker
+        return device
+    return f"cuda:{int(name) % n}" if isinstance(name, int) or str(name).isdigit() else device
+
+
+def worker_render_model(spec: ModelSpec) -> AtlasModel:
+    """The model of a render task, loaded once per worker process on :func:`worker_device` (as it
+    is: the render gives the model channels-last inputs itself where that is faster)."""
+    with _CACHE_LOCK:
+        if spec not in _RENDER_MODELS:
+            t0 = time.perf_counter()
+            _RENDER_MODELS[spec] = spec.load(worker_device(spec.device))
+            log.info("worker %d loaded %s for rendering in %.1f s", os.getpid(), spec, time.perf_counter() - t0)
+        return _RENDER_MODELS[spec]
+
+
+def render_task(spec: ModelSpec, batch: Any) -> Any:
+    """The Dask task of one render batch: :func:`atlas.render.render_icon_batch` on this worker's model."""
+    from atlas.render import render_icon_batch
+
+    result = render_icon_batch(worker_render_model(spec), batch)
+    result.worker = f"{socket.gethostname()}:{os.getpid()}"
+    return result
+
+
+def run_render_batches(
+    client: Client,
+    spec: ModelSpec,
+    batches: Sequence[Any],
+    *,
+    on_batch: Callable[[Any], None],
+    retries: int = 1,
+) -> int:
+    """Render ``batches`` (:class:`atlas.render.IconBatch`) as Dask tasks; ``on_batch(result)``
+    runs in the client for each finished batch (the render stage writes it there).
+
+    Returns the number of batches done. Raises the first task error after cancelling the rest;
+    batches already handed to ``on_batch`` stay written, so the same render resumes.
+    """
+    from distributed import KilledWorker, as_completed
+
+    if not batches:
+        return 0
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(render_task, spec, b, key=f"atlas-render-{run}-{b.size}-{int(b.rows[0]):08d}", retries=retries): b
+        for b in batches
+    }
+    done = 0
+    try:
+        for fut in as_completed(futures):
+            b = futures[fut]
+            try:
+                result = fut.result()
+            except KilledWorker as e:
+                raise RuntimeError(f"render batch of level {b.size}, rows {int(b.rows[0])}..{int(b.rows[-1])}, killed "
+                                   "every worker that ran it (out of memory? try a smaller batch_size); finished "
+                                   "batches are kept, rerun to resume") from e
+            on_batch(result)
+            done += 1
+            fut.release()
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return done
+
+
 # --------------------------------------------------------------------------- reduce chunks
 
 
@@ -599,9 +709,13 @@ __all__ = [
     "local_cluster",
     "parse_scheduler",
     "portable_source",
+    "render_task",
+    "run_render_batches",
     "run_collect_blocks",
     "slim_for_placement",
+    "worker_device",
     "worker_model",
+    "worker_render_model",
     "worker_slots",
     "worker_source",
 ]

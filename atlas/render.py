@@ -37,6 +37,15 @@ renderer; the objective reads the center position of the layer. Upsampling to th
 224 px input was not needed for recognisable icons (see ``docs/gallery``) and would cost
 about 20x more per step.
 
+Production settings on a GPU (``atlas render RUN --steps 1024 --attempts 4 --batch-size 256
+--precision bf16``): a level's cells in large batches, ``precision`` runs the model's passes of
+the optimization under ``torch.autocast`` (:mod:`atlas.precision`; the images, Adam and the
+objective that picks the best attempt stay float32), and ``compile=True`` runs the network under
+``torch.compile`` after one trial step; when compiling fails the render goes on without it and
+says so in the log. ``scheduler`` renders the batches as Dask tasks on many workers (one per
+GPU; :func:`atlas.distributed.run_render_batches`); the client writes each finished batch, so a
+lost worker costs the batches it was running, which Dask runs again elsewhere.
+
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The default here is 256
 steps, best of 1, which gives recognisable icons in a quarter of the time and is what a CPU
 can afford (see ``benchmarks/render.md`` for icons per minute).
@@ -44,6 +53,8 @@ can afford (see ``benchmarks/render.md`` for icons per minute).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import logging
 import os
@@ -51,13 +62,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from atlas.models import AtlasModel, resolve_device
+from atlas.precision import check_precision
 from atlas.optvis import Objective, directions, evaluate, fft_image, icon_transforms, render_vis, to_uint8
 from atlas.optvis.transform import Transform, apply
 from atlas.store.cells import cells_attrs, read_cells
@@ -66,14 +78,23 @@ from atlas.store.activations import ActivationsFile
 from atlas.store.common import is_current
 from atlas.store.icons import KIND, IconsFile
 
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from atlas.distributed import ModelSpec, Scheduler
+
 __all__ = [
     "DEFAULT_ATTEMPTS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_COSSIM_POW",
     "DEFAULT_ICON_SIZE",
     "DEFAULT_STEPS",
+    "IconBatch",
+    "IconBatchResult",
     "RenderSummary",
     "cell_generator",
+    "compile_model",
+    "render_icon_batch",
     "render_cells",
     "render_directions",
     "whitening_from_activations",
@@ -115,6 +136,7 @@ def render_directions(
     whiten: np.ndarray | None = None,
     transforms: Sequence[Transform] | None = None,
     device: torch.device | None = None,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one icon per direction, best of ``len(generators)`` attempts, in one batch per attempt.
 
@@ -122,9 +144,10 @@ def render_directions(
         vecs: (B, C) directions in ``layer``.
         generators: per attempt, B generators (one per direction).
         transforms: default :func:`atlas.optvis.icon_transforms`.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the steps (see :func:`render_vis`).
 
     Returns:
-        icons (B, 3, S, S) in [0, 1] on the CPU, and their objective values (B,).
+        icons (B, 3, S, S) in [0, 1] on the CPU, and their objective values (B,) (float32).
     """
     vecs_t = torch.as_tensor(np.asarray(vecs, np.float32))
     dev = device if device is not None else model.device
@@ -134,7 +157,8 @@ def render_directions(
     best_val: torch.Tensor | None = None
     for gens in generators:
         param = fft_image(icon_size, len(vecs_t), generator=gens, device=dev)
-        res = render_vis(model, obj, param, transforms, steps=steps, lr=lr, generator=gens, device=dev)
+        res = render_vis(model, obj, param, transforms, steps=steps, lr=lr, generator=gens, device=dev,
+                         precision=precision)
         if best_img is None or best_val is None:
             best_img, best_val = res.images, res.values
         else:
@@ -176,6 +200,80 @@ def _center_cossim(model: AtlasModel, layer: str, images: torch.Tensor, vecs: np
 
     with torch.no_grad():
         return evaluate(model, Objective(cos, "center cosine", [layer]), images.to(model.device)).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class IconBatch:
+    """One batch of a render: rows ``rows`` of level ``size``, everything needed to render them.
+
+    A pure description (picklable, a Dask task's argument): the icons are a function of it, the
+    model, the device and the thread count.
+
+    Attributes:
+        size: grid size of the level; rows: (B,) ascending rows of the level; cell_id: (B,) their
+        cell ids (they seed :func:`cell_generator`); directions: (B, C) float32.
+    """
+
+    layer: str
+    size: int
+    rows: np.ndarray
+    cell_id: np.ndarray
+    directions: np.ndarray
+    icon_size: int = DEFAULT_ICON_SIZE
+    steps: int = DEFAULT_STEPS
+    attempts: int = DEFAULT_ATTEMPTS
+    lr: float = DEFAULT_LR
+    cossim_pow: float = DEFAULT_COSSIM_POW
+    seed: int = 0
+    whiten: np.ndarray | None = None
+    transforms: tuple[Transform, ...] | None = None
+    precision: str = "fp32"
+
+
+@dataclass
+class IconBatchResult:
+    """The rendered batch: icons (B, S, S, 3) uint8, objective (B,), cossim (B,), and who rendered it."""
+
+    size: int
+    rows: np.ndarray
+    icons: np.ndarray
+    objective: np.ndarray
+    cossim: np.ndarray
+    seconds: float = 0.0
+    worker: str = ""
+
+
+def render_icon_batch(model: AtlasModel, batch: IconBatch) -> IconBatchResult:
+    """Render one :class:`IconBatch` on the model's device (in-process and as a Dask task alike)."""
+    t0 = time.perf_counter()
+    gens = [[cell_generator(batch.seed, batch.size, int(c), a) for c in batch.cell_id] for a in range(batch.attempts)]
+    images, values = render_directions(model, batch.layer, batch.directions, gens, icon_size=batch.icon_size,
+                                       steps=batch.steps, lr=batch.lr, cossim_pow=batch.cossim_pow,
+                                       whiten=batch.whiten, transforms=batch.transforms, device=model.device,
+                                       precision=batch.precision)
+    cos = _center_cossim(model, batch.layer, images, batch.directions)
+    return IconBatchResult(batch.size, batch.rows, to_uint8(images), values.float().numpy(), cos,
+                           time.perf_counter() - t0, f"pid {os.getpid()}")
+
+
+def compile_model(model: AtlasModel, layer: str, *, icon_size: int = DEFAULT_ICON_SIZE,
+                  backend: str = "inductor") -> AtlasModel:
+    """A copy of ``model`` whose network runs under ``torch.compile(backend=backend)``, checked by
+    one forward and backward pass of two ``icon_size`` images to ``layer``; when compiling or that
+    pass fails, a WARNING says why and ``model`` itself is returned (the render goes on without it).
+    """
+    try:
+        compiled = copy.deepcopy(model)
+        compiled.net.compile(backend=backend)
+        x = torch.rand(2, 3, icon_size, icon_size, device=model.device, requires_grad=True)
+        probe = Objective(lambda acts: acts[layer].float().flatten(1).mean(1), "compile probe", [layer])
+        evaluate(compiled, probe, x).sum().backward()
+    except Exception as e:  # noqa: BLE001 -- any compiler failure means: render without it
+        log.warning("torch.compile(backend=%r) failed (%s: %s); rendering without it", backend, type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "")
+        return model
+    log.info("rendering with torch.compile(backend=%r)", backend)
+    return compiled
 
 
 @dataclass
@@ -242,7 +340,7 @@ def render_settings(
 def render_cells(
     cells_path: str | os.PathLike,
     icons_path: str | os.PathLike,
-    model: AtlasModel,
+    model: AtlasModel | ModelSpec | str,
     *,
     levels: Sequence[int] | None = None,
     icon_size: int = DEFAULT_ICON_SIZE,
@@ -257,6 +355,9 @@ def render_cells(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    precision: str = "fp32",
+    compile: bool | str = False,
+    scheduler: str | Scheduler | Client | None = None,
 ) -> RenderSummary:
     """The render stage: an icon for every cell of ``cells.h5``, written to ``icons.h5``.
 
@@ -264,7 +365,8 @@ def render_cells(
         cells_path: a complete ``cells.h5`` of the grid stage.
         icons_path: where to write (layout: :mod:`atlas.store.icons`); resumed when it holds a
             render with the same settings, started over when the settings or cells changed.
-        model: the model the cells were collected from (checked against ``cells.h5``).
+        model: the model the cells were collected from (checked against ``cells.h5``); with a
+            ``scheduler``, a name or :class:`atlas.distributed.ModelSpec` that every worker loads.
         levels: grid sizes to render now (default all); the file always has rows for all.
         icon_size: icon side in pixels (default 80, as in the paper).
         steps: optimizer steps per attempt (default 256; the paper: 1024).
@@ -282,11 +384,29 @@ def render_cells(
         seed: base seed of every cell's generator (see :func:`cell_generator`).
         progress: show a tqdm bar (icons/s).
         overwrite: start over even if ``icons_path`` could be resumed.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the optimization's model passes
+            under ``torch.autocast`` (part of the settings hash when not fp32).
+        compile: run the network under ``torch.compile`` (True: the inductor backend; a string:
+            that backend); falls back to eager with a WARNING when compiling fails. In-process only.
+        scheduler: render the batches as Dask tasks (:mod:`atlas.distributed`): ``"local:N"``,
+            a scheduler address, an :class:`atlas.distributed.Scheduler` or a ``distributed.Client``.
+            Each worker loads the model itself on its device (``device`` is the workers'), renders
+            whole batches, and this process writes them into ``icons.h5`` as they finish.
 
     Returns:
         a :class:`RenderSummary`.
     """
     t0 = time.perf_counter()
+    check_precision(precision)
+    model_spec = None
+    if scheduler is not None:
+        from atlas.distributed import ModelSpec
+
+        model_spec = ModelSpec.of(model, device=device)
+        model = model_spec.for_shapes().load("cpu")  # the client only checks names and layers
+    elif not isinstance(model, AtlasModel):
+        raise ValueError(f"render_cells needs an AtlasModel here (got {type(model).__name__}); a model name or "
+                         "ModelSpec is for scheduler=...")
     for name, value, low in (("icon_size", icon_size, 8), ("steps", steps, 0), ("attempts", attempts, 1),
                              ("batch_size", batch_size, 1)):
         if int(value) < low:
@@ -320,14 +440,16 @@ def render_cells(
     settings = render_settings(str(cattrs.get("settings_hash", "")), model.name, layer, icon_size=icon_size,
                                steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
                                whiten=whiten, transforms=transforms)
+    if precision != "fp32":  # fp32 renders keep the hash of earlier versions
+        settings["precision"] = precision
     icons_path = Path(icons_path)
     total = {s: len(all_levels[s]) for s in wanted}
     if not overwrite and is_current(icons_path, KIND, settings):
         log.info("%s is complete and current; skipping render", icons_path)
         return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
 
-    dev = resolve_device(device)
-    if model.device != dev:
+    dev = resolve_device(device) if model_spec is None else torch.device("cpu")
+    if model_spec is None and model.device != dev:
         log.info("moving the model to %s", dev)
         model.to(dev)
     attrs = dict(model=model.name, layer=layer, cells=str(cells_path), icon_size=int(icon_size), steps=int(steps),
@@ -345,24 +467,39 @@ def render_cells(
         summary.up_to_date = True
         summary.complete = store.finish()
         return summary
-    log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch", n_work, layer,
-             ", ".join(f"{s}x{s}" for s in wanted), dev, steps, attempts, batch_size)
+    where = dev if model_spec is None else f"Dask workers ({model_spec.device})"
+    log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch, precision %s", n_work, layer,
+             ", ".join(f"{s}x{s}" for s in wanted), where, steps, attempts, batch_size, precision)
+    template = IconBatch(layer, 0, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 0), np.float32),
+                         icon_size=icon_size, steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
+                         whiten=whiten,
+                         transforms=tuple(transforms), precision=precision)
+    batches = [dataclasses.replace(template, size=size, rows=rows, cell_id=all_levels[size].cell_id[rows],
+                                   directions=all_levels[size].direction[rows].astype(np.float32))
+               for size, rows in work]
     cossims: list[np.ndarray] = []
     bar = tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress)
+
+    def write(result: IconBatchResult) -> None:
+        store.write(result.size, result.rows, result.icons, result.objective, result.cossim)
+        summary.rendered[result.size] += len(result.rows)
+        cossims.append(result.cossim)
+        bar.update(len(result.rows))
+        bar.set_postfix(cossim=f"{float(np.mean(result.cossim)):.2f}")
+
     try:
-        for size, rows in work:
-            level = all_levels[size]
-            vecs = level.direction[rows].astype(np.float32)
-            gens = [[cell_generator(seed, size, int(level.cell_id[r]), a) for r in rows] for a in range(attempts)]
-            images, values = render_directions(model, layer, vecs, gens, icon_size=icon_size, steps=steps, lr=lr,
-                                               cossim_pow=cossim_pow, whiten=whiten, transforms=transforms,
-                                               device=dev)
-            cos = _center_cossim(model, layer, images, vecs)
-            store.write(size, rows, to_uint8(images), values.numpy(), cos)
-            summary.rendered[size] += len(rows)
-            cossims.append(cos)
-            bar.update(len(rows))
-            bar.set_postfix(cossim=f"{float(np.mean(cos)):.2f}")
+        if model_spec is not None:
+            from atlas.distributed import client_for, run_render_batches
+
+            with client_for(scheduler) as client:
+                run_render_batches(client, model_spec, batches, on_batch=write)
+        else:
+            runner = model
+            if compile:
+                runner = compile_model(model, layer, icon_size=icon_size,
+                                       backend=compile if isinstance(compile, str) else "inductor")
+            for batch in batches:
+                write(render_icon_batch(runner, batch))
     finally:
         bar.close()
     summary.complete = store.finish()

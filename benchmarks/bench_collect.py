@@ -8,8 +8,9 @@
   JPEG draft decoding, batches of 32, channels-last), writing a real ``activations.h5``.
 - ``--memory-scales 1000,10000`` runs collect over the photos repeated to that many images
   (a list file) and reports peak resident memory of the whole process tree for each.
-- ``--breakdown``: time the main loop's wait on the decode workers vs model compute
-  (on a GPU this shows whether decoding keeps up).
+- ``--breakdown``: what the main loop (on a GPU: the GPU) waited on: decode, host->device copies,
+  the model, the attribution, the writes (``collect(..., breakdown=True)``); ``--decode`` and
+  ``--precision`` as in ``atlas collect``.
 
 Prints one line per measurement and a JSON summary at the end.
 """
@@ -31,7 +32,6 @@ import torch
 from PIL import Image
 
 from atlas.collect import CollectSettings, collect, compute_rows, layer_specs
-from atlas.data import ImageDataset, open_source
 from atlas.models import load_model
 
 
@@ -79,39 +79,16 @@ def naive(paths: list[Path], model, settings: CollectSettings) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def breakdown(paths_list: Path, model, settings: CollectSettings, batch_size: int, workers: int) -> dict:
-    """Main-loop time waiting for decoded batches vs computing rows."""
-    specs = layer_specs(model, settings.layers)
-    fast = model.to(memory_format=torch.channels_last)
-    src = open_source(paths_list)
-    dataset = ImageDataset(src, model.image_transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size,
-                                         num_workers=workers, collate_fn=dataset.collate_fn,
-                                         pin_memory=model.device.type == "cuda", prefetch_factor=4 if workers else None)
-    wait = compute = 0.0
-    n = 0
-    t0 = time.perf_counter()
-    it = iter(loader)
-    while True:
-        t = time.perf_counter()
-        try:
-            _all, imgs, ok, _f = next(it)
-        except StopIteration:
-            break
-        t1 = time.perf_counter()
-        if not len(ok):
-            continue
-        imgs = imgs.to(model.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        compute_rows(fast, imgs, ok.tolist(), specs, settings)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        wait += t1 - t
-        compute += t2 - t1
-        n += len(ok)
-    total = time.perf_counter() - t0
-    return {"images": n, "images_per_s": n / total, "wait_s": wait, "compute_s": compute,
-            "wait_share": wait / total, "compute_only_images_per_s": n / compute}
+def breakdown(paths_list: Path, model, settings: CollectSettings, batch_size: int, workers: int, out: Path,
+              decode: str = "auto", precision: str = "fp32") -> dict:
+    """What the main loop waited on: ``collect(..., breakdown=True)`` (decode, host->device, model,
+    attribution, write; the GPU is synchronized between phases, so on CUDA the shares are the GPU's)."""
+    s = collect(paths_list, out, model, settings, batch_size=batch_size, workers=workers, progress=False,
+                breakdown=True, decode=decode, precision=precision)
+    total = sum(s.timings.values())
+    return {"images": s.images, "images_per_s": s.images_per_second, "timings_s": s.timings,
+            "shares": {k: v / total for k, v in s.timings.items()}, "wait_share": s.timings["decode"] / total,
+            "described": s.describe_breakdown()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="alternating atlas/naive rounds; medians reported")
     ap.add_argument("--memory-scales", default="", help="comma-separated image counts, e.g. 1000,10000")
     ap.add_argument("--breakdown", action="store_true")
+    ap.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     ap.add_argument("--json", default=None, help="also write the summary here")
     args = ap.parse_args(argv)
 
@@ -172,11 +151,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{result['naive_images_per_s']:.2f} images/s; atlas/naive = {result['speedup']:.2f}x", flush=True)
         if args.breakdown:
             b = breakdown(lst, model, settings, args.batch_size,
-                          args.workers if args.workers is not None else max(1, min(4, (os.cpu_count() or 2) - 1)))
+                          args.workers if args.workers is not None else max(1, min(4, (os.cpu_count() or 2) - 1)),
+                          tmp / "breakdown.h5", decode=args.decode, precision=args.precision)
             result["breakdown"] = b
-            print(f"breakdown: {b['images_per_s']:.1f} images/s end to end; waiting on decode "
-                  f"{100 * b['wait_share']:.0f}% of the time; compute alone {b['compute_only_images_per_s']:.1f} images/s",
-                  flush=True)
+            print(f"breakdown: {b['images_per_s']:.1f} images/s; {b['described']}", flush=True)
         for n in [int(v) for v in args.memory_scales.split(",") if v]:
             lst_n = list_file(paths, n, tmp)
             with PeakRSS() as mem:

@@ -17,6 +17,9 @@ Lucid's loop, with these choices made explicit:
   hooked layer has run, so the layers above it cost nothing (about half the time of a step
   for ``inception4c``).
 - On the CPU the model gets channels-last tensors (faster oneDNN convolutions and pooling).
+- ``precision="bf16"``/``"fp16"`` runs the model's passes of the optimization steps under
+  ``torch.autocast`` (:mod:`atlas.precision`); the parameterization, the optimizer and the
+  final measured objective stay float32.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlas.models import AtlasModel, capture, resolve_device
+from atlas.precision import autocast, check_precision
 from atlas.optvis.objectives import LOGITS, Objective
 from atlas.optvis.param import Generators, fft_image, per_item_generators
 from atlas.optvis.relu import redirected_relu
@@ -118,6 +122,7 @@ def render_vis(
     input_size: int | None = None,
     channels_last: bool | None = None,
     redirect_relu_steps: int = 16,
+    precision: str = "fp32",
 ) -> VisResult:
     """Optimize images to maximize ``objective`` (Lucid ``render.render_vis``).
 
@@ -149,12 +154,15 @@ def render_vis(
         redirect_relu_steps: for this many first steps, ReLUs pass Lucid's redirected gradient so
             that units dead on the gray start can still be maximized (Lucid's
             ``relu_gradient_override``, 16 steps); 0 turns it off.
+        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model's passes of the
+            steps under ``torch.autocast``; ``values`` are measured in float32 either way.
 
     Returns:
         a :class:`VisResult` with images (B, 3, H, W) in [0, 1] on the CPU.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    check_precision(precision)
     dev = model.device if device is None else resolve_device(device)
     if model.device != dev:
         raise ValueError(f"the model is on {model.device} but device={dev}; move it first with model.to({str(dev)!r})")
@@ -193,8 +201,9 @@ def render_vis(
     for step in bar:
         opt.zero_grad(set_to_none=True)
         images = param()
-        values = evaluate(model, objective, model_input(apply(transforms, images, rng)),
-                          redirect_relu=step <= redirect_relu_steps)
+        with autocast(precision, dev):
+            values = evaluate(model, objective, model_input(apply(transforms, images, rng)),
+                              redirect_relu=step <= redirect_relu_steps).float()
         (-values.sum()).backward()
         opt.step()
         history.append(values.detach())
