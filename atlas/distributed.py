@@ -632,11 +632,10 @@ def worker_render_model(spec: ModelSpec) -> AtlasModel:
         return _RENDER_MODELS[spec]
 
 
-def render_task(spec: ModelSpec, batch: Any) -> Any:
-    """The Dask task of one render batch: :func:`atlas.render.render_icon_batch` on this worker's model."""
-    from atlas.render import render_icon_batch
-
-    result = render_icon_batch(worker_render_model(spec), batch)
+def render_task(spec: ModelSpec, batch: Any, render_batch: Callable[[AtlasModel, Any], Any]) -> Any:
+    """The Dask task of one render batch: ``render_batch`` (the render stage passes
+    :func:`atlas.render.render_icon_batch`; this module does not import the stage) on this worker's model."""
+    result = render_batch(worker_render_model(spec), batch)
     result.worker = f"{socket.gethostname()}:{os.getpid()}"
     return result
 
@@ -646,11 +645,13 @@ def run_render_batches(
     spec: ModelSpec,
     batches: Sequence[Any],
     *,
+    render_batch: Callable[[AtlasModel, Any], Any],
     on_batch: Callable[[Any], None],
     retries: int = 1,
 ) -> int:
-    """Render ``batches`` (:class:`atlas.render.IconBatch`) as Dask tasks; ``on_batch(result)``
-    runs in the client for each finished batch (the render stage writes it there).
+    """Render ``batches`` (:class:`atlas.render.IconBatch`) as Dask tasks, each
+    ``render_batch(model, batch)`` on a worker; ``on_batch(result)`` runs in the client for each
+    finished batch (the render stage writes it there).
 
     Returns the number of batches done. Raises the first task error after cancelling the rest;
     batches already handed to ``on_batch`` stay written, so the same render resumes.
@@ -661,7 +662,8 @@ def run_render_batches(
         return 0
     run = uuid.uuid4().hex[:8]
     futures = {
-        client.submit(render_task, spec, b, key=f"atlas-render-{run}-{b.size}-{int(b.rows[0]):08d}", retries=retries): b
+        client.submit(render_task, spec, b, render_batch, key=f"atlas-render-{run}-{b.size}-{int(b.rows[0]):08d}",
+                      retries=retries): b
         for b in batches
     }
     done = 0

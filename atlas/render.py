@@ -137,6 +137,7 @@ def render_directions(
     transforms: Sequence[Transform] | None = None,
     device: torch.device | None = None,
     precision: str = "fp32",
+    input_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one icon per direction, best of ``len(generators)`` attempts, in one batch per attempt.
 
@@ -158,7 +159,7 @@ def render_directions(
     for gens in generators:
         param = fft_image(icon_size, len(vecs_t), generator=gens, device=dev)
         res = render_vis(model, obj, param, transforms, steps=steps, lr=lr, generator=gens, device=dev,
-                         precision=precision)
+                         precision=precision, input_size=input_size)
         if best_img is None or best_val is None:
             best_img, best_val = res.images, res.values
         else:
@@ -492,7 +493,7 @@ def render_cells(
             from atlas.distributed import client_for, run_render_batches
 
             with client_for(scheduler) as client:
-                run_render_batches(client, model_spec, batches, on_batch=write)
+                run_render_batches(client, model_spec, batches, render_batch=render_icon_batch, on_batch=write)
         else:
             runner = model
             if compile:
