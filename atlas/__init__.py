@@ -30,6 +30,7 @@ _EXPORTS = {
     "cell_means": "atlas.grid",
     "comparison_file": "atlas.reduce",
     "explain_photo": "atlas.explain",
+    "dream": "atlas.optvis.dream",
     "show": "atlas.notebook",
     "export_site": "atlas.export",
     "grid_cells": "atlas.grid",

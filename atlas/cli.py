@@ -258,6 +258,24 @@ def cmd_vis(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dream(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.models import load_model
+    from atlas.optvis.dream import dream
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    what = f"{args.layer}_{args.channel}" if args.channel is not None else args.layer
+    out = args.out or f"{Path(args.photo).stem}-dream-{what}.png"
+    r = dream(model, args.photo, args.layer, channel=args.channel, out=out, max_side=args.max_side,
+              octaves=args.octaves, octave_scale=args.octave_scale, steps=args.steps, jitter=args.jitter, lr=args.lr,
+              param=args.param, seed=args.seed, device=args.device, progress=not args.quiet)
+    sizes = ", ".join(f"{h}x{w}" for h, w in r.octave_sizes)
+    print(f"octaves {sizes}; objective at full size {r.start_values[-1]:.4g} -> {r.end_values[-1]:.4g}")
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_tiles(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -436,6 +454,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=0.05)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_vis)
+
+    s = sub.add_parser("dream", help="DeepDream a photo: amplify a layer's (or a channel's) activations, by octaves")
+    s.add_argument("photo", help="the photo to start from (output has its size)")
+    _add_model_args(s)
+    s.add_argument("--layer", default="inception4c", help="layer to amplify (its squared activations) [%(default)s]")
+    s.add_argument("--channel", type=int, default=None, help="amplify only this channel's mean activation")
+    s.add_argument("-o", "--out", default=None, help="PNG to write [PHOTO-dream-LAYER.png]")
+    s.add_argument("--octaves", type=int, default=4, help="scales, smallest first [%(default)s]")
+    s.add_argument("--octave-scale", type=float, default=1.4, help="size ratio between octaves [%(default)s]")
+    s.add_argument("--steps", type=int, default=10, help="gradient steps per octave [%(default)s]")
+    s.add_argument("--jitter", type=int, default=32, help="largest random roll in pixels per step [%(default)s]")
+    s.add_argument("--lr", type=float, default=None, help="normalized step size [0.02]")
+    s.add_argument("--param", choices=("pixel", "decorrelated", "fft"), default="pixel",
+                   help="parameterization the photo is held in [%(default)s]")
+    s.add_argument("--max-side", type=int, default=None, help="shrink the photo to this longer side first")
+    s.add_argument("--seed", type=int, default=0, help="seed of the jitter [%(default)s]")
+    s.set_defaults(func=cmd_dream)
 
     s = sub.add_parser("tiles", help="cells.h5 + icons.h5 -> zoomable tile pyramid + metadata")
     s.add_argument("run_dir", nargs="?", default=None, help="run folder with cells.h5, icons.h5, activations.h5")

@@ -13,6 +13,7 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.transform`: random jitter/scale/rotate, composed in a list, explicit generators.
 - :mod:`atlas.optvis.objectives`: objectives with an algebra, one value per image.
 - :mod:`atlas.optvis.optimize`: :func:`render_vis` and PNG helpers.
+- :mod:`atlas.optvis.dream`: DeepDream of a photo with octaves and jitter (``atlas dream``).
 - :mod:`atlas.optvis.vis`: :func:`visualize`, text spec -> PNG (``atlas vis``).
 """
 
@@ -33,6 +34,7 @@ from atlas.optvis.objectives import (
     whitening_from_covariance,
     whitening_matrix,
 )
+from atlas.optvis.dream import DreamResult, deep_dream, octave_sizes
 from atlas.optvis.optimize import VisResult, evaluate, render_vis, save_png, to_uint8
 from atlas.optvis.param import FFTImage, ImageParam, PixelImage, color_correlation_normalized, fft_image, pixel_image
 from atlas.optvis.transform import (
@@ -49,6 +51,7 @@ from atlas.optvis.vis import parse_objective, visualize
 __all__ = [
     "LOGITS",
     "FFTImage",
+    "DreamResult",
     "ImageParam",
     "Objective",
     "PixelImage",
@@ -57,6 +60,7 @@ __all__ = [
     "channel",
     "class_logit",
     "color_correlation_normalized",
+    "deep_dream",
     "deepdream",
     "direction",
     "direction_cossim",
@@ -70,6 +74,7 @@ __all__ = [
     "jitter",
     "layer",
     "neuron",
+    "octave_sizes",
     "pad",
     "parse_objective",
     "pixel_image",
