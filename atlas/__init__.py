@@ -32,6 +32,7 @@ _EXPORTS = {
     "explain_photo": "atlas.explain",
     "dream": "atlas.optvis.dream",
     "show": "atlas.notebook",
+    "style_transfer": "atlas.optvis.style",
     "export_site": "atlas.export",
     "grid_cells": "atlas.grid",
     "grid_file": "atlas.grid",

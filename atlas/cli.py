@@ -276,6 +276,22 @@ def cmd_dream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_style(args: argparse.Namespace) -> int:
+    from atlas.models import load_model
+    from atlas.optvis.style import style_transfer
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    layers = tuple(v for v in args.style_layers.split(",") if v)
+    r = style_transfer(model, args.content, args.style, out=args.out, content_layer=args.content_layer,
+                       style_layers=layers, style_weight=args.style_weight, content_weight=args.content_weight,
+                       size=args.size or None, steps=args.steps, lr=args.lr, param=args.param, init=args.init,
+                       seed=args.seed, device=args.device, progress=not args.quiet)
+    print(f"content loss {r.start_content_loss:.3g} -> {r.content_loss:.3g}, "
+          f"style loss {r.start_style_loss:.3g} -> {r.style_loss:.3g} (relative errors)")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_tiles(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -471,6 +487,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-side", type=int, default=None, help="shrink the photo to this longer side first")
     s.add_argument("--seed", type=int, default=0, help="seed of the jitter [%(default)s]")
     s.set_defaults(func=cmd_dream)
+
+    s = sub.add_parser("style", help="style transfer: CONTENT painted with STYLE's Gram matrices (Gatys et al.)")
+    s.add_argument("content", help="content photo")
+    s.add_argument("style", help="style image (e.g. a strongly textured photo)")
+    s.add_argument("-o", "--out", default="style.png", help="PNG to write [%(default)s]")
+    _add_model_args(s)
+    s.add_argument("--content-layer", default="inception3b", help="[%(default)s]")
+    s.add_argument("--style-layers", default="conv3_relu,inception3a,inception3b,inception4a,inception4b,inception4c",
+                   help="comma-separated [%(default)s]")
+    s.add_argument("--style-weight", type=float, default=10.0, help="[%(default)s]")
+    s.add_argument("--content-weight", type=float, default=1.0, help="[%(default)s]")
+    s.add_argument("--size", type=int, default=256, help="longer side of both photos; 0 keeps them [%(default)s]")
+    s.add_argument("--steps", type=int, default=200)
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--param", choices=("fft", "pixel"), default="fft")
+    s.add_argument("--init", choices=("content", "noise"), default="content", help="start image [%(default)s]")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_style)
 
     s = sub.add_parser("tiles", help="cells.h5 + icons.h5 -> zoomable tile pyramid + metadata")
     s.add_argument("run_dir", nargs="?", default=None, help="run folder with cells.h5, icons.h5, activations.h5")

@@ -14,6 +14,7 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.objectives`: objectives with an algebra, one value per image.
 - :mod:`atlas.optvis.optimize`: :func:`render_vis` and PNG helpers.
 - :mod:`atlas.optvis.dream`: DeepDream of a photo with octaves and jitter (``atlas dream``).
+- :mod:`atlas.optvis.style`: style transfer's content and Gram-matrix style objectives (``atlas style``).
 - :mod:`atlas.optvis.vis`: :func:`visualize`, text spec -> PNG (``atlas vis``).
 """
 
@@ -37,6 +38,7 @@ from atlas.optvis.objectives import (
 from atlas.optvis.dream import DreamResult, deep_dream, octave_sizes
 from atlas.optvis.optimize import VisResult, evaluate, render_vis, save_png, to_uint8
 from atlas.optvis.param import FFTImage, ImageParam, PixelImage, color_correlation_normalized, fft_image, pixel_image
+from atlas.optvis.style import content, gram_matrix, style, style_targets
 from atlas.optvis.transform import (
     Transform,
     icon_transforms,
@@ -60,6 +62,7 @@ __all__ = [
     "channel",
     "class_logit",
     "color_correlation_normalized",
+    "content",
     "deep_dream",
     "deepdream",
     "direction",
@@ -69,6 +72,7 @@ __all__ = [
     "diversity",
     "evaluate",
     "fft_image",
+    "gram_matrix",
     "icon_transforms",
     "interpolate",
     "jitter",
@@ -83,6 +87,8 @@ __all__ = [
     "render_vis",
     "save_png",
     "standard_transforms",
+    "style",
+    "style_targets",
     "to_uint8",
     "visualize",
     "whitening_from_covariance",
