@@ -44,7 +44,9 @@ def test_content_and_style_values_by_hand():
     torch.testing.assert_close(c({"L": x}), torch.tensor([0.0, -1.0]))  # -(3^2) / 9
     gt = gram_matrix(t)  # [[2.5, 2], [2, 2]]: ||G||^2 = 18.25
     s = style({"L": gt, "M": gt}, weights={"L": 1.0, "M": 0.5})
-    g1 = gram_matrix(x[1:])  # [[2.5, 3.5], [3.5, 6.5]]: diff^2 = 0 + 2.25 + 2.25 + 20.25 = 24.75
+    g1 = gram_matrix(x[1:])  # diff^2 = 0 + 2.25 + 2.25 + 20.25 = 24.75
+    torch.testing.assert_close(g1, torch.tensor([[[2.5, 3.5], [3.5, 6.5]]]))
+    torch.testing.assert_close(gt, torch.tensor([[[2.5, 2.0], [2.0, 2.0]]]))
     expect = -(1.5 * 24.75 / 18.25)
     torch.testing.assert_close(s({"L": x, "M": x}), torch.tensor([0.0, expect]))
     assert str(c + 10 * s) == "content(L) + 10 * style(L, M)" and (c + 10 * s).layers == ("L", "M")

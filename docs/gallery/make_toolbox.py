@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 
 from atlas.models import load_model
 from atlas.optvis import to_uint8
-from atlas.optvis.dream import dream, read_image
+from atlas.optvis.dream import dream, read_image, resize_image
+from atlas.optvis.style import style_transfer
 
 OUT = Path(__file__).resolve().parent
 log = logging.getLogger("gallery")
@@ -50,6 +51,32 @@ def dream_figure(model, paths: dict[str, Path], max_side: int) -> None:
     labelled_strip(panels, labels, OUT / "dream_lakeside.png")
 
 
+def style_figure(model, paths: dict[str, Path], size: int = 224, steps: int = 200) -> None:
+    """Rows content | style | result; the style images are textured photos (no painting in the sample)."""
+    rows = []
+    for content_name, style_name in (("lakeside", "honeycomb"), ("golden_retriever", "coral_reef")):
+        r = style_transfer(model, paths[content_name], paths[style_name], size=size, steps=steps, device="cpu")
+        log.info("%s x %s: content loss %.3g -> %.3g, style loss %.3g -> %.3g", content_name, style_name,
+                 r.start_content_loss, r.content_loss, r.start_style_loss, r.style_loss)
+        h, w = r.image.shape[2:]
+        style = read_image(paths[style_name], size)
+        panels = [read_image(paths[content_name], size), resize_image(style, (h, round(style.shape[3] * h / style.shape[2]))),
+                  r.image]
+        rows.append([to_uint8(p[0]) for p in panels])
+    width = max(sum(p.shape[1] for p in row) + 8 for row in rows)
+    canvas = Image.new("RGB", (width, sum(row[0].shape[0] + 20 for row in rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for row, names in zip(rows, (("lakeside", "honeycomb"), ("golden retriever", "coral reef"))):
+        x = 0
+        for img, text in zip(row, (f"content: {names[0]}", f"style: {names[1]} (photo)", "result")):
+            draw.text((x + 2, y + 4), text, fill="black")
+            canvas.paste(Image.fromarray(img), (x, y + 18))
+            x += img.shape[1] + 4
+        y += row[0].shape[0] + 20
+    canvas.save(OUT / "style_transfer.png", optimize=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
@@ -63,7 +90,8 @@ def main() -> None:
     model = load_model("inceptionv1", weights=args.weights)
     paths = {p.stem.split("_", 1)[1]: p for p in sorted(Path(args.images).glob("*.JPEG"))}
     parts = args.only.split(",")
-    for name, fn in (("dream", lambda: dream_figure(model, paths, args.max_side)),):
+    for name, fn in (("dream", lambda: dream_figure(model, paths, args.max_side)),
+                     ("style", lambda: style_figure(model, paths))):
         if name in parts:
             t = time.perf_counter()
             fn()
