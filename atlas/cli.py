@@ -292,6 +292,29 @@ def cmd_style(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_channels(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.channels import channel_view, channels_figure, write_channels_html
+    from atlas.models import load_model
+
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}; use --all to render every channel")
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    view = channel_view(model, args.photo, args.layer, top=None if args.all else args.top, cache_dir=args.cache_dir,
+                        icon_size=args.icon_size, steps=args.steps, batch_size=args.batch_size, seed=args.seed,
+                        device=args.device, progress=not args.quiet)
+    out = args.out or f"{Path(args.photo).stem}-channels-{args.layer}.png"
+    channels_figure(view, out, top=args.top)
+    top = ", ".join(f"{c} ({view.mean[c]:.3g})" for c in view.order[:5])
+    print(f"{args.layer}: top channels by mean activation {top}")
+    print(f"{int(view.has_icon.sum())} of {len(view.mean)} channels have icons; cache {view.cache}")
+    print(f"wrote {out}")
+    if args.html:
+        print(f"wrote {write_channels_html(view, args.html, title=f'{Path(args.photo).name}: {args.layer}')}")
+    return 0
+
+
 def cmd_tiles(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -505,6 +528,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", choices=("content", "noise"), default="content", help="start image [%(default)s]")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_style)
+
+    s = sub.add_parser("channels", help="one photo, every channel of a layer: activation map beside feature vis")
+    s.add_argument("photo", help="the photo (resized and center-cropped as the model's input)")
+    _add_model_args(s)
+    s.add_argument("--layer", default="inception4c", help="[%(default)s]")
+    s.add_argument("--top", type=int, default=16, help="channels in the figure, by mean activation; their icons "
+                                                       "are rendered if not cached [%(default)s]")
+    s.add_argument("--all", action="store_true", help="render (cache) every channel's icon, e.g. for --html")
+    s.add_argument("-o", "--out", default=None, help="figure PNG [PHOTO-channels-LAYER.png]")
+    s.add_argument("--html", default=None, metavar="DIR", help="also write a static page of every channel to DIR")
+    s.add_argument("--cache-dir", default=None,
+                   help="channel icon cache [$ATLAS_CACHE_DIR/channels or ~/.cache/atlas/channels]")
+    s.add_argument("--icon-size", type=int, default=64, help="[%(default)s]")
+    s.add_argument("--steps", type=int, default=96, help="optimizer steps per icon [%(default)s]")
+    s.add_argument("--batch-size", type=int, default=32, help="channels per optimizer batch [%(default)s]")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_channels)
 
     s = sub.add_parser("tiles", help="cells.h5 + icons.h5 -> zoomable tile pyramid + metadata")
     s.add_argument("run_dir", nargs="?", default=None, help="run folder with cells.h5, icons.h5, activations.h5")

@@ -77,6 +77,15 @@ def style_figure(model, paths: dict[str, Path], size: int = 224, steps: int = 20
     canvas.save(OUT / "style_transfer.png", optimize=True)
 
 
+def channels_figure_real(model, paths: dict[str, Path], cache: Path) -> None:
+    """Top 16 inception4c channels of the golden retriever photo (64 px icons, 96 steps, cached)."""
+    from atlas.channels import channel_view, channels_figure
+
+    view = channel_view(model, paths["golden_retriever"], "inception4c", top=16, cache_dir=cache, device="cpu")
+    channels_figure(view, OUT / "channels_view_golden_retriever.png", top=16, cols=4, size=96)
+    log.info("top channels: %s", [(int(c), round(float(view.mean[c]), 1)) for c in view.order[:16]])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", required=True)
@@ -84,6 +93,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-side", type=int, default=320)
     ap.add_argument("--only", default="dream,style,channels")
+    ap.add_argument("--cache-dir", default=None, help="channel icon cache [the default cache]")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -91,7 +101,8 @@ def main() -> None:
     paths = {p.stem.split("_", 1)[1]: p for p in sorted(Path(args.images).glob("*.JPEG"))}
     parts = args.only.split(",")
     for name, fn in (("dream", lambda: dream_figure(model, paths, args.max_side)),
-                     ("style", lambda: style_figure(model, paths))):
+                     ("style", lambda: style_figure(model, paths)),
+                     ("channels", lambda: channels_figure_real(model, paths, args.cache_dir))):
         if name in parts:
             t = time.perf_counter()
             fn()
