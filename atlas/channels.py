@@ -250,7 +250,7 @@ def _overlay(photo: np.ndarray, amap: np.ndarray, size: int, vmax: float) -> np.
     m = torch.from_numpy(np.clip(amap / max(vmax, 1e-8), 0, 1))[None, None].float()
     m = F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False)
     tint = torch.tensor([1.0, 0.55, 0.1])[None, :, None, None]
-    out = p * (0.15 + 0.85 * m) + 0.35 * m * tint * (1 - p)
+    out = p * (0.3 + 0.7 * m) + 0.5 * m * tint * (1 - p)
     return to_uint8(out.clamp(0, 1)[0])
 
 

@@ -82,7 +82,7 @@ def channels_figure_real(model, paths: dict[str, Path], cache: Path) -> None:
     from atlas.channels import channel_view, channels_figure
 
     view = channel_view(model, paths["golden_retriever"], "inception4c", top=16, cache_dir=cache, device="cpu")
-    channels_figure(view, OUT / "channels_view_golden_retriever.png", top=16, cols=4, size=96)
+    channels_figure(view, OUT / "channels_view_golden_retriever.png", top=16, cols=4, size=80)
     log.info("top channels: %s", [(int(c), round(float(view.mean[c]), 1)) for c in view.order[:16]])
 
 
