@@ -14,6 +14,8 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.transform`: random jitter/scale/rotate, composed in a list, explicit generators.
 - :mod:`atlas.optvis.objectives`: objectives with an algebra, one value per image.
 - :mod:`atlas.optvis.optimize`: :func:`render_vis` and PNG helpers.
+- :mod:`atlas.optvis.dream`: DeepDream of a photo with octaves and jitter (``atlas dream``).
+- :mod:`atlas.optvis.style`: style transfer's content and Gram-matrix style objectives (``atlas style``).
 - :mod:`atlas.optvis.vis`: :func:`visualize`, text spec -> PNG (``atlas vis``).
 """
 
@@ -34,6 +36,7 @@ from atlas.optvis.objectives import (
     whitening_from_covariance,
     whitening_matrix,
 )
+from atlas.optvis.dream import DreamResult, deep_dream, octave_sizes
 from atlas.optvis.optimize import VisResult, evaluate, render_vis, save_png, to_uint8
 from atlas.optvis.param import (
     PARAMETERIZATIONS,
@@ -47,6 +50,7 @@ from atlas.optvis.param import (
     make_image,
     pixel_image,
 )
+from atlas.optvis.style import content, gram_matrix, style, style_targets
 from atlas.optvis.transform import (
     Transform,
     icon_transforms,
@@ -62,6 +66,7 @@ __all__ = [
     "LOGITS",
     "PARAMETERIZATIONS",
     "FFTImage",
+    "DreamResult",
     "ImageParam",
     "MacoImage",
     "Objective",
@@ -71,6 +76,8 @@ __all__ = [
     "channel",
     "class_logit",
     "color_correlation_normalized",
+    "content",
+    "deep_dream",
     "deepdream",
     "direction",
     "direction_cossim",
@@ -79,6 +86,7 @@ __all__ = [
     "diversity",
     "evaluate",
     "fft_image",
+    "gram_matrix",
     "icon_transforms",
     "interpolate",
     "jitter",
@@ -86,6 +94,7 @@ __all__ = [
     "maco_image",
     "make_image",
     "neuron",
+    "octave_sizes",
     "pad",
     "parse_objective",
     "pixel_image",
@@ -94,6 +103,8 @@ __all__ = [
     "render_vis",
     "save_png",
     "standard_transforms",
+    "style",
+    "style_targets",
     "to_uint8",
     "visualize",
     "whitening_from_covariance",

@@ -4,6 +4,7 @@
 - :mod:`atlas.store.layout`: ``layout.h5`` (reduce)
 - :mod:`atlas.store.cells`: ``cells.h5`` (grid)
 - :mod:`atlas.store.icons`: ``icons.h5`` (render)
+- :mod:`atlas.store.channel_icons`: channel-icon caches (``atlas channels``)
 """
 
 from atlas.store.common import ATLAS_VERSION, ArtifactError, is_current, settings_hash
