@@ -32,10 +32,11 @@ Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
 and a complete file is left alone.
 
-Size: an 80 px icon reaches the model as 50 px after the icon transforms, as in the paper's
-renderer; the objective reads the center position of the layer. Upsampling to the model's
-224 px input was not needed for recognisable icons (see ``docs/gallery``) and would cost
-about 20x more per step.
+Size: an 80 px icon reaches the model as 78 px after the icon transforms (a 16 px gray pad, then
+the paper's jitters, zoom and rotation; the paper's renderer pads 2 px and shows the model
+50 px, which leaves the icons' borders pale, see :func:`atlas.optvis.icon_transforms`); the
+objective reads the center position of the layer. Upsampling to the model's 224 px input would
+cost about 8x more per step.
 
 Production settings on a GPU (``atlas render RUN --steps 1024 --attempts 4 --batch-size 256
 --precision bf16``): a level's cells in large batches, ``precision`` runs the model's passes of
@@ -436,8 +437,8 @@ def render_cells(
     try:
         apply(transforms, torch.zeros(1, 3, icon_size, icon_size), torch.Generator())
     except ValueError as e:
-        raise ValueError(f"icon_size {icon_size} is too small for the transforms ({e}); use icon_size >= 48 "
-                         "with the default transforms") from e
+        raise ValueError(f"icon_size {icon_size} is too small for the transforms ({e}); use a larger icon_size "
+                         "or smaller transforms") from e
     settings = render_settings(str(cattrs.get("settings_hash", "")), model.name, layer, icon_size=icon_size,
                                steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
                                whiten=whiten, transforms=transforms)

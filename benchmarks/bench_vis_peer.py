@@ -10,7 +10,8 @@ picture with
   picture plus the transforms' padding, about 152 px; the default until this benchmark);
 - ``lucent``: Lucent's ``render_vis`` (the torch port of Lucid; optional, ``pip install
   torch-lucent``) on the same model, with its defaults (FFT, standard transforms, upsampling to
-  224 px), no preprocessing of its own (the model takes RGB in [0, 1]);
+  224 px), no preprocessing of its own (the model takes RGB in [0, 1]); its channel and neuron
+  objectives, and for a direction the dot product (Lucent's ``direction`` is a cosine);
 - ``atlas-maco``: the MACO parameterization (:func:`atlas.optvis.maco_image`) with atlas's
   loop, at its tuned learning rate;
 
@@ -150,8 +151,11 @@ def render_lucent(model: AtlasModel, spec: Spec, steps: int, size: int, seed: in
     elif spec.kind == "neuron":
         obj = objectives.neuron(name, spec.channels[0])
     else:
+        # Lucent's own ``direction`` is a cosine; Lucid's (and atlas's) is the dot product, which
+        # is also what is scored, so the dot product is given to Lucent's loop as an Objective.
         n_channels = layer_acts(model, torch.full((1, 3, 32, 32), 0.5), spec.layer).shape[1]
-        obj = objectives.direction(name, spec.vector(n_channels))
+        v = spec.vector(n_channels)[None, :, None, None]
+        obj = objectives.Objective(lambda hook: -(hook(name) * v).sum(1).mean(), name=f"dot {name}")
     imgs = render.render_vis(model, obj, lambda: param.image(size), thresholds=(steps,), preprocess=False,
                              progress=False, show_image=False)
     return torch.from_numpy(imgs[-1]).permute(0, 3, 1, 2).float()

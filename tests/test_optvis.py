@@ -124,7 +124,9 @@ def test_transforms_keep_the_batch_change_size_as_documented_and_are_seeded():
     assert out.shape == (4, 3, 32 + 24 - 12, 32 + 24 - 12)
     assert torch.equal(out, apply(std, x, torch.Generator().manual_seed(3)))
     assert not torch.equal(out, apply(std, x, torch.Generator().manual_seed(4)))
-    assert apply(optvis.icon_transforms(), torch.rand(2, 3, 80, 80), torch.Generator()).shape == (2, 3, 50, 50)
+    assert apply(optvis.icon_transforms(), torch.rand(2, 3, 80, 80), torch.Generator()).shape == (2, 3, 78, 78)
+    notebooks = optvis.icon_transforms(pad_width=2, pad_value=1.0)
+    assert apply(notebooks, torch.rand(2, 3, 80, 80), torch.Generator()).shape == (2, 3, 50, 50)
 
 
 def test_transforms_with_one_generator_per_image_match_single_images():

@@ -16,6 +16,7 @@ from tinynet import Tiny
 
 from atlas import render as render_mod
 from atlas.models import capture, load_model
+from atlas.optvis import icon_transforms
 from atlas.render import cell_generator, render_cells
 from atlas.store.cells import CellLevel, write_cells
 from atlas.store.icons import IconsFile, read_icons
@@ -195,7 +196,8 @@ def test_render_errors_name_the_fix(tmp_path, tiny):
     with pytest.raises(ValueError, match="pick from those"):
         render_cells(cells, tmp_path / "i.h5", tiny, levels=[3], **FAST)
     with pytest.raises(ValueError, match="too small for the transforms"):
-        render_cells(cells, tmp_path / "i.h5", tiny, **{**FAST, "icon_size": 20})
+        render_cells(cells, tmp_path / "i.h5", tiny, **{**FAST, "icon_size": 20},
+                     transforms=icon_transforms(pad_width=2, pad_value=1.0))
     with pytest.raises(ValueError, match="batch_size"):
         render_cells(cells, tmp_path / "i.h5", tiny, batch_size=0, **FAST)
     with h5py.File(cells, "r+") as f:

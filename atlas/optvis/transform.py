@@ -215,15 +215,23 @@ def standard_transforms() -> list[Transform]:
     ]
 
 
-def icon_transforms() -> list[Transform]:
-    """The transforms of the Activation Atlas icon renderer (``render_icons`` in the paper's
-    notebooks), without the alpha channel: pad 2 (white), jitter 4, 4, 8, 8, 8, a zoom in
-    0.995**(-5..79) and 0.998**(20..39) (twice), a rotation in -20..19, -10..9, -5..4 degrees
-    (0 weighted 5x more), jitter 2. An 80 px icon reaches the model as 50 px."""
+def icon_transforms(pad_width: int = 16, pad_value: float = 0.5) -> list[Transform]:
+    """The transforms of the atlas icons: the paper's icon renderer (``render_icons`` in the
+    Activation Atlas notebooks) with a wider, gray pad.
+
+    Pad ``pad_width`` (default 16, mid-gray), jitter 4, 4, 8, 8, 8, a zoom in 0.995**(-5..79)
+    and 0.998**(20..39) (twice), a rotation in -20..19, -10..9, -5..4 degrees (0 weighted 5x
+    more), jitter 2. The jitters crop 34 px in all, so an 80 px icon reaches the model as 78 px
+    with every border in view about half the time. The notebooks pad 2 px (white, with an alpha
+    channel we do not have), which leaves the model a 50 px window: the icon's outer 15 px are
+    almost never seen and come out pale and soft. With the wider pad the icons fill their frame,
+    score higher on the cosine to their direction measured on the whole icon, and cost about
+    1.6x more per step (``benchmarks/README.md``, "Icons side by side"). ``pad_width=2,
+    pad_value=1.0`` gives the notebooks' transforms back."""
     scales = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
     angles = list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
     return [
-        pad(2, mode="constant", value=1.0),
+        pad(pad_width, mode="constant", value=pad_value),
         jitter(4),
         jitter(4),
         jitter(8),

@@ -1,0 +1,172 @@
+"""Atlas icons side by side with dreamlens: the same cells, steps, size and batch.
+
+Renders the icons of ``--cells`` cells of one grid level of a run (evenly spaced over the
+level's kept cells) with
+
+- ``atlas``: the render stage's defaults (:func:`atlas.render.render_directions`);
+- ``atlas-notebooks``: the same with the paper notebooks' icon transforms (2 px white pad, the
+  model sees 50 px; the default before this benchmark) and ``cossim_pow`` 4;
+- ``atlas-powP``: the defaults with ``cossim_pow`` P;
+- ``dreamlens`` / ``dreamlens-3``: dreamlens's ``render_icons`` (optional, ``pip install
+  dreamlens``) with 1 attempt / its default 3 attempts (best kept), on the same model and layer;
+
+all at ``--steps`` steps, 80 px, ``--batch-size`` cells per optimizer batch, one process, and
+scores every icon the same way:
+
+- ``cos224``: the cosine between the icon's spatially averaged activation at 224 px and its
+  cell's direction (the icon resized to the model's input size, activations averaged over all
+  positions);
+- ``cos_center``: the render stage's own figure, the cosine at the center position of the layer
+  for the 80 px icon (``RenderSummary.mean_cossim``);
+- ``sharpness`` (mean absolute Laplacian of the luminance), ``saturation`` (mean HSV
+  saturation) and ``contrast`` (standard deviation of the luminance), in [0, 1] pixel units;
+- icons per minute of wall time.
+
+    python benchmarks/bench_icons_peer.py runs/real-1m --weights ../shared/models/bvlc_googlenet.pth \\
+        --level 20 --cells 64 --steps 128 --threads 2
+
+Prints a table, writes ``benchmarks/results/icons_peer.json`` and the contact sheet
+``docs/gallery/icons_peer.png`` (one row of icons per method, the same cells in each column).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from atlas import optvis
+from atlas.models import AtlasModel, capture, load_model
+from atlas.render import DEFAULT_COSSIM_POW, _center_cossim, cell_generator, render_directions
+from atlas.store.cells import cells_attrs, read_cells
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-icon measures described in the module docstring."""
+    s = model.input_size
+    x = F.interpolate(icons, size=(s, s), mode="bilinear", align_corners=False)
+    with torch.no_grad(), capture(model, [layer], detach=True) as a:
+        optvis.evaluate(model, optvis.channel(layer, 0), x)
+    act = a[layer].mean(dim=(2, 3))
+    cos224 = F.cosine_similarity(act, torch.from_numpy(vecs).float(), dim=1).numpy()
+    lum = (0.299 * icons[:, 0] + 0.587 * icons[:, 1] + 0.114 * icons[:, 2])[:, None]
+    lap = F.conv2d(lum, torch.tensor([[[[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]]]))
+    hi, lo = icons.max(1).values, icons.min(1).values
+    return {
+        "cos224": cos224,
+        "cos_center": _center_cossim(model, layer, icons, vecs),
+        "sharpness": lap.abs().mean((1, 2, 3)).numpy(),
+        "saturation": ((hi - lo) / hi.clamp(min=1e-3)).mean((1, 2)).numpy(),
+        "contrast": lum.std((1, 2, 3)).numpy(),
+    }
+
+
+def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarray, level: int, steps: int,
+                 batch: int, notebooks: bool, cossim_pow: float | None = None) -> torch.Tensor:
+    kw: dict = dict(transforms=optvis.icon_transforms(pad_width=2, pad_value=1.0), cossim_pow=4.0) if notebooks else {}
+    if cossim_pow is not None:
+        kw["cossim_pow"] = cossim_pow
+    out = []
+    for i in range(0, len(vecs), batch):
+        gens = [[cell_generator(0, level, int(c)) for c in ids[i:i + batch]]]
+        icons, _ = render_directions(model, layer, vecs[i:i + batch], gens, steps=steps, **kw)
+        out.append(icons)
+    return torch.cat(out)
+
+
+def render_dreamlens(model: AtlasModel, layer: str, vecs: np.ndarray, steps: int, batch: int,
+                     attempts: int) -> torch.Tensor:
+    from dreamlens.render import render_icons
+
+    torch.manual_seed(0)
+    out = []
+    for i in range(0, len(vecs), batch):
+        imgs, _ = render_icons(vecs[i:i + batch], model, "net." + layer, size=80, n_steps=steps,
+                               num_attempts=attempts, device=str(model.device))
+        out.append(torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float())
+    return torch.cat(out)
+
+
+def contact_sheet(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int) -> None:
+    size, gap, left = 80, 3, 150
+    sheet = Image.new("RGB", (left + columns * (size + gap), len(rows) * (size + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (name, icons) in enumerate(rows):
+        y = r * (size + gap)
+        for line, text in enumerate(name.split("\n")):
+            draw.text((4, y + 4 + 12 * line), text, fill="black")
+        arr = optvis.to_uint8(icons[:columns])
+        for c in range(min(columns, len(arr))):
+            sheet.paste(Image.fromarray(arr[c]), (left + c * (size + gap), y))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="run folder with cells.h5")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--level", type=int, default=20)
+    ap.add_argument("--cells", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--methods", default="atlas,atlas-notebooks,dreamlens,dreamlens-3")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--columns", type=int, default=12, help="icons per row of the contact sheet")
+    ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "icons_peer.json"))
+    ap.add_argument("--sheet", default=str(REPO / "docs" / "gallery" / "icons_peer.png"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cells = Path(args.run) / "cells.h5"
+    layer = str(cells_attrs(cells)["layer"])
+    lv = read_cells(cells, [args.level])[args.level]
+    idx = np.unique(np.linspace(0, len(lv) - 1, args.cells).round().astype(int))
+    vecs, ids = lv.direction[idx].astype(np.float32), lv.cell_id[idx]
+    model = load_model("inceptionv1", weights=args.weights, device="cpu")
+    print(f"# {len(idx)} cells of level {args.level} of {cells} ({layer}); {args.steps} steps, 80 px, "
+          f"batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}")
+    print(f"{'method':16s} {'cos224':>7s} {'cos_ctr':>7s} {'sharp':>7s} {'satur':>7s} {'contr':>7s} {'icons/min':>9s}")
+    rows, sheet = [], []
+    for method in args.methods.split(","):
+        t0 = time.perf_counter()
+        if method in ("atlas", "atlas-notebooks") or method.startswith("atlas-pow"):
+            icons = render_atlas(model, layer, vecs, ids, args.level, args.steps, args.batch_size,
+                                 notebooks=method == "atlas-notebooks",
+                                 cossim_pow=float(method[9:]) if method.startswith("atlas-pow") else None)
+        elif method.startswith("dreamlens"):
+            try:
+                icons = render_dreamlens(model, layer, vecs, args.steps, args.batch_size,
+                                         attempts=3 if method == "dreamlens-3" else 1)
+            except ImportError as e:
+                print(f"# {method} skipped: {e} (pip install dreamlens)", file=sys.stderr)
+                continue
+        else:
+            raise SystemExit(f"unknown method {method!r}")
+        sec = time.perf_counter() - t0
+        sc = icon_scores(model, layer, icons, vecs)
+        rate = len(vecs) / sec * 60
+        row = {"method": method, "icons_per_min": rate, "seconds": sec,
+               **{k: float(v.mean()) for k, v in sc.items()}, "per_icon": {k: v.tolist() for k, v in sc.items()}}
+        rows.append(row)
+        print(f"{method:16s} {row['cos224']:7.3f} {row['cos_center']:7.3f} {row['sharpness']:7.4f} "
+              f"{row['saturation']:7.3f} {row['contrast']:7.3f} {rate:9.1f}", flush=True)
+        sheet.append((f"{method}\ncos224 {row['cos224']:.3f}\n{rate:.0f} icons/min", icons))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "cells": len(idx), "level": args.level,
+                                           "steps": args.steps, "batch_size": args.batch_size,
+                                           "default_cossim_pow": DEFAULT_COSSIM_POW, "rows": rows}, indent=1))
+    contact_sheet(sheet, Path(args.sheet), args.columns)
+    print(f"wrote {args.json} and {args.sheet}")
+
+
+if __name__ == "__main__":
+    main()
