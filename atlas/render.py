@@ -289,6 +289,8 @@ class RenderSummary:
     complete: bool = False
     up_to_date: bool = False
     mean_cossim: float = float("nan")
+    #: grid size -> mean cosine to the cell direction of the icons rendered now at that level
+    level_cossim: dict[int, float] = field(default_factory=dict)
 
     def describe(self) -> str:
         if self.up_to_date and not self.complete:
@@ -300,8 +302,10 @@ class RenderSummary:
         rate = n / self.seconds * 60 if self.seconds > 0 else float("nan")
         levels = ", ".join(f"{s}x{s}: {self.rendered.get(s, 0)}/{t}" for s, t in self.total.items())
         state = "complete" if self.complete else "incomplete (rerun to render the other levels)"
+        per_level = ", ".join(f"{s}x{s} {c:.2f}" for s, c in self.level_cossim.items())
+        per_level = f" ({per_level})" if len(self.level_cossim) > 1 else ""
         return (f"rendered {n} icons ({levels}) in {self.seconds:.1f} s ({rate:.1f} icons/min, mean cosine "
-                f"to the cell direction {self.mean_cossim:.2f}); {self.output} is {state}")
+                f"to the cell direction {self.mean_cossim:.2f}{per_level}); {self.output} is {state}")
 
 
 def _batches(store: IconsFile, sizes: Sequence[int], counts: Mapping[int, int],
@@ -480,12 +484,14 @@ def render_cells(
                                    directions=all_levels[size].direction[rows].astype(np.float32))
                for size, rows in work]
     cossims: list[np.ndarray] = []
+    level_cossims: dict[int, list[np.ndarray]] = {}
     bar = tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress)
 
     def write(result: IconBatchResult) -> None:
         store.write(result.size, result.rows, result.icons, result.objective, result.cossim)
         summary.rendered[result.size] += len(result.rows)
         cossims.append(result.cossim)
+        level_cossims.setdefault(result.size, []).append(result.cossim)
         bar.update(len(result.rows))
         bar.set_postfix(cossim=f"{float(np.mean(result.cossim)):.2f}")
 
@@ -508,5 +514,7 @@ def render_cells(
     summary.seconds = time.perf_counter() - t0
     if cossims:
         summary.mean_cossim = float(np.mean(np.concatenate(cossims)))
+        summary.level_cossim = {size: float(np.mean(np.concatenate(level_cossims[size])))
+                                for size in sorted(level_cossims)}
     log.info("%s", summary.describe())
     return summary

@@ -70,6 +70,9 @@ def test_render_writes_every_icon_with_the_documented_layout(tmp_path, tiny):
             np.testing.assert_array_equal(g["cell_id"][:], fc["levels/4/cell_id"][:])
     icons = read_icons(out)
     assert icons[2].icons.shape == (3, 40, 40, 3) and icons[2].icons.std() > 0
+    for size in (2, 4):  # the per-level figure is the mean of the stored per-icon cosines
+        assert summary.level_cossim[size] == pytest.approx(float(icons[size].cossim.mean()), abs=1e-6)
+    assert "2x2 " in summary.describe() and "4x4 " in summary.describe()
     again = render_cells(cells, out, tiny, batch_size=4, **FAST)
     assert again.up_to_date and "nothing to do" in again.describe()
 
