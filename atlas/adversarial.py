@@ -348,8 +348,12 @@ def attack_photos(model: AtlasModel, photos: Sequence[str | os.PathLike], *, tar
                          f"got {budgets[-1]}; the CLI's --eps takes 0..255 units")
     if not photos:
         raise ValueError("no photos given; pass photo files or a folder of photos")
-    names = model.class_names or [str(i) for i in range(int(model(torch.zeros(1, 3, 8, 8, device=model.device))
-                                                            .shape[1]))]
+    if model.class_names:
+        names = list(model.class_names)
+    else:
+        with torch.no_grad():
+            s = model.input_size
+            names = [str(i) for i in range(int(model(torch.zeros(1, 3, s, s, device=model.device)).shape[1]))]
     fixed = _resolve_target(target, names)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
