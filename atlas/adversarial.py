@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,11 +55,13 @@ __all__ = [
     "AdversarialReport",
     "adversarial_figure",
     "attack_photos",
+    "describe_eps",
     "eps_from_cli",
     "fgsm",
     "list_photos",
     "perturbation_norm",
     "pgd",
+    "place_pair",
     "run_adversarial",
 ]
 
@@ -360,8 +363,6 @@ def attack_photos(model: AtlasModel, photos: Sequence[str | os.PathLike], *, tar
     mode = "untargeted" if target is None else ("random target per photo" if target == "random"
                                                  else f"target {names[fixed]!r}")
     report = AdversarialReport(method, norm, steps if method == "pgd" else 1, mode, budgets, [])
-    import time
-
     t0 = time.perf_counter()
     for path in tqdm(photos, desc=f"{method} {norm}", unit="photo", disable=not progress):
         x = load_photo(path, model)
@@ -379,7 +380,7 @@ def attack_photos(model: AtlasModel, photos: Sequence[str | os.PathLike], *, tar
             continue
         success, success8, tprob, advs = [], [], [], []
         for eps in budgets:
-            kw = dict(eps=eps, target=t, label=None if t is not None else label, norm=norm)
+            kw: dict = dict(eps=eps, target=t, label=None if t is not None else label, norm=norm)
             if method == "fgsm":
                 adv = fgsm(model, x, **kw)
             else:
@@ -526,8 +527,9 @@ def _atlas_pair_panel(ax, placements, class_name: str) -> None:
 
 def run_adversarial(model: AtlasModel, photos: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                     target: int | str | None, budgets: Sequence[float], norm: str = "linf", method: str = "pgd",
-                    steps: int = 10, random_start: bool = False, seed: int = 0, run_dir: str | os.PathLike | None = None,
-                    figures: int = 8, progress: bool = True) -> AdversarialReport:
+                    steps: int = 10, random_start: bool = False, seed: int = 0,
+                    run_dir: str | os.PathLike | None = None, figures: int = 8,
+                    progress: bool = True) -> AdversarialReport:
     """:func:`attack_photos`, then ``OUT/report.json``, ``OUT/report.md`` and a figure per photo
     (the first ``figures`` photos; -1 for all) as ``OUT/<photo>-adv.png``; with ``run_dir`` the
     figures show both images' positions on that atlas."""
