@@ -132,6 +132,45 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adversarial(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.adversarial import describe_eps, eps_from_cli, list_photos, run_adversarial
+    from atlas.models import load_model
+
+    budgets = [eps_from_cli(float(v), args.norm) for v in args.eps.split(",")]
+    photos = list_photos(args.photos, args.limit)
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    out = Path(args.out)
+    report = run_adversarial(model, photos, out, target=args.target, budgets=budgets, norm=args.norm,
+                             method=args.method, steps=args.steps, random_start=args.random_start, seed=args.seed,
+                             run_dir=args.run, figures=args.figures, progress=not args.quiet)
+    print(report.describe())
+    for p in report.photos[:10]:
+        print(f"  {Path(p.path).name}: smallest flipping budget "
+              + (describe_eps(p.smallest_eps, args.norm) if p.smallest_eps is not None else "none of those tried"))
+    print(f"wrote {out}/report.json, report.md and {min(len(report.photos), args.figures if args.figures >= 0 else 10**9)}"
+          " figures")
+    return 0
+
+
+def cmd_fool(args: argparse.Namespace) -> int:
+    from atlas.fooling import fooling_gallery, fooling_images
+    from atlas.models import load_model
+
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    settings = {"both": (True, False), "on": (True,), "off": (False,)}[args.priors]
+    results = []
+    for priors in settings:
+        r = fooling_images(model, classes, priors=priors, size=args.size, steps=args.steps, lr=args.lr,
+                           seed=args.seed, progress=not args.quiet)
+        print(r.describe())
+        results.append(r)
+    print(f"wrote {fooling_gallery(results, args.out)}")
+    return 0
+
+
 def _run_file(run_dir: str | None, explicit: str | None, name: str) -> str:
     from pathlib import Path
 
@@ -650,6 +689,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--out", default=None, help="report folder [RUN_DIR/attacks/SOURCE-to-TARGET]")
     s.set_defaults(func=cmd_attack)
+
+    s = sub.add_parser("adversarial", help="adversarial examples (FGSM, PGD): success rate and smallest budget")
+    s.add_argument("photos", nargs="+", metavar="PHOTO", help="photo files and/or folders of photos")
+    _add_model_args(s)
+    s.add_argument("--target", default=None,
+                   help="class name, WordNet id or index; 'random' = one random class per photo (seeded); "
+                        "omit for an untargeted attack (away from the clean top-1)")
+    s.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    s.add_argument("--eps", default="0.25,0.5,1,2,4",
+                   help="budgets, comma-separated: linf in 0..255 pixel units (4 = 4/255 of the range per value), "
+                        "l2 as the Euclidean norm of the perturbation in 0..1 units, e.g. 0.1,0.5,1 [%(default)s]")
+    s.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
+    s.add_argument("--steps", type=int, default=10, help="PGD steps [%(default)s]")
+    s.add_argument("--random-start", action="store_true", help="PGD starts at a random point of the budget")
+    s.add_argument("--limit", type=int, default=None, help="attack this many photos, spread evenly over the list")
+    s.add_argument("--run", default=None, metavar="RUN_DIR",
+                   help="atlas run: the figures show where the photo and its adversarial image land on it")
+    s.add_argument("--figures", type=int, default=8, help="figures for the first N photos (-1: all) [%(default)s]")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", default="adversarial", help="report folder [%(default)s]")
+    s.set_defaults(func=cmd_adversarial)
+
+    s = sub.add_parser("fool", help="fooling images: noise optimized until the model is >= 99%% sure of a class")
+    s.add_argument("--classes", required=True, help="comma-separated class names, WordNet ids or indices")
+    _add_model_args(s)
+    s.add_argument("--priors", choices=("both", "on", "off"), default="both",
+                   help="on: FFT parameterization + transforms; off: raw pixels, no transforms [%(default)s]")
+    s.add_argument("--size", type=int, default=None, help="image side [the model's input size]")
+    s.add_argument("--steps", type=int, default=256)
+    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--out", default="fooling.png", help="gallery PNG [%(default)s]")
+    s.set_defaults(func=cmd_fool)
 
     s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")
     s.add_argument("config")

@@ -250,12 +250,14 @@ class AtlasPlacement:
 
 
 def place_on_atlas(e: Explanation, run_dir: str | os.PathLike, *, level: int | None = None,
-                   class_names: Sequence[str] | None = None) -> AtlasPlacement:
+                   class_names: Sequence[str] | None = None, est=None) -> AtlasPlacement:
     """Project ``e.layer_activations`` onto the atlas in ``run_dir`` (its ``layout.h5`` and the
     fitted model beside it; ``cells.h5`` names the neighbourhoods).
 
     ``level``: the grid size used to group positions into neighbourhoods (default: the middle
-    size of ``cells.h5``). Raises ``ValueError`` when the atlas was made at another layer.
+    size of ``cells.h5``). ``est``: the layout's fitted placer (:func:`atlas.reduce.load_placer`),
+    to load it once when placing many photos. Raises ``ValueError`` when the atlas was made at
+    another layer.
     """
     from atlas.grid import grid_cells
     from atlas.reduce import load_placer, project
@@ -273,7 +275,7 @@ def place_on_atlas(e: Explanation, run_dir: str | os.PathLike, *, level: int | N
                          f"explain with --layer {attrs.get('layer')}")
     if attrs.get("class_index", -1) not in (-1, None):
         log.info("%s is a class atlas (class %s); placing on it anyway", run_dir, attrs.get("class_index"))
-    est = load_placer(layout_path)
+    est = est if est is not None else load_placer(layout_path)
     xy = project(layout_path, e.layer_activations.astype(np.float32), est=est)
     h, w = e.layer_attribution.shape
     yy, xx = np.divmod(np.arange(h * w), w)
