@@ -288,8 +288,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     levels = [int(v) for v in args.levels.split(",")] if args.levels else None
     summary = render_cells(cells, out, model, levels=levels, icon_size=args.icon_size, steps=args.steps,
                            attempts=args.attempts, batch_size=args.batch_size, lr=args.lr,
-                           cossim_pow=args.cossim_pow, whiten=True if args.whiten else None, device=args.device,
-                           seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
+                           cossim_pow=args.cossim_pow, icon_view=args.icon_view, whiten=True if args.whiten else None,
+                           device=args.device, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
                            precision=args.precision, compile=args.compile, scheduler=args.scheduler)
     print(summary.describe())
     return 0
@@ -530,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
     s.add_argument("--lr", type=float, default=0.05)
     s.add_argument("--cossim-pow", type=float, default=4.0)
+    s.add_argument("--icon-view", choices=("whole", "notebooks"), default="whole",
+                   help="what the model sees of an icon each step: the whole icon (78 px), or the paper notebooks' "
+                        "50 px window (about 2.2x faster on a CPU, pale borders) [%(default)s]")
     s.add_argument("--whiten", action="store_true",
                    help="whiten directions by the activations' inverse covariance (paper's option)")
     s.add_argument("--seed", type=int, default=0)

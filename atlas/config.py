@@ -86,6 +86,8 @@ class RenderSection:
     cossim_pow: float = 4.0
     whiten: bool = False
     seed: int = 0
+    icon_view: str = "whole"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

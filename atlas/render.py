@@ -88,12 +88,15 @@ __all__ = [
     "DEFAULT_ATTEMPTS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_COSSIM_POW",
+    "DEFAULT_ICON_VIEW",
+    "ICON_VIEWS",
     "DEFAULT_ICON_SIZE",
     "DEFAULT_STEPS",
     "IconBatch",
     "IconBatchResult",
     "RenderSummary",
     "cell_generator",
+    "icon_view_transforms",
     "compile_model",
     "render_icon_batch",
     "render_cells",
@@ -116,6 +119,19 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_COSSIM_POW = 4.0
 #: Adam learning rate (Lucid's default).
 DEFAULT_LR = 0.05
+#: What the model sees of an icon at each step (:func:`icon_view_transforms`).
+DEFAULT_ICON_VIEW = "whole"
+#: ``icon_view`` -> the arguments of :func:`atlas.optvis.icon_transforms`.
+ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "notebooks": {"pad_width": 2, "pad_value": 1.0}}
+
+
+def icon_view_transforms(icon_view: str) -> list[Transform]:
+    """The icon transforms for ``icon_view``: ``"whole"`` (default: a 16 px gray pad, the model sees
+    the whole icon at 78 px of 80) or ``"notebooks"`` (the paper notebooks' 2 px white pad and
+    50 px window: about 2.2x cheaper a step on a CPU, pale and soft borders)."""
+    if icon_view not in ICON_VIEWS:
+        raise ValueError(f"icon_view must be one of {', '.join(repr(v) for v in ICON_VIEWS)}, got {icon_view!r}")
+    return icon_transforms(**ICON_VIEWS[icon_view])
 
 
 def cell_generator(seed: int, size: int, cell_id: int, attempt: int = 0) -> torch.Generator:
@@ -357,6 +373,7 @@ def render_cells(
     cossim_pow: float = DEFAULT_COSSIM_POW,
     whiten: np.ndarray | bool | None = None,
     transforms: Sequence[Transform] | None = None,
+    icon_view: str = DEFAULT_ICON_VIEW,
     device: str | torch.device = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -385,7 +402,10 @@ def render_cells(
             (:func:`atlas.optvis.whitening_matrix`), or True to compute it from the
             ``activations.h5`` the cells came from (:func:`whitening_from_activations`);
             directions become ``v @ whiten`` (the paper's icons are whitened). Default: off.
-        transforms: default :func:`atlas.optvis.icon_transforms`.
+        transforms: default :func:`icon_view_transforms` of ``icon_view``.
+        icon_view: ``"whole"`` (default: the model sees the whole icon, 78 px of 80) or
+            ``"notebooks"`` (the paper notebooks' 50 px window: about 2.2x cheaper a step on a
+            CPU, pale borders).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...; the model is moved there.
         seed: base seed of every cell's generator (see :func:`cell_generator`).
         progress: show a tqdm bar (icons/s).
@@ -437,7 +457,7 @@ def render_cells(
         whiten = whitening_from_activations(source, layer)
     elif whiten is False:
         whiten = None
-    transforms = list(icon_transforms() if transforms is None else transforms)
+    transforms = list(icon_view_transforms(icon_view) if transforms is None else transforms)
     try:
         apply(transforms, torch.zeros(1, 3, icon_size, icon_size), torch.Generator())
     except ValueError as e:

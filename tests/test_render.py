@@ -203,6 +203,8 @@ def test_render_errors_name_the_fix(tmp_path, tiny):
                      transforms=icon_transforms(pad_width=2, pad_value=1.0))
     with pytest.raises(ValueError, match="batch_size"):
         render_cells(cells, tmp_path / "i.h5", tiny, batch_size=0, **FAST)
+    with pytest.raises(ValueError, match="icon_view must be one of 'whole', 'notebooks'"):
+        render_cells(cells, tmp_path / "i.h5", tiny, icon_view="center", **FAST)
     with h5py.File(cells, "r+") as f:
         f.attrs["complete"] = False
     with pytest.raises(ValueError, match="incomplete"):
@@ -251,3 +253,18 @@ def test_icons_point_along_their_cell_direction_more_than_member_photos(tmp_path
     for i, (c, m) in enumerate(zip(cos, member_cos)):
         assert c > m + 0.03, (i, float(c), m)
     assert render_mod.DEFAULT_COSSIM_POW > 0
+
+
+def test_icon_views_show_the_model_the_documented_window(tmp_path, tiny):
+    from atlas.optvis.transform import apply
+    from atlas.render import icon_view_transforms
+
+    x = torch.rand(2, 3, 80, 80)
+    assert apply(icon_view_transforms("whole"), x, torch.Generator()).shape[-1] == 78
+    assert apply(icon_view_transforms("notebooks"), x, torch.Generator()).shape[-1] == 50
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 2})
+    a = render_cells(cells, tmp_path / "a.h5", tiny, **FAST)
+    b = render_cells(cells, tmp_path / "b.h5", tiny, icon_view="notebooks", **FAST)
+    with h5py.File(tmp_path / "a.h5", "r") as fa, h5py.File(tmp_path / "b.h5", "r") as fb:
+        assert fa.attrs["settings_hash"] != fb.attrs["settings_hash"]  # another view is another render
+    assert a.complete and b.complete
