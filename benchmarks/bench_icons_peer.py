@@ -6,7 +6,8 @@ level's kept cells) with
 - ``atlas``: the render stage's defaults (:func:`atlas.render.render_directions`);
 - ``atlas-notebooks``: the same with the paper notebooks' icon transforms (2 px white pad, the
   model sees 50 px; the default before this benchmark) and ``cossim_pow`` 4;
-- ``atlas-powP``: the defaults with ``cossim_pow`` P;
+- ``atlas-powP``: the defaults with ``cossim_pow`` P; ``atlas-bf16``: the defaults under bf16
+  autocast (``--precision bf16``);
 - ``dreamlens`` / ``dreamlens-3``: dreamlens's ``render_icons`` (optional, ``pip install
   dreamlens``) with 1 attempt / its default 3 attempts (best kept), on the same model and layer;
 
@@ -20,7 +21,8 @@ scores every icon the same way:
   for the 80 px icon (``RenderSummary.mean_cossim``);
 - ``sharpness`` (mean absolute Laplacian of the luminance), ``saturation`` (mean HSV
   saturation) and ``contrast`` (standard deviation of the luminance), in [0, 1] pixel units;
-- icons per minute of wall time.
+- icons per minute of wall time, the methods taking turns batch by batch (so that load from
+  other processes slows them alike).
 
     python benchmarks/bench_icons_peer.py runs/real-1m --weights ../shared/models/bvlc_googlenet.pth \\
         --level 20 --cells 64 --steps 128 --threads 2
@@ -71,10 +73,11 @@ def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.nda
 
 
 def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarray, level: int, steps: int,
-                 batch: int, notebooks: bool, cossim_pow: float | None = None) -> torch.Tensor:
+                 batch: int, notebooks: bool, cossim_pow: float | None = None, precision: str = "fp32") -> torch.Tensor:
     kw: dict = dict(transforms=optvis.icon_transforms(pad_width=2, pad_value=1.0), cossim_pow=4.0) if notebooks else {}
     if cossim_pow is not None:
         kw["cossim_pow"] = cossim_pow
+    kw["precision"] = precision
     out = []
     for i in range(0, len(vecs), batch):
         gens = [[cell_generator(0, level, int(c)) for c in ids[i:i + batch]]]
@@ -97,6 +100,7 @@ def render_dreamlens(model: AtlasModel, layer: str, vecs: np.ndarray, steps: int
 
 
 def contact_sheet(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int) -> None:
+    """One row per method; the columns are ``columns`` cells spread evenly over those rendered."""
     size, gap, left = 80, 3, 150
     sheet = Image.new("RGB", (left + columns * (size + gap), len(rows) * (size + gap)), "white")
     draw = ImageDraw.Draw(sheet)
@@ -104,8 +108,9 @@ def contact_sheet(rows: list[tuple[str, torch.Tensor]], path: Path, columns: int
         y = r * (size + gap)
         for line, text in enumerate(name.split("\n")):
             draw.text((4, y + 4 + 12 * line), text, fill="black")
-        arr = optvis.to_uint8(icons[:columns])
-        for c in range(min(columns, len(arr))):
+        pick = np.unique(np.linspace(0, len(icons) - 1, columns).round().astype(int))
+        arr = optvis.to_uint8(icons[pick])
+        for c in range(len(arr)):
             sheet.paste(Image.fromarray(arr[c]), (left + c * (size + gap), y))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
@@ -119,7 +124,8 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=64)
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--methods", default="atlas,atlas-notebooks,dreamlens,dreamlens-3")
+    ap.add_argument("--methods", default="atlas,atlas-notebooks,dreamlens",
+                    help="of atlas, atlas-bf16, atlas-notebooks, atlas-powP, dreamlens, dreamlens-3 [%(default)s]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--columns", type=int, default=12, help="icons per row of the contact sheet")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "icons_peer.json"))
@@ -135,26 +141,40 @@ def main() -> None:
     print(f"# {len(idx)} cells of level {args.level} of {cells} ({layer}); {args.steps} steps, 80 px, "
           f"batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}")
     print(f"{'method':16s} {'cos224':>7s} {'cos_ctr':>7s} {'sharp':>7s} {'satur':>7s} {'contr':>7s} {'icons/min':>9s}")
-    rows, sheet = [], []
-    for method in args.methods.split(","):
-        t0 = time.perf_counter()
-        if method in ("atlas", "atlas-notebooks") or method.startswith("atlas-pow"):
-            icons = render_atlas(model, layer, vecs, ids, args.level, args.steps, args.batch_size,
-                                 notebooks=method == "atlas-notebooks",
-                                 cossim_pow=float(method[9:]) if method.startswith("atlas-pow") else None)
-        elif method.startswith("dreamlens"):
-            try:
-                icons = render_dreamlens(model, layer, vecs, args.steps, args.batch_size,
-                                         attempts=3 if method == "dreamlens-3" else 1)
-            except ImportError as e:
-                print(f"# {method} skipped: {e} (pip install dreamlens)", file=sys.stderr)
-                continue
-        else:
+    methods = args.methods.split(",")
+    for method in methods:
+        if method not in ("atlas", "atlas-bf16", "atlas-notebooks", "dreamlens", "dreamlens-3") \
+                and not method.startswith("atlas-pow"):
             raise SystemExit(f"unknown method {method!r}")
-        sec = time.perf_counter() - t0
+    if any(m.startswith("dreamlens") for m in methods):
+        try:
+            import dreamlens  # noqa: F401
+        except ImportError as e:
+            print(f"# dreamlens skipped: {e} (pip install dreamlens)", file=sys.stderr)
+            methods = [m for m in methods if not m.startswith("dreamlens")]
+    # Batch by batch, every method in turn: load from other processes then slows all methods alike.
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    for i in range(0, len(vecs), args.batch_size):
+        v, c = vecs[i:i + args.batch_size], ids[i:i + args.batch_size]
+        for method in methods:
+            t0 = time.perf_counter()
+            if method.startswith("dreamlens"):
+                icons = render_dreamlens(model, layer, v, args.steps, args.batch_size,
+                                         attempts=3 if method == "dreamlens-3" else 1)
+            else:
+                icons = render_atlas(model, layer, v, c, args.level, args.steps, args.batch_size,
+                                     notebooks=method == "atlas-notebooks",
+                                     cossim_pow=float(method[9:]) if method.startswith("atlas-pow") else None,
+                                     precision="bf16" if method == "atlas-bf16" else "fp32")
+            seconds[method] += time.perf_counter() - t0
+            parts[method].append(icons)
+    rows, sheet = [], []
+    for method in methods:
+        icons = torch.cat(parts[method])
         sc = icon_scores(model, layer, icons, vecs)
-        rate = len(vecs) / sec * 60
-        row = {"method": method, "icons_per_min": rate, "seconds": sec,
+        rate = len(vecs) / seconds[method] * 60
+        row = {"method": method, "icons_per_min": rate, "seconds": seconds[method],
                **{k: float(v.mean()) for k, v in sc.items()}, "per_icon": {k: v.tolist() for k, v in sc.items()}}
         rows.append(row)
         print(f"{method:16s} {row['cos224']:7.3f} {row['cos_center']:7.3f} {row['sharpness']:7.4f} "
