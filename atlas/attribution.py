@@ -319,7 +319,8 @@ class IGOSResult:
     """I-GOS: ``map`` (N, H, W) = 1 - the upsampled mask (high = deleting it hurts the class),
     ``mask`` (N, s, s) the optimized low-resolution mask (1 keeps the pixel, 0 replaces it by
     the baseline), ``losses`` the objective per image at the start and after each iteration
-    (iterations + 1 rows of N values) and ``steps`` the line-search step taken at each iteration."""
+    (iterations + 1 rows of N values) and ``steps`` the line-search step taken at each iteration
+    (0 where none lowered the objective)."""
 
     map: torch.Tensor
     mask: torch.Tensor
@@ -346,8 +347,9 @@ def igos(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None =
     cells. Gaussian noise of std ``noise`` is added to the path images of the gradient (as the
     authors do) but not to the line search. Each of the ``iterations`` descends along the summed
     gradient with a backtracking line search: start at ``step``, multiply by ``decay`` until
-    the objective falls by at least ``armijo * step * |grad|^2`` (or the step is below
-    ``min_step``), and clip the mask to [0, 1]. ``insertion=False`` keeps only the deletion term.
+    the objective falls by at least ``armijo * step * |grad|^2`` (below ``min_step``, the last
+    step is taken only if it lowers the objective at all, else the mask stays), and clip the mask
+    to [0, 1]. ``insertion=False`` keeps only the deletion term.
     Defaults follow the authors' code where it has them (L1 weight 1, TV weight 20, 28 x 28 mask,
     first step 8, decay 0.2, Armijo constant 1e-4, smallest step 1e-5).
 
@@ -407,11 +409,15 @@ def igos(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None =
             while True:
                 trial = (masks[i:i + 1] - alpha * grad).clamp(0, 1)
                 value = objective(i, trial)
-                if value <= current[i] - armijo * alpha * sq or alpha * decay < min_step:
+                if value <= current[i] - armijo * alpha * sq:
+                    break
+                if alpha * decay < min_step:  # no step decreases the objective enough
+                    alpha = alpha if value < current[i] else 0.0
                     break
                 alpha *= decay
-            masks[i:i + 1] = trial
-            current[i] = value
+            if alpha > 0:
+                masks[i:i + 1] = trial
+                current[i] = value
             steps[-1].append(alpha)
         losses.append(list(current))
     heat = 1 - F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=True)[:, 0]
