@@ -110,7 +110,6 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
     assert bad.returncode == 2 and "unknown gradcam" in bad.stderr and "grad_cam_pp" in bad.stderr
 
 
-@pytest.mark.slow
 def test_evaluate_scores_the_new_methods_with_per_photo_values(model, tmp_path):
     from atlas.explain import evaluate_methods
 
