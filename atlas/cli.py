@@ -87,11 +87,23 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.explain import evaluate_methods, explain_figure, explain_photo
+    from atlas.attribution import METHODS
+    from atlas.explain import ALL_METHODS, DEFAULT_METHODS, evaluate_methods, explain_figure, explain_photo
     from atlas.models import load_model
 
+    if args.methods in (None, "default"):
+        methods = DEFAULT_METHODS
+    elif args.methods == "all":
+        methods = ALL_METHODS
+    else:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}, "
+                         "or 'all' / 'default'")
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
-    methods = tuple(args.methods.split(","))
+    extra = dict(occlusion_patch=args.occlusion_patch, occlusion_stride=args.occlusion_stride,
+                 igos_iterations=args.igos_iterations, igos_steps=args.igos_steps)
     if args.evaluate:
         from atlas.data import open_source
 
@@ -99,7 +111,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         refs = src.refs()[: args.limit]
         paths = [p for p in (src.path(r) for r in refs) if p is not None]  # tar members have no path
         scores = evaluate_methods(model, paths, methods=methods, layer=args.gradcam_layer or args.layer,
-                                  ig_steps=args.ig_steps, steps=args.curve_steps, progress=not args.quiet)
+                                  ig_steps=args.ig_steps, steps=args.curve_steps, progress=not args.quiet, **extra)
         print(f"{scores.photos} photos, {model.name}, top-1 class; random map = floor to beat")
         print(scores.table())
         if scores.ig_completeness_error is not None:
@@ -107,7 +119,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   f"{100 * scores.ig_completeness_error:.2f}%")
         return 0
     e = explain_photo(model, args.photo, target=args.target, layer=args.layer, methods=methods,
-                      gradcam_layer=args.gradcam_layer, ig_steps=args.ig_steps, smooth=args.smoothgrad)
+                      gradcam_layer=args.gradcam_layer, ig_steps=args.ig_steps, smooth=args.smoothgrad, **extra)
     placement = None
     if args.atlas:
         from atlas.explain import place_on_atlas
@@ -651,9 +663,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--class", dest="target", default=None, help="class name, WordNet id or index [top-1]")
     s.add_argument("--layer", default="inception4c", help="layer for the per-position attribution [%(default)s]")
-    s.add_argument("--gradcam-layer", default=None, help="layer for Grad-CAM [--layer]")
-    s.add_argument("--methods", default="saliency,guided_backprop,grad_cam,integrated_gradients")
+    s.add_argument("--gradcam-layer", default=None, help="layer for Grad-CAM and Grad-CAM++ [--layer]")
+    s.add_argument("--methods", default=None,
+                   help="comma-separated: saliency, guided_backprop, deconvnet, grad_cam, grad_cam_pp, cam, "
+                        "integrated_gradients, occlusion, igos; 'all' for every one [all but occlusion, igos]")
     s.add_argument("--ig-steps", type=int, default=32, help="integrated gradients steps [%(default)s]")
+    s.add_argument("--occlusion-patch", type=int, default=32, help="occlusion square side in pixels [%(default)s]")
+    s.add_argument("--occlusion-stride", type=int, default=16, help="occlusion stride in pixels [%(default)s]")
+    s.add_argument("--igos-iterations", type=int, default=10, help="I-GOS optimization steps [%(default)s]")
+    s.add_argument("--igos-steps", type=int, default=10, help="I-GOS integrated-gradient steps [%(default)s]")
     s.add_argument("--smoothgrad", action="store_true", help="average gradient maps over noisy copies")
     s.add_argument("-o", "--out", default=None, help="figure to write [PHOTO-explain.png]")
     s.add_argument("--atlas", default=None, metavar="RUN_DIR",

@@ -34,7 +34,67 @@ from atlas.resources import class_index
 
 log = logging.getLogger(__name__)
 
-DEFAULT_METHODS = ("saliency", "guided_backprop", "grad_cam", "integrated_gradients")
+DEFAULT_METHODS = ("saliency", "guided_backprop", "deconvnet", "grad_cam", "grad_cam_pp", "cam",
+                   "integrated_gradients")
+"""The methods that take about a second or less a photo on a CPU (IG: ``ig_steps`` backward passes)."""
+
+ALL_METHODS = (*DEFAULT_METHODS, "occlusion", "igos")
+"""Every method; occlusion and I-GOS cost tens to hundreds of forward passes a photo."""
+
+SMOOTHABLE = ("saliency", "guided_backprop", "deconvnet")
+"""The gradient maps that ``smooth`` (SmoothGrad) averages over noisy copies."""
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Settings of the methods that have any: Grad-CAM / Grad-CAM++ layer (CAM finds its own),
+    integrated-gradient steps, occlusion patch and stride (pixels), and I-GOS iterations,
+    integrated-gradient steps and mask side. ``seed`` seeds SmoothGrad's and I-GOS's noise."""
+
+    gradcam_layer: str = "inception4e"
+    ig_steps: int = 32
+    occlusion_patch: int = 32
+    occlusion_stride: int = 16
+    igos_iterations: int = 10
+    igos_steps: int = 10
+    igos_size: int = 28
+    seed: int = 0
+
+    def describe(self, methods: Sequence[str]) -> str:
+        """The settings that matter for ``methods``, for a table caption."""
+        parts = []
+        if {"grad_cam", "grad_cam_pp"} & set(methods):
+            parts.append(f"Grad-CAM(++) at {self.gradcam_layer}")
+        if "integrated_gradients" in methods:
+            parts.append(f"IG {self.ig_steps} steps")
+        if "occlusion" in methods:
+            parts.append(f"occlusion patch {self.occlusion_patch} stride {self.occlusion_stride}")
+        if "igos" in methods:
+            parts.append(f"I-GOS {self.igos_iterations} iterations x {self.igos_steps} IG steps, "
+                         f"{self.igos_size}x{self.igos_size} mask")
+        return ", ".join(parts)
+
+
+def method_map(model: AtlasModel, x: torch.Tensor, target: int, method: str, settings: MethodSettings,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, float | None]:
+    """One attribution map (1, H, W) of ``x`` (1, 3, H, W) for class ``target`` with ``method``
+    and ``settings``; also integrated gradients' completeness error (None for other methods)."""
+    t = torch.tensor([target], device=x.device)
+    if method == "integrated_gradients":
+        ig = attr.integrated_gradients(model, x, t, steps=settings.ig_steps)
+        return ig.map.abs(), float(ig.completeness_error[0])
+    if method == "grad_cam":
+        return attr.grad_cam(model, x, t, layer=settings.gradcam_layer), None
+    if method == "grad_cam_pp":
+        return attr.grad_cam_pp(model, x, t, layer=settings.gradcam_layer), None
+    if method == "occlusion":
+        return attr.occlusion(model, x, t, patch=settings.occlusion_patch, stride=settings.occlusion_stride), None
+    if method == "igos":
+        return attr.igos(model, x, t, iterations=settings.igos_iterations, ig_steps=settings.igos_steps,
+                         size=settings.igos_size, generator=generator).map, None
+    if method not in attr.METHODS:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(attr.METHODS)}")
+    return attr.METHODS[method](model, x, t), None
 
 
 @dataclass
@@ -93,11 +153,14 @@ def layer_position_attribution(model: AtlasModel, x: torch.Tensor, target: int, 
 def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | str | None = None,
                   layer: str = "inception4c", methods: Sequence[str] = DEFAULT_METHODS,
                   gradcam_layer: str | None = None, ig_steps: int = 32, smooth: bool = False,
-                  smooth_samples: int = 16, seed: int = 0) -> Explanation:
+                  smooth_samples: int = 16, seed: int = 0, occlusion_patch: int = 32, occlusion_stride: int = 16,
+                  igos_iterations: int = 10, igos_steps: int = 10) -> Explanation:
     """Attribution maps of ``photo`` for ``target`` (index, class name or None = top-1).
 
-    ``gradcam_layer`` defaults to ``layer``. With ``smooth``, saliency and guided backprop are
-    averaged over ``smooth_samples`` noisy copies (SmoothGrad).
+    ``methods``: names of :data:`atlas.attribution.METHODS` (:data:`ALL_METHODS` for every one).
+    ``gradcam_layer`` (Grad-CAM and Grad-CAM++) defaults to ``layer``; CAM uses the layer that
+    the classifier pools. With ``smooth``, the gradient maps (saliency, guided backprop,
+    deconvnet) are averaged over ``smooth_samples`` noisy copies (SmoothGrad).
     """
     unknown = [m for m in methods if m not in attr.METHODS]
     if unknown:
@@ -113,22 +176,21 @@ def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | 
         t = class_index(target, names)
     else:
         t = int(target)
+    settings = MethodSettings(gradcam_layer=gradcam_layer or layer, ig_steps=ig_steps, occlusion_patch=occlusion_patch,
+                              occlusion_stride=occlusion_stride, igos_iterations=igos_iterations,
+                              igos_steps=igos_steps, seed=seed)
     maps: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
     ig_err = None
     gen = torch.Generator().manual_seed(seed)
     for m in methods:
         t0 = time.perf_counter()
-        if m == "integrated_gradients":
-            ig = attr.integrated_gradients(model, x, t, steps=ig_steps)
-            maps[m] = ig.map[0].abs().cpu().numpy()
-            ig_err = float(ig.completeness_error[0])
-        elif m == "grad_cam":
-            maps[m] = attr.grad_cam(model, x, t, layer=gradcam_layer or layer)[0].cpu().numpy()
-        elif smooth:
-            maps[m] = attr.smoothgrad(attr.METHODS[m], model, x, t, samples=smooth_samples, generator=gen)[0].cpu().numpy()
+        if smooth and m in SMOOTHABLE:
+            amap = attr.smoothgrad(attr.METHODS[m], model, x, t, samples=smooth_samples, generator=gen)
         else:
-            maps[m] = attr.METHODS[m](model, x, torch.tensor([t]))[0].cpu().numpy()
+            amap, err = method_map(model, x, t, m, settings, gen)
+            ig_err = err if err is not None else ig_err
+        maps[m] = amap[0].cpu().numpy()
         seconds[m] = time.perf_counter() - t0
     la, vecs = layer_position_attribution(model, x, t, layer)
     return Explanation(str(photo), t, names[t], x[0].cpu(), probs, maps, layer, la, vecs, ig_err, seconds)
@@ -147,16 +209,19 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
     names = class_names or [str(i) for i in range(len(e.probs))]
     img = e.image.permute(1, 2, 0).numpy()
     panels = ["photo", *e.maps, "layer"]
+    ncols = min(len(panels) + 1, 6)  # the probability bars take the last cell
+    nrows = -(-(len(panels) + 1) // ncols)
+    atlas_rows = 0 if placement is None else 2  # a taller row: the atlas with the photo's points
+    fig = plt.figure(figsize=(3.1 * ncols, 3.6 * nrows + 3.2 * atlas_rows))
+    grid = fig.add_gridspec(nrows + (1 if atlas_rows else 0), ncols,
+                            height_ratios=[1] * nrows + ([atlas_rows] if atlas_rows else []))
+    cells = [grid[i // ncols, i % ncols] for i in range(len(panels) + 1)]
+    axes = [fig.add_subplot(c) for c in cells[:len(panels)]]
     if placement is None:
-        fig, row = plt.subplots(1, len(panels) + 1, figsize=(3.1 * (len(panels) + 1), 3.6))
-        axes, bars = list(row[:-1]), row[-1]
-    else:  # a second, taller row: the atlas with the photo's points, and the probabilities
-        n = len(panels)
-        fig = plt.figure(figsize=(3.1 * n, 3.6 + 6.4))
-        grid = fig.add_gridspec(2, n, height_ratios=[1, 2])
-        axes = [fig.add_subplot(grid[0, i]) for i in range(n)]
-        _atlas_panel(fig.add_subplot(grid[1, : n - 2]), placement)
-        bars = fig.add_subplot(grid[1, n - 2:])
+        bars = fig.add_subplot(cells[len(panels)])
+    else:
+        _atlas_panel(fig.add_subplot(grid[nrows, : max(1, ncols - 2)]), placement)
+        bars = fig.add_subplot(grid[nrows, max(1, ncols - 2):])
     for ax, name in zip(axes, panels):
         ax.axis("off")
         ax.imshow(img)
@@ -174,7 +239,7 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
             m = np.clip((m - m.min()) / (hi - m.min() or 1.0), 0, 1)
             ax.imshow(img * 0.35)
             ax.imshow(m, cmap="inferno", alpha=0.75)
-            title = name.replace("_", " ")
+            title = _TITLES.get(name, name.replace("_", " "))
             if name == "integrated_gradients" and e.ig_completeness_error is not None:
                 title += f"\ncompleteness err {100 * e.ig_completeness_error:.1f}%"
             ax.set_title(title, fontsize=9)
@@ -190,6 +255,10 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+_TITLES = {"grad_cam": "Grad-CAM", "grad_cam_pp": "Grad-CAM++", "cam": "CAM", "igos": "I-GOS",
+           "integrated_gradients": "integrated gradients", "guided_backprop": "guided backprop"}
 
 
 def _atlas_panel(ax, placement: AtlasPlacement) -> None:
@@ -369,13 +438,17 @@ def _write_json(path: Path, doc: dict) -> None:
 @dataclass
 class MethodScores:
     """Per method: mean deletion AUC (lower is better), mean insertion AUC (higher is better),
-    mean seconds per photo, and the number of photos."""
+    mean seconds per photo (the map only, not its curves), the number of photos, and the AUCs of
+    every photo (``per_photo_deletion`` / ``per_photo_insertion``: method -> list, photo order)
+    for paired comparisons."""
 
     deletion_auc: dict[str, float]
     insertion_auc: dict[str, float]
     seconds: dict[str, float]
     photos: int
     ig_completeness_error: float | None = None
+    per_photo_deletion: dict[str, list[float]] = field(default_factory=dict)
+    per_photo_insertion: dict[str, list[float]] = field(default_factory=dict)
 
     def table(self) -> str:
         rows = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) | s / photo |",
@@ -384,14 +457,36 @@ class MethodScores:
             rows.append(f"| {m} | {self.deletion_auc[m]:.3f} | {self.insertion_auc[m]:.3f} | {self.seconds[m]:.2f} |")
         return "\n".join(rows)
 
+    def paired(self, a: str, b: str, curve: str = "deletion") -> tuple[float, float, float, float]:
+        """Photo by photo ``AUC(a) - AUC(b)`` on ``curve`` ("deletion" or "insertion"): the mean,
+        its 95% interval (normal approximation, 1.96 standard errors) and the fraction of photos
+        where ``a`` has the lower AUC."""
+        per = {"deletion": self.per_photo_deletion, "insertion": self.per_photo_insertion}.get(curve)
+        if per is None:
+            raise ValueError(f"curve must be 'deletion' or 'insertion', not {curve!r}")
+        missing = [m for m in (a, b) if m not in per]
+        if missing:
+            raise ValueError(f"no per-photo scores of {missing}; evaluated: {', '.join(per)}")
+        d = np.asarray(per[a]) - np.asarray(per[b])
+        half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        return float(d.mean()), float(d.mean() - half), float(d.mean() + half), float((d < 0).mean())
+
 
 def evaluate_methods(model: AtlasModel, photos: Sequence[str | os.PathLike], *,
                      methods: Sequence[str] = DEFAULT_METHODS, layer: str = "inception4e",
-                     steps: int = 16, ig_steps: int = 32, progress: bool = True) -> MethodScores:
-    """Deletion / insertion AUC of each method over ``photos`` for the model's top-1 class,
-    with a random map as the floor to beat."""
+                     steps: int = 16, ig_steps: int = 32, occlusion_patch: int = 32, occlusion_stride: int = 16,
+                     igos_iterations: int = 10, igos_steps: int = 10, progress: bool = True) -> MethodScores:
+    """Deletion / insertion AUC (``steps`` steps, :func:`atlas.attribution.deletion_insertion`)
+    of each method over ``photos`` for the model's top-1 class, with a random map as the floor
+    to beat. ``layer``: Grad-CAM's and Grad-CAM++'s; the other settings as in :func:`explain_photo`."""
     from tqdm.auto import tqdm
 
+    unknown = [m for m in methods if m not in attr.METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; available: {', '.join(attr.METHODS)}")
+    settings = MethodSettings(gradcam_layer=layer, ig_steps=ig_steps, occlusion_patch=occlusion_patch,
+                              occlusion_stride=occlusion_stride, igos_iterations=igos_iterations,
+                              igos_steps=igos_steps)
     dele: dict[str, list[float]] = {m: [] for m in [*methods, "random"]}
     ins: dict[str, list[float]] = {m: [] for m in dele}
     secs: dict[str, list[float]] = {m: [] for m in dele}
@@ -405,21 +500,17 @@ def evaluate_methods(model: AtlasModel, photos: Sequence[str | os.PathLike], *,
             t0 = time.perf_counter()
             if m == "random":
                 amap = torch.rand(x.shape[-2:], generator=gen)[None]
-            elif m == "grad_cam":
-                amap = attr.grad_cam(model, x, t, layer=layer)
-            elif m == "integrated_gradients":
-                ig = attr.integrated_gradients(model, x, t, steps=ig_steps)
-                ig_errs.append(float(ig.completeness_error[0]))
-                amap = ig.map.abs()
             else:
-                amap = attr.METHODS[m](model, x, torch.tensor([t]))
+                amap, err = method_map(model, x, t, m, settings, gen)
+                if err is not None:
+                    ig_errs.append(err)
             secs[m].append(time.perf_counter() - t0)
             c = attr.deletion_insertion(model, x, amap.to(x.device), torch.tensor([t]), steps=steps)
             dele[m].append(float(c.deletion_auc[0]))
             ins[m].append(float(c.insertion_auc[0]))
     mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
     return MethodScores(mean(dele), mean(ins), mean(secs), len(photos),
-                        float(np.mean(ig_errs)) if ig_errs else None)
+                        float(np.mean(ig_errs)) if ig_errs else None, dele, ins)
 
 
 def save_image(t: torch.Tensor, path: str | os.PathLike) -> None:

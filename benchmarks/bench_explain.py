@@ -1,11 +1,18 @@
 """Attribution methods on real photos: deletion / insertion AUC per method and time per photo.
 
-    python benchmarks/bench_explain.py --images DIR --weights bvlc_googlenet.pth [--limit 100]
+    python benchmarks/bench_explain.py --images DIR --weights bvlc_googlenet.pth [--limit 100] [--first]
+        [--methods all] [--occlusion-stride 32] [--igos-iterations 4 --igos-steps 4]
 
-Takes every ``len(photos) / limit``-th photo (so classes spread over ImageNet), explains the
-model's top-1 class with each method, and prints a Markdown table (deletion AUC: lower is
-better; insertion AUC: higher is better; a random map is the floor) plus integrated gradients'
-mean completeness error. The same as ``atlas explain --evaluate DIR``.
+Takes every ``len(photos) / limit``-th photo (so classes spread over ImageNet; ``--first``: the
+first ``limit`` in file order), explains the model's top-1 class with each method, and prints a
+Markdown table (deletion AUC: lower is better; insertion AUC: higher is better; a random map is
+the floor) plus integrated gradients' mean completeness error and, when I-GOS ran, its paired
+deletion / insertion differences against integrated gradients and Grad-CAM (the I-GOS paper's
+claim). The same as ``atlas explain --evaluate DIR``.
+
+Long runs: ``--offset K`` skips the first K selected photos (so two processes can take halves),
+``--json OUT`` is rewritten after every ``--chunk`` photos, and ``--merge A.json B.json ...``
+prints the table of several such files together.
 """
 
 from __future__ import annotations
@@ -18,34 +25,87 @@ from pathlib import Path
 
 import torch
 
-from atlas.explain import DEFAULT_METHODS, evaluate_methods
+import numpy as np
+
+from atlas.explain import ALL_METHODS, DEFAULT_METHODS, MethodScores, MethodSettings, evaluate_methods
 from atlas.models import load_model
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", required=True)
-    ap.add_argument("--weights", required=True)
+    ap.add_argument("--images")
+    ap.add_argument("--weights")
+    ap.add_argument("--offset", type=int, default=0, help="skip the first K selected photos")
+    ap.add_argument("--chunk", type=int, default=10, help="photos between two writes of --json")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="print the table of these results")
     ap.add_argument("--limit", type=int, default=100)
+    ap.add_argument("--first", action="store_true", help="the first LIMIT photos instead of every n-th")
+    ap.add_argument("--methods", default="default", help="comma-separated, 'default' or 'all'")
+    ap.add_argument("--occlusion-patch", type=int, default=32)
+    ap.add_argument("--occlusion-stride", type=int, default=16)
+    ap.add_argument("--igos-iterations", type=int, default=10)
+    ap.add_argument("--igos-steps", type=int, default=10)
     ap.add_argument("--layer", default="inception4e", help="Grad-CAM layer [%(default)s]")
     ap.add_argument("--ig-steps", type=int, default=32)
     ap.add_argument("--curve-steps", type=int, default=16)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
+    if args.merge:
+        scores = merge([MethodScores(**json.loads(Path(f).read_text())) for f in args.merge])
+        print(f"{scores.photos} photos from {len(args.merge)} files")
+        report(scores, list(scores.deletion_auc))
+        return 0
+    if not (args.images and args.weights):
+        ap.error("--images and --weights are needed (or --merge)")
     photos = sorted(p.resolve() for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    photos = photos[:: max(1, len(photos) // args.limit)][: args.limit]
+    photos = photos[: args.limit] if args.first else photos[:: max(1, len(photos) // args.limit)][: args.limit]
+    photos = photos[args.offset:]
+    methods = {"default": DEFAULT_METHODS, "all": ALL_METHODS}.get(args.methods) or tuple(args.methods.split(","))
     model = load_model("inceptionv1", weights=args.weights, device="cpu")
+    settings = MethodSettings(gradcam_layer=args.layer, ig_steps=args.ig_steps, occlusion_patch=args.occlusion_patch,
+                              occlusion_stride=args.occlusion_stride, igos_iterations=args.igos_iterations,
+                              igos_steps=args.igos_steps)
     t0 = time.perf_counter()
-    scores = evaluate_methods(model, photos, methods=DEFAULT_METHODS, layer=args.layer,
-                              steps=args.curve_steps, ig_steps=args.ig_steps)
-    print(f"{scores.photos} photos, InceptionV1 (BVLC), top-1 class, Grad-CAM at {args.layer}, "
-          f"IG {args.ig_steps} steps, {args.curve_steps} curve steps, torch {torch.__version__}, "
+    parts = []
+    for start in range(0, len(photos), args.chunk):
+        parts.append(evaluate_methods(model, photos[start:start + args.chunk], methods=methods, layer=args.layer,
+                                      steps=args.curve_steps, ig_steps=args.ig_steps,
+                                      occlusion_patch=args.occlusion_patch, occlusion_stride=args.occlusion_stride,
+                                      igos_iterations=args.igos_iterations, igos_steps=args.igos_steps))
+        scores = merge(parts)
+        if args.json:
+            Path(args.json).write_text(json.dumps(scores.__dict__, indent=1))
+    print(f"{scores.photos} photos ({'first' if args.first else 'spread'}, offset {args.offset}), InceptionV1 (BVLC), "
+          f"top-1 class, {settings.describe(methods)}, {args.curve_steps} curve steps, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {time.perf_counter() - t0:.0f} s in all")
-    print(scores.table())
-    print(f"integrated gradients mean completeness error: {100 * scores.ig_completeness_error:.2f}%")
-    if args.json:
-        Path(args.json).write_text(json.dumps(scores.__dict__, indent=1))
+    report(scores, methods)
     return 0
+
+
+def merge(parts: list[MethodScores]) -> MethodScores:
+    """One :class:`MethodScores` of several runs over different photos (means weighted by photos)."""
+    n = sum(p.photos for p in parts)
+    per_del = {m: [v for p in parts for v in p.per_photo_deletion[m]] for m in parts[0].per_photo_deletion}
+    per_ins = {m: [v for p in parts for v in p.per_photo_insertion[m]] for m in parts[0].per_photo_insertion}
+    secs = {m: sum(p.seconds[m] * p.photos for p in parts) / n for m in parts[0].seconds}
+    errs = [(p.ig_completeness_error, p.photos) for p in parts if p.ig_completeness_error is not None]
+    err = sum(e * k for e, k in errs) / sum(k for _, k in errs) if errs else None
+    mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
+    return MethodScores(mean(per_del), mean(per_ins), secs, n, err, per_del, per_ins)
+
+
+def report(scores: MethodScores, methods) -> None:
+    print(scores.table())
+    if scores.ig_completeness_error is not None:
+        print(f"integrated gradients mean completeness error: {100 * scores.ig_completeness_error:.2f}%")
+    if "igos" in methods:
+        for other in ("integrated_gradients", "grad_cam"):
+            if other not in methods:
+                continue
+            for curve in ("deletion", "insertion"):
+                d, lo, hi, lower = scores.paired("igos", other, curve)
+                print(f"I-GOS - {other}, {curve} AUC per photo: mean {d:+.4f} (95% interval {lo:+.4f} .. {hi:+.4f}); "
+                      f"I-GOS lower on {100 * lower:.0f}% of photos")
 
 
 if __name__ == "__main__":

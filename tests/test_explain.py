@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atlas.explain import explain_figure, explain_photo, layer_position_attribution
+from atlas.explain import ALL_METHODS, DEFAULT_METHODS, explain_figure, explain_photo, layer_position_attribution
 from atlas.models import load_model
 
 
@@ -28,12 +28,25 @@ def photo(tmp_path):
 def test_explain_photo_and_figure(model, photo, tmp_path):
     e = explain_photo(model, photo, target="snorkel", ig_steps=4)
     assert e.target == 801 and e.target_name == "snorkel"
-    assert set(e.maps) == {"saliency", "guided_backprop", "grad_cam", "integrated_gradients"}
+    assert set(e.maps) == set(DEFAULT_METHODS)
     assert all(m.shape == (224, 224) for m in e.maps.values())
     assert e.layer_attribution.shape == (14, 14) and e.layer_activations.shape == (196, 512)
     out = explain_figure(e, tmp_path / "fig.png", model.class_names)
     with Image.open(out) as im:
         assert im.size[0] > 1000
+
+
+def test_every_method_in_the_figure(model, photo, tmp_path):
+    e = explain_photo(model, photo, methods=ALL_METHODS, ig_steps=2, occlusion_patch=112, occlusion_stride=112,
+                      igos_iterations=1, igos_steps=1)
+    assert list(e.maps) == list(ALL_METHODS) and set(e.seconds) == set(ALL_METHODS)
+    assert all(m.shape == (224, 224) and np.isfinite(m).all() for m in e.maps.values())
+    assert len(np.unique(e.maps["occlusion"])) <= 4  # four 112-pixel squares, no overlap
+    out = explain_figure(e, tmp_path / "all.png", model.class_names)
+    with Image.open(out) as im:
+        assert im.size[1] > 700  # two rows of panels
+    with pytest.raises(ValueError, match="unknown methods.*igos"):
+        explain_photo(model, photo, methods=("i-gos",))
 
 
 def test_layer_attribution_sums_like_the_gradient_times_input(model, photo):
@@ -92,6 +105,29 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| saliency |" in r.stdout and "| grad_cam |" in r.stdout and "| random |" in r.stdout
     assert r.stdout.startswith("2 photos")
+    bad = subprocess.run([sys.executable, "-m", "atlas", "explain", str(photos), "--evaluate", "--random-init",
+                          "--methods", "saliency,gradcam"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown gradcam" in bad.stderr and "grad_cam_pp" in bad.stderr
+
+
+def test_evaluate_scores_the_new_methods_with_per_photo_values(model, tmp_path):
+    from atlas.explain import evaluate_methods
+
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"q{i}.png")
+        Image.fromarray(rng.integers(0, 256, (90, 90, 3), dtype=np.uint8)).save(paths[-1])
+    s = evaluate_methods(model, paths, methods=("cam", "igos"), steps=1,
+                         igos_iterations=1, igos_steps=1, progress=False)
+    assert list(s.deletion_auc) == ["cam", "igos", "random"]
+    assert all(len(v) == 2 for v in s.per_photo_deletion.values())
+    assert np.isclose(s.deletion_auc["cam"], np.mean(s.per_photo_deletion["cam"]))
+    d, lo, hi, lower = s.paired("igos", "cam")
+    diffs = np.subtract(s.per_photo_deletion["igos"], s.per_photo_deletion["cam"])
+    assert np.isclose(d, diffs.mean()) and lo <= d <= hi and lower == np.mean(diffs < 0)
+    with pytest.raises(ValueError, match="no per-photo scores of \\['occlusion'\\]"):
+        s.paired("occlusion", "cam")
 
 
 # ---- the photo on an atlas -----------------------------------------------------------------
