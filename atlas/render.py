@@ -122,13 +122,16 @@ DEFAULT_LR = 0.05
 #: What the model sees of an icon at each step (:func:`icon_view_transforms`).
 DEFAULT_ICON_VIEW = "whole"
 #: ``icon_view`` -> the arguments of :func:`atlas.optvis.icon_transforms`.
-ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "notebooks": {"pad_width": 2, "pad_value": 1.0}}
+ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "wide": {"pad_width": 8, "pad_value": 0.5},
+              "notebooks": {"pad_width": 2, "pad_value": 1.0}}
 
 
 def icon_view_transforms(icon_view: str) -> list[Transform]:
     """The icon transforms for ``icon_view``: ``"whole"`` (default: a 16 px gray pad, the model sees
-    the whole icon at 78 px of 80) or ``"notebooks"`` (the paper notebooks' 2 px white pad and
-    50 px window: about 2.2x cheaper a step on a CPU, pale and soft borders)."""
+    the whole icon at 78 px of 80), ``"wide"`` (an 8 px gray pad, a 62 px window) or
+    ``"notebooks"`` (the paper notebooks' 2 px white pad and 50 px window: about 2.1x cheaper a
+    step than ``whole`` on a CPU, pale and soft borders). Measured in ``benchmarks/README.md``,
+    "Icons side by side with dreamlens"."""
     if icon_view not in ICON_VIEWS:
         raise ValueError(f"icon_view must be one of {', '.join(repr(v) for v in ICON_VIEWS)}, got {icon_view!r}")
     return icon_transforms(**ICON_VIEWS[icon_view])
@@ -403,9 +406,9 @@ def render_cells(
             ``activations.h5`` the cells came from (:func:`whitening_from_activations`);
             directions become ``v @ whiten`` (the paper's icons are whitened). Default: off.
         transforms: default :func:`icon_view_transforms` of ``icon_view``.
-        icon_view: ``"whole"`` (default: the model sees the whole icon, 78 px of 80) or
-            ``"notebooks"`` (the paper notebooks' 50 px window: about 2.2x cheaper a step on a
-            CPU, pale borders).
+        icon_view: ``"whole"`` (default: the model sees the whole icon, 78 px of 80), ``"wide"``
+            (62 px) or ``"notebooks"`` (the paper notebooks' 50 px window: about 2.1x cheaper a
+            step on a CPU, pale borders); see :func:`icon_view_transforms`.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...; the model is moved there.
         seed: base seed of every cell's generator (see :func:`cell_generator`).
         progress: show a tqdm bar (icons/s).

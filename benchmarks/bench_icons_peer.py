@@ -4,10 +4,10 @@ Renders the icons of ``--cells`` cells of one grid level of a run (evenly spaced
 level's kept cells) with
 
 - ``atlas``: the render stage's defaults (:func:`atlas.render.render_directions`);
-- ``atlas-notebooks``: the same with the paper notebooks' icon transforms (2 px white pad, the
-  model sees 50 px; the default before this benchmark) and ``cossim_pow`` 4;
-- ``atlas-powP``: the defaults with ``cossim_pow`` P; ``atlas-bf16``: the defaults under bf16
-  autocast (``--precision bf16``);
+- ``atlas-VIEW``: another ``icon_view`` (:data:`atlas.render.ICON_VIEWS`): ``whole`` (16 px gray
+  pad, the model sees 78 px), ``wide`` (8 px, 62 px), ``notebooks`` (the paper notebooks' 2 px
+  white pad and 50 px window, the default before this benchmark); ``-powP`` appends another
+  ``cossim_pow``, ``-bf16`` bf16 autocast (``--precision bf16``), e.g. ``atlas-wide-bf16``;
 - ``dreamlens`` / ``dreamlens-3``: dreamlens's ``render_icons`` (optional, ``pip install
   dreamlens``) with 1 attempt / its default 3 attempts (best kept), on the same model and layer;
 
@@ -46,7 +46,8 @@ from PIL import Image, ImageDraw
 
 from atlas import optvis
 from atlas.models import AtlasModel, capture, load_model
-from atlas.render import DEFAULT_COSSIM_POW, _center_cossim, cell_generator, render_directions
+from atlas.render import (DEFAULT_COSSIM_POW, DEFAULT_ICON_VIEW, ICON_VIEWS, _center_cossim, cell_generator,
+                          icon_view_transforms, render_directions)
 from atlas.store.cells import cells_attrs, read_cells
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,17 +74,37 @@ def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.nda
 
 
 def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarray, level: int, steps: int,
-                 batch: int, notebooks: bool, cossim_pow: float | None = None, precision: str = "fp32") -> torch.Tensor:
-    kw: dict = dict(transforms=optvis.icon_transforms(pad_width=2, pad_value=1.0), cossim_pow=4.0) if notebooks else {}
+                 batch: int, view: str | None = None, cossim_pow: float | None = None,
+                 precision: str = "fp32") -> torch.Tensor:
+    kw: dict = {"precision": precision}
+    if view is not None:
+        kw["transforms"] = icon_view_transforms(view)
     if cossim_pow is not None:
         kw["cossim_pow"] = cossim_pow
-    kw["precision"] = precision
     out = []
     for i in range(0, len(vecs), batch):
         gens = [[cell_generator(0, level, int(c)) for c in ids[i:i + batch]]]
         icons, _ = render_directions(model, layer, vecs[i:i + batch], gens, steps=steps, **kw)
         out.append(icons)
     return torch.cat(out)
+
+
+def atlas_method(name: str) -> dict | None:
+    """``atlas[-VIEW][-powP][-bf16]`` -> keyword arguments of :func:`render_atlas`, None if not one."""
+    parts = name.split("-")
+    if parts[0] != "atlas":
+        return None
+    kw: dict = {}
+    for part in parts[1:]:
+        if part in ICON_VIEWS:
+            kw["view"] = part
+        elif part == "bf16":
+            kw["precision"] = "bf16"
+        elif part.startswith("pow"):
+            kw["cossim_pow"] = float(part[3:])
+        else:
+            return None
+    return kw
 
 
 def render_dreamlens(model: AtlasModel, layer: str, vecs: np.ndarray, steps: int, batch: int,
@@ -125,7 +146,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--methods", default="atlas,atlas-notebooks,dreamlens",
-                    help="of atlas, atlas-bf16, atlas-notebooks, atlas-powP, dreamlens, dreamlens-3 [%(default)s]")
+                    help="atlas[-VIEW][-powP][-bf16], dreamlens, dreamlens-3 [%(default)s]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--columns", type=int, default=12, help="icons per row of the contact sheet")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "icons_peer.json"))
@@ -143,8 +164,7 @@ def main() -> None:
     print(f"{'method':16s} {'cos224':>7s} {'cos_ctr':>7s} {'sharp':>7s} {'satur':>7s} {'contr':>7s} {'icons/min':>9s}")
     methods = args.methods.split(",")
     for method in methods:
-        if method not in ("atlas", "atlas-bf16", "atlas-notebooks", "dreamlens", "dreamlens-3") \
-                and not method.startswith("atlas-pow"):
+        if method not in ("dreamlens", "dreamlens-3") and atlas_method(method) is None:
             raise SystemExit(f"unknown method {method!r}")
     if any(m.startswith("dreamlens") for m in methods):
         try:
@@ -164,9 +184,7 @@ def main() -> None:
                                          attempts=3 if method == "dreamlens-3" else 1)
             else:
                 icons = render_atlas(model, layer, v, c, args.level, args.steps, args.batch_size,
-                                     notebooks=method == "atlas-notebooks",
-                                     cossim_pow=float(method[9:]) if method.startswith("atlas-pow") else None,
-                                     precision="bf16" if method == "atlas-bf16" else "fp32")
+                                     **atlas_method(method))
             seconds[method] += time.perf_counter() - t0
             parts[method].append(icons)
     rows, sheet = [], []
@@ -183,7 +201,8 @@ def main() -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "cells": len(idx), "level": args.level,
                                            "steps": args.steps, "batch_size": args.batch_size,
-                                           "default_cossim_pow": DEFAULT_COSSIM_POW, "rows": rows}, indent=1))
+                                           "default_cossim_pow": DEFAULT_COSSIM_POW,
+                                           "default_icon_view": DEFAULT_ICON_VIEW, "rows": rows}, indent=1))
     contact_sheet(sheet, Path(args.sheet), args.columns)
     print(f"wrote {args.json} and {args.sheet}")
 

@@ -203,7 +203,7 @@ def test_render_errors_name_the_fix(tmp_path, tiny):
                      transforms=icon_transforms(pad_width=2, pad_value=1.0))
     with pytest.raises(ValueError, match="batch_size"):
         render_cells(cells, tmp_path / "i.h5", tiny, batch_size=0, **FAST)
-    with pytest.raises(ValueError, match="icon_view must be one of 'whole', 'notebooks'"):
+    with pytest.raises(ValueError, match="icon_view must be one of 'whole', 'wide', 'notebooks'"):
         render_cells(cells, tmp_path / "i.h5", tiny, icon_view="center", **FAST)
     with h5py.File(cells, "r+") as f:
         f.attrs["complete"] = False

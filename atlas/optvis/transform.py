@@ -225,9 +225,9 @@ def icon_transforms(pad_width: int = 16, pad_value: float = 0.5) -> list[Transfo
     with every border in view about half the time. The notebooks pad 2 px (white, with an alpha
     channel we do not have), which leaves the model a 50 px window: the icon's outer 15 px are
     almost never seen and come out pale and soft. With the wider pad the icons fill their frame,
-    score higher on the cosine to their direction measured on the whole icon, and cost about
-    1.6x more per step (``benchmarks/README.md``, "Icons side by side"). ``pad_width=2,
-    pad_value=1.0`` gives the notebooks' transforms back."""
+    reach a higher cosine to their direction at the layer's center, and cost about 2.1x more per
+    step on a CPU (``benchmarks/README.md``, "Icons side by side with dreamlens").
+    ``pad_width=2, pad_value=1.0`` gives the notebooks' transforms back."""
     scales = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
     angles = list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
     return [
