@@ -496,18 +496,10 @@ def _save_small_png(fig, out: Path, dpi: int = 90) -> None:
 def _atlas_pair_panel(ax, placements, class_name: str) -> None:
     """The atlas picture with the clean photo's positions (blue rings) and the same positions of
     the adversarial image (red dots), a line for each position's move."""
-    clean, adv = placements
-    ax.axis("off")
-    tiles = clean.run_dir / "tiles"
-    if (tiles / "manifest.json").is_file():
-        from atlas.tiles import atlas_image
+    from atlas.explain import atlas_background
 
-        picture, to_px = atlas_image(tiles)
-        ax.imshow(picture)
-    else:
-        side = 512
-        ax.imshow(np.full((side, side, 3), 0.96))
-        to_px = lambda xy: np.asarray(xy) * side  # noqa: E731
+    clean, adv = placements
+    to_px = atlas_background(ax, clean.run_dir)
     ok = np.isfinite(clean.xy).all(1) & np.isfinite(adv.xy).all(1)
     a, b = to_px(clean.xy[ok]), to_px(adv.xy[ok])
     for (x0, y0), (x1, y1) in zip(a, b):  # each position's move

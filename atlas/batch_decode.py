@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image
+from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image, read_image_bytes
 from atlas.precision import PRECISIONS, autocast
 
 __all__ = [
@@ -111,14 +111,7 @@ class EncodedImageDataset(ImageDataset):
         index = int(self.indices[i])
         ref = self.source.refs()[index]
         try:
-            try:
-                data = self.source.read_bytes(ref)
-            except FileNotFoundError as e:
-                raise BadImage("missing file", str(e)) from None
-            except EOFError as e:
-                raise BadImage("truncated", str(e)) from None
-            except OSError as e:
-                raise BadImage("unreadable", f"{type(e).__name__}: {e}") from None
+            data = read_image_bytes(self.source, ref)
             header = _jpeg_header(data) if data[:3] == _JPEG_MAGIC and data.rstrip(b"\0").endswith(_JPEG_EOI) else None
             if header is not None:
                 w, h, mode = header

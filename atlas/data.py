@@ -822,15 +822,21 @@ def load_image(
     past the end of its shard) and ``"unreadable"`` (other I/O errors); the rest is
     :func:`decode_image`.
     """
+    return decode_image(read_image_bytes(source, ref), target_size=target_size, max_pixels=max_pixels,
+                        min_side=min_side)
+
+
+def read_image_bytes(source: ImageSource, ref: ImageRef) -> bytes:
+    """The file bytes of one image; read errors become a :class:`BadImage` with reason
+    ``"missing file"``, ``"truncated"`` or ``"unreadable"`` (see :func:`load_image`)."""
     try:
-        data = source.read_bytes(ref)
+        return source.read_bytes(ref)
     except FileNotFoundError as e:
         raise BadImage("missing file", str(e)) from None
     except EOFError as e:
         raise BadImage("truncated", str(e)) from None
     except OSError as e:
         raise BadImage("unreadable", f"{type(e).__name__}: {e}") from None
-    return decode_image(data, target_size=target_size, max_pixels=max_pixels, min_side=min_side)
 
 
 # -------------------------------------------------------------------------------------- dataset

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -261,19 +261,25 @@ _TITLES = {"grad_cam": "Grad-CAM", "grad_cam_pp": "Grad-CAM++", "cam": "CAM", "i
            "integrated_gradients": "integrated gradients", "guided_backprop": "guided backprop"}
 
 
-def _atlas_panel(ax, placement: AtlasPlacement) -> None:
-    """The atlas picture (or a blank square without tiles) with the photo's positions on it."""
+def atlas_background(ax, run_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Draw a run's atlas picture (or a blank square without tiles) on ``ax``; returns the map
+    from layout coordinates (N, 2) in [0, 1] to the picture's pixels."""
     ax.axis("off")
-    tiles = placement.run_dir / "tiles"
+    tiles = run_dir / "tiles"
     if (tiles / "manifest.json").is_file():
         from atlas.tiles import atlas_image
 
         picture, to_px = atlas_image(tiles)
         ax.imshow(picture)
-    else:
-        side = 512
-        ax.imshow(np.full((side, side, 3), 0.96))
-        to_px = lambda xy: np.asarray(xy) * side  # noqa: E731
+        return to_px
+    side = 512
+    ax.imshow(np.full((side, side, 3), 0.96))
+    return lambda xy: np.asarray(xy) * side
+
+
+def _atlas_panel(ax, placement: AtlasPlacement) -> None:
+    """The atlas picture (or a blank square without tiles) with the photo's positions on it."""
+    to_px = atlas_background(ax, placement.run_dir)
     ok = np.isfinite(placement.xy).all(1)
     px = to_px(placement.xy[ok])
     a = placement.attribution[ok]
