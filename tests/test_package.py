@@ -55,7 +55,8 @@ def test_wheel_holds_the_viewer_and_the_data(wheel):
         entry_points = z.read(meta_name.replace("METADATA", "entry_points.txt")).decode()
     for path in ("atlas/viewer/index.html", "atlas/viewer/atlas.js", "atlas/viewer/atlas.css",
                  "atlas/viewer/vendor/leaflet/leaflet.js", "atlas/viewer/vendor/leaflet/leaflet.css",
-                 "atlas/resources/data/imagenet_classes.tsv", "atlas/resources/data/README.md"):
+                 "atlas/resources/data/imagenet_classes.tsv", "atlas/resources/data/README.md",
+                 "atlas/resources/data/natural_spectrum.npy"):
         assert path in names, f"the wheel lacks {path}"
     assert meta["Name"] == "activation-atlas"
     requires = meta.get_all("Requires-Dist")
@@ -88,3 +89,6 @@ def test_installed_wheel_runs_the_atlas_command(wheel, tmp_path):
     out = _run([atlas_cmd, "-q", "vis", "logit:snorkel", "--random-init", "--steps", "2", "--size", "32",
                 "-o", "snorkel.png"], cwd=tmp_path, env=env)
     assert "wrote snorkel.png" in out and (tmp_path / "snorkel.png").stat().st_size > 0
+    out = _run([atlas_cmd, "-q", "vis", "logit:snorkel", "--random-init", "--steps", "2", "--size", "32",
+                "--param", "maco", "-o", "maco.png"], cwd=tmp_path, env=env)  # the packaged spectrum
+    assert "wrote maco.png" in out and (tmp_path / "maco.png").stat().st_size > 0
