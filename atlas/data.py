@@ -826,6 +826,18 @@ def load_image(
                         min_side=min_side)
 
 
+def open_photo(path: str | os.PathLike) -> Image.Image:
+    """One photo file given by a user, decoded to RGB; ``ValueError`` saying why for a missing
+    file or one that is not a usable image (the reasons of :class:`BadImage`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist; give the path of a photo (JPEG, PNG, ...)")
+    try:
+        return decode_image(path.read_bytes())
+    except BadImage as e:
+        raise ValueError(f"{path} cannot be used as a photo: {e.reason}") from e
+
+
 def read_image_bytes(source: ImageSource, ref: ImageRef) -> bytes:
     """The file bytes of one image; read errors become a :class:`BadImage` with reason
     ``"missing file"``, ``"truncated"`` or ``"unreadable"`` (see :func:`load_image`)."""

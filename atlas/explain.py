@@ -122,16 +122,9 @@ class Explanation:
 
 def load_photo(path: str | os.PathLike, model: AtlasModel) -> torch.Tensor:
     """A photo file -> (1, 3, S, S) as the model sees it; a clear error for non-images."""
-    from atlas.data import BadImage, decode_image
+    from atlas.data import open_photo
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    try:
-        img = decode_image(path.read_bytes())
-    except BadImage as e:
-        raise ValueError(f"{path} cannot be used: {e.reason}") from e
-    return model.image_transform(img)[None].to(model.device)
+    return model.image_transform(open_photo(path))[None].to(model.device)
 
 
 def layer_position_attribution(model: AtlasModel, x: torch.Tensor, target: int, layer: str

@@ -30,7 +30,6 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,15 +59,9 @@ _MIN_SIDE = 16
 def read_image(path: str | os.PathLike, max_side: int | None = None) -> torch.Tensor:
     """A photo file -> (1, 3, H, W) float in [0, 1] at its own size (or shrunk so that its longer
     side is ``max_side``, keeping the aspect); a clear error for missing or broken files."""
-    from atlas.data import BadImage, decode_image
+    from atlas.data import open_photo
 
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; give the path of a photo (JPEG, PNG, ...)")
-    try:
-        img = decode_image(path.read_bytes())
-    except BadImage as e:
-        raise ValueError(f"{path} cannot be used as a photo: {e.reason}") from e
+    img = open_photo(path)
     if max_side is not None:
         if max_side < _MIN_SIDE:
             raise ValueError(f"max_side must be at least {_MIN_SIDE} px, got {max_side}")
