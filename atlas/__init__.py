@@ -32,6 +32,7 @@ _EXPORTS = {
     "channels_figure": "atlas.channels",
     "fill_channel_cache": "atlas.channels",
     "write_channels_html": "atlas.channels",
+    "publish_channel_view": "atlas.channels",
     "comparison_file": "atlas.reduce",
     "explain_photo": "atlas.explain",
     "dream": "atlas.optvis.dream",

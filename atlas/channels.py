@@ -314,8 +314,13 @@ render every channel).</p>
 <label style="margin-left:12px">channel <input id="filter" size="6" placeholder="e.g. 447"></label>
 <span id="count" style="margin-left:12px"></span></div></header>
 <div id="cards"></div>
-<script>
-const DATA = __DATA__;
+<script src="data.js"></script>
+<script src="channels.js"></script>
+</body></html>
+"""
+
+#: the page's script, a file of its own so that a server's ``script-src 'self'`` policy allows it
+_SCRIPT = """const DATA = window.CHANNEL_VIEW;
 function render() {
   const key = document.getElementById("sort").value;
   const q = document.getElementById("filter").value.trim();
@@ -340,7 +345,6 @@ function render() {
 document.getElementById("sort").addEventListener("change", render);
 document.getElementById("filter").addEventListener("input", render);
 render();
-</script></body></html>
 """
 
 
@@ -368,8 +372,39 @@ def write_channels_html(view: ChannelView, out_dir: str | os.PathLike, *, title:
         rows.append({"channel": c, "rank": int(rank[c]), "mean": float(view.mean[c]), "max": vmax,
                      "map": f"maps/{c:04d}.jpg", "icon": icon})
     page = (_PAGE.replace("__TITLE__", html.escape(title or f"{view.layer}: channels of one photo"))
-            .replace("__LAYER__", html.escape(view.layer))
-            .replace("__DATA__", json.dumps({"layer": view.layer, "channels": rows}).replace("</", "<\\/")))
+            .replace("__LAYER__", html.escape(view.layer)))
+    data = json.dumps({"layer": view.layer, "channels": rows}).replace("</", "<\\/")
+    (out / "data.js").write_text(f"window.CHANNEL_VIEW = {data};\n", encoding="utf-8")
+    (out / "channels.js").write_text(_SCRIPT, encoding="utf-8")
     path = out / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def publish_channel_view(view: ChannelView, run_dir: str | os.PathLike, photo: str | os.PathLike, *,
+                         title: str | None = None) -> Path:
+    """Write the view's page into a run's tiles, where ``atlas serve`` and the viewer find it.
+
+    The page goes to ``RUN/tiles/channels/<name>/``, ``name`` the photo's file name made
+    URL-safe (as overlay names are), and is listed in ``RUN/tiles/channels/index.json`` (``{"views": [{"name", "layer",
+    "photo", "page"}]}``; the same name replaces its entry). The viewer lists the views of the
+    atlas it shows under "Channel views". Returns the page's path.
+    """
+    from atlas.explain import overlay_name
+
+    tiles = Path(run_dir) / "tiles"
+    if not (tiles / "manifest.json").is_file():
+        raise ValueError(f"{run_dir} has no tiles/manifest.json; build the atlas's tiles first (atlas tiles RUN) "
+                         "or write a standalone page with --html DIR")
+    safe = overlay_name(photo)
+    page = write_channels_html(view, tiles / "channels" / safe, title=title)
+    index_path = tiles / "channels" / "index.json"
+    views = []
+    if index_path.is_file():
+        views = [v for v in json.loads(index_path.read_text(encoding="utf-8")).get("views", []) if v.get("name") != safe]
+    views.append({"name": safe, "layer": view.layer, "photo": Path(photo).name,
+                  "page": f"channels/{safe}/index.html"})
+    tmp = index_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"views": views}, indent=1), encoding="utf-8")
+    os.replace(tmp, index_path)
+    return page

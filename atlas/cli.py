@@ -357,7 +357,7 @@ def cmd_style(args: argparse.Namespace) -> int:
 def cmd_channels(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.channels import channel_view, channels_figure, write_channels_html
+    from atlas.channels import channel_view, channels_figure, publish_channel_view, write_channels_html
     from atlas.models import load_model
 
     if args.top < 1:
@@ -374,6 +374,9 @@ def cmd_channels(args: argparse.Namespace) -> int:
     print(f"wrote {out}")
     if args.html:
         print(f"wrote {write_channels_html(view, args.html, title=f'{Path(args.photo).name}: {args.layer}')}")
+    if args.run:
+        page = publish_channel_view(view, args.run, args.photo, title=f"{Path(args.photo).name}: {args.layer}")
+        print(f"wrote {page}; `atlas serve {args.run}` lists it under Channel views")
     return 0
 
 
@@ -619,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="render (cache) every channel's icon, e.g. for --html")
     s.add_argument("-o", "--out", default=None, help="figure PNG [PHOTO-channels-LAYER.png]")
     s.add_argument("--html", default=None, metavar="DIR", help="also write a static page of every channel to DIR")
+    s.add_argument("--run", default=None, metavar="RUN",
+                   help="also put the page into RUN's tiles: the atlas viewer (atlas serve RUN) lists it")
     s.add_argument("--cache-dir", default=None,
                    help="channel icon cache [$ATLAS_CACHE_DIR/channels or ~/.cache/atlas/channels]")
     s.add_argument("--icon-size", type=int, default=64, help="[%(default)s]")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.serve.api import class_highlight, level_attribution, overlay_entries, read_region
+from atlas.serve.api import channel_view_entries, class_highlight, level_attribution, overlay_entries, read_region
 from atlas.serve.files import CONTENT_TYPES, VIEWER_DIR
 from atlas.serve.runs import MAX_SCAN_DEPTH, Run, find_runs, ordered_runs
 
@@ -86,7 +86,7 @@ def _copy_tiles(run: Run, dest: Path, summary: ExportSummary) -> None:
                 log.warning("not exporting %s: it leads out of %s", src, root)
                 continue
             rel = src.relative_to(root)
-            if rel.as_posix() == "overlays/index.json":  # rewritten from its valid entries
+            if rel.as_posix() in ("overlays/index.json", "channels/index.json"):  # rewritten from their valid entries
                 continue
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +191,7 @@ def export_site(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overw
             summary.classes += _write_classes(run, dest, summary)
             _write_json(dest / "overlays" / "index.json", {"kind": "atlas-overlays", "overlays": overlay_entries(run)},
                         summary, "overlays")
+            _write_json(dest / "channels" / "index.json", {"views": channel_view_entries(run)}, summary, "channels")
             described.append({**run.describe(), "base": f"data/{run_id}/"})
         _write_json(partial / "atlas.json", {"kind": EXPORT_KIND, "api": False, "runs": described}, summary, "manifest")
         if out.exists():

@@ -141,6 +141,16 @@ def test_cli_channels(tmp_path, capsys):
     assert rc == 0 and (tmp_path / "fig.png").is_file() and (tmp_path / "page" / "index.html").is_file()
     assert "2 of 64 channels have icons" in out
     assert len(list((tmp_path / "page" / "maps").glob("*.jpg"))) == 64
+    run = tmp_path / "run"
+    (run / "tiles").mkdir(parents=True)
+    (run / "tiles" / "manifest.json").write_text("{}")
+    rc = main(["--quiet", "channels", str(tmp_path / "p.png"), "--random-init", "--device", "cpu", "--layer",
+               "conv1", "--top", "2", "--icon-size", "16", "--steps", "2", "--cache-dir", str(tmp_path / "cache"),
+               "-o", str(tmp_path / "fig2.png"), "--run", str(run)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "lists it under Channel views" in out
+    assert (run / "tiles" / "channels" / "p" / "index.html").is_file()
+    assert {p.name for p in (run / "tiles" / "channels" / "p").iterdir()} >= {"data.js", "channels.js", "photo.png"}
 
 
 # --------------------------------------------------------------------------- the page in a browser

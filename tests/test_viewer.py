@@ -398,3 +398,56 @@ def test_photo_overlay_toggles_points_on_the_atlas(browser, explained_site, vpag
         assert p.js("document.querySelector(\"#photos input[data-name='p7']\").checked")
     finally:
         p.close()
+
+
+def test_channel_view_is_listed_and_opens_from_the_viewer(browser, tiny_run, tmp_path):
+    """`atlas channels PHOTO --run RUN` puts a page into the run's tiles; the viewer served by
+    `atlas serve` lists it, and the page works under the server's content security policy."""
+    import shutil
+
+    import torch
+    from tinynet import Tiny
+
+    from atlas.channels import channel_view, publish_channel_view
+    from atlas.models import load_model
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "tiles", run / "tiles")  # the shared tiny run stays as it is
+    model = load_model(Tiny(), input_size=16)
+    photo = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    view = channel_view(model, photo, "relu2", top=2, cache_dir=tmp_path / "cache", icon_size=16, steps=3,
+                        batch_size=2, device="cpu")
+    page_path = publish_channel_view(view, run, "shots/my photo.jpg", title="tiny channels")
+    assert page_path == run / "tiles" / "channels" / "my-photo" / "index.html"
+    publish_channel_view(view, run, "shots/my photo.jpg", title="tiny channels")  # the same photo: replaced
+    index = json.loads((run / "tiles" / "channels" / "index.json").read_text())
+    assert [v["name"] for v in index["views"]] == ["my-photo"]
+    with pytest.raises(ValueError, match="no tiles/manifest.json"):
+        publish_channel_view(view, tmp_path / "nowhere", "p.jpg")
+
+    server = make_server(run, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.base_url = f"http://127.0.0.1:{server.server_address[1]}/"
+    p = Page(browser, server)
+    try:
+        p.open()
+        p.page.wait_for_selector("#channel-views:not([hidden])", timeout=5_000)
+        assert p.page.is_visible("#photos") and p.page.is_hidden("#photos-part")  # no photo overlays here
+        link = p.page.locator("#channel-views-list a")
+        assert link.count() == 1 and link.inner_text() == "my photo.jpg"
+        with p.page.context.expect_page() as opened:
+            link.click()
+        page = opened.value
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.wait_for_function("() => document.querySelectorAll('.card img.map').length === 4 && "
+                               "[...document.images].every(i => i.complete && i.naturalWidth > 0)", timeout=10_000)
+        shown = page.eval_on_selector_all(".card", "els => els.map(e => +e.dataset.channel)")
+        assert shown == view.order.tolist() and page.locator(".card img.icon").count() == 2
+        assert page.url.startswith(server.base_url + "data/") and page.title() == "tiny channels"
+        assert not errors and not p.errors
+        page.close()
+    finally:
+        p.close()
+        server.shutdown()
+        server.server_close()

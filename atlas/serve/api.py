@@ -75,6 +75,21 @@ def overlay_entries(run: Run) -> list[dict[str, Any]]:
     ]
 
 
+def channel_view_entries(run: Run) -> list[dict[str, Any]]:
+    """The valid entries of the run's ``channels/index.json`` (pages written by `atlas channels --run`)."""
+    try:
+        doc = json.loads((run.path / "channels" / "index.json").read_text(encoding="utf-8"))
+        entries = doc["views"] if isinstance(doc, dict) else []
+    except (OSError, ValueError, KeyError):
+        entries = []
+    return [
+        {k: e[k] for k in ("name", "page", "photo", "layer") if k in e}
+        for e in entries
+        if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("page"), str)
+        and e["page"].startswith("channels/") and e["page"].endswith("/index.html") and ".." not in e["page"]
+    ]
+
+
 class JsonApi:
     """Mixin of the request handler: the ``/api/...`` routes, with parsed files cached on the server."""
 
@@ -200,5 +215,9 @@ class JsonApi:
     def _api_overlays(self, query: dict[str, str]) -> None:
         self._send_json({"overlays": overlay_entries(self.server.run(query.get("run")))})
 
+    def _api_channels(self, query: dict[str, str]) -> None:
+        self._send_json({"views": channel_view_entries(self.server.run(query.get("run")))})
 
-__all__ = ["Attribution", "JsonApi", "class_highlight", "level_attribution", "overlay_entries", "read_region"]
+
+__all__ = ["Attribution", "JsonApi", "channel_view_entries", "class_highlight", "level_attribution", "overlay_entries",
+           "read_region"]

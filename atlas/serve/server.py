@@ -227,10 +227,11 @@ class AtlasHandler(StaticFiles, JsonApi, BaseHTTPRequestHandler):
                 "cell": self._api_cell,
                 "classes": self._api_classes,
                 "overlays": self._api_overlays,
+                "channels": self._api_channels,
             }.get(parts[1])
             if handler is None:
                 raise HTTPError(404, f"no API /api/{parts[1]}; try /api/runs, /api/class, /api/cell, /api/classes, "
-                                     "/api/overlays")
+                                     "/api/overlays, /api/channels")
             return handler(query)
         raise HTTPError(404, "not found")
 

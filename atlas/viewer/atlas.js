@@ -470,8 +470,8 @@
   async function loadOverlays() {
     state.overlays = [];
     state.shown.clear();
-    const box = $('photos');
-    box.hidden = true;
+    const part = $('photos-part');
+    part.hidden = true;
     let index;
     try {
       index = await getJSON(state.api
@@ -490,7 +490,36 @@
       ]),
     ])));
     renderOverlayLegend();
-    box.hidden = false;
+    part.hidden = false;
+  }
+
+  // ---- channel views: one photo's channels beside their feature visualizations ------------
+  // api/channels (atlas serve) or <base>channels/index.json (an export), from the run's
+  // channels/index.json written by `atlas channels PHOTO --run RUN`; each page is static.
+
+  async function loadChannelViews() {
+    const part = $('channel-views');
+    part.hidden = true;
+    let index;
+    try {
+      index = await getJSON(state.api
+        ? `api/channels?run=${encodeURIComponent(state.run.id)}`
+        : `${state.run.base}channels/index.json?v=${encodeURIComponent(state.m.build)}`);
+    } catch (err) {
+      return; // no channel view written into this atlas
+    }
+    const views = (index.views || []).filter((v) => v && v.name && v.page && !/^[a-z]+:|^\/|\.\./i.test(v.page));
+    if (!views.length) return;
+    $('channel-views-list').replaceChildren(...views.map((v) => el('li', {}, [
+      el('a', { href: state.run.base + v.page, target: '_blank', rel: 'noopener', text: v.photo || v.name }),
+      el('span', { cls: 'muted', text: ` ${v.layer || ''}` }),
+    ])));
+    part.hidden = false;
+  }
+
+  async function loadSidePanels() {
+    await Promise.all([loadOverlays(), loadChannelViews()]);
+    $('photos').hidden = $('photos-part').hidden && $('channel-views').hidden;
   }
 
   // ---- search box with autocomplete ---------------------------------------------------------
@@ -683,7 +712,7 @@
     map.on('zoomend', () => { hideHover(); updateStatus(); });
     map.on('moveend', () => { updateStatus(); scheduleHash(); });
 
-    await loadOverlays();
+    await loadSidePanels();
     await applyView(view || {});
     updateStatus();
     writeHash();
