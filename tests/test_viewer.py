@@ -413,6 +413,7 @@ def test_channel_view_is_listed_and_opens_from_the_viewer(browser, tiny_run, tmp
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "tiles", run / "tiles")  # the shared tiny run stays as it is
+    shutil.rmtree(run / "tiles" / "overlays", ignore_errors=True)  # photos placed by other tests
     model = load_model(Tiny(), input_size=16)
     photo = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     view = channel_view(model, photo, "relu2", top=2, cache_dir=tmp_path / "cache", icon_size=16, steps=3,
