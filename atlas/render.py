@@ -506,14 +506,12 @@ def render_cells(
     batches = [dataclasses.replace(template, size=size, rows=rows, cell_id=all_levels[size].cell_id[rows],
                                    directions=all_levels[size].direction[rows].astype(np.float32))
                for size, rows in work]
-    cossims: list[np.ndarray] = []
     level_cossims: dict[int, list[np.ndarray]] = {}
     bar = tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress)
 
     def write(result: IconBatchResult) -> None:
         store.write(result.size, result.rows, result.icons, result.objective, result.cossim)
         summary.rendered[result.size] += len(result.rows)
-        cossims.append(result.cossim)
         level_cossims.setdefault(result.size, []).append(result.cossim)
         bar.update(len(result.rows))
         bar.set_postfix(cossim=f"{float(np.mean(result.cossim)):.2f}")
@@ -535,9 +533,9 @@ def render_cells(
         bar.close()
     summary.complete = store.finish()
     summary.seconds = time.perf_counter() - t0
-    if cossims:
-        summary.mean_cossim = float(np.mean(np.concatenate(cossims)))
-        summary.level_cossim = {size: float(np.mean(np.concatenate(level_cossims[size])))
-                                for size in sorted(level_cossims)}
+    if level_cossims:
+        per_level = {size: np.concatenate(level_cossims[size]) for size in sorted(level_cossims)}
+        summary.mean_cossim = float(np.mean(np.concatenate(list(per_level.values()))))
+        summary.level_cossim = {size: float(np.mean(c)) for size, c in per_level.items()}
     log.info("%s", summary.describe())
     return summary

@@ -118,7 +118,7 @@ def resample_magnitude(magnitude: np.ndarray | torch.Tensor, size: int | tuple[i
         raise ValueError(f"a magnitude is (3, H, W // 2 + 1), got shape {tuple(m.shape)}")
     h, w = (size, size) if isinstance(size, int) else size
     src_h = m.shape[1]
-    if (h, w // 2 + 1) == tuple(m.shape[1:]) and src_h == h:
+    if (h, w // 2 + 1) == tuple(m.shape[1:]):
         return m.clone()
     # full-height centered spectrum: rows ordered from the most negative to the most positive frequency
     centered = torch.fft.fftshift(m, dim=1)

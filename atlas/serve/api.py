@@ -60,34 +60,33 @@ def class_highlight(attribution: Attribution, class_index: int) -> dict[str, Any
     return {"max": max((v for _i, v in cells), default=0.0), "cells": cells}
 
 
-def overlay_entries(run: Run) -> list[dict[str, Any]]:
-    """The valid entries of the run's ``overlays/index.json`` (photos placed by `atlas explain`)."""
+def _index_entries(run: Run, folder: str, key: str, ref: str, suffix: str,
+                   fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The valid entries of ``run/<folder>/index.json``'s list ``key``: dicts with a string
+    ``name`` and a string ``ref`` that stays under ``folder/`` and ends in ``suffix``, cut to
+    ``fields``. A missing or broken index has none."""
     try:
-        doc = json.loads((run.path / "overlays" / "index.json").read_text(encoding="utf-8"))
-        entries = doc["overlays"] if isinstance(doc, dict) else []
+        doc = json.loads((run.path / folder / "index.json").read_text(encoding="utf-8"))
+        entries = doc[key] if isinstance(doc, dict) else []
     except (OSError, ValueError, KeyError):
         entries = []
     return [
-        {k: e[k] for k in ("name", "file", "photo", "class", "probability") if k in e}
+        {k: e[k] for k in fields if k in e}
         for e in entries
-        if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("file"), str)
-        and e["file"].startswith("overlays/") and e["file"].endswith(".json") and ".." not in e["file"]
+        if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get(ref), str)
+        and e[ref].startswith(f"{folder}/") and e[ref].endswith(suffix) and ".." not in e[ref]
     ]
+
+
+def overlay_entries(run: Run) -> list[dict[str, Any]]:
+    """The valid entries of the run's ``overlays/index.json`` (photos placed by `atlas explain`)."""
+    return _index_entries(run, "overlays", "overlays", "file", ".json",
+                          ("name", "file", "photo", "class", "probability"))
 
 
 def channel_view_entries(run: Run) -> list[dict[str, Any]]:
     """The valid entries of the run's ``channels/index.json`` (pages written by `atlas channels --run`)."""
-    try:
-        doc = json.loads((run.path / "channels" / "index.json").read_text(encoding="utf-8"))
-        entries = doc["views"] if isinstance(doc, dict) else []
-    except (OSError, ValueError, KeyError):
-        entries = []
-    return [
-        {k: e[k] for k in ("name", "page", "photo", "layer") if k in e}
-        for e in entries
-        if isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("page"), str)
-        and e["page"].startswith("channels/") and e["page"].endswith("/index.html") and ".." not in e["page"]
-    ]
+    return _index_entries(run, "channels", "views", "page", "/index.html", ("name", "page", "photo", "layer"))
 
 
 class JsonApi:
