@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--whiten", action="store_true", help="whiten activations before UMAP")
     s.add_argument("--sample-size", type=int, default=100_000, help="rows UMAP is fitted on [%(default)s]")
     s.add_argument("--placement", choices=("refine", "knn", "umap"), default="refine",
-                   help="placing the other rows: kNN median refined by 30 epochs of UMAP's optimisation, the kNN median "
+                   help="placing the other rows: kNN median refined by 25 epochs of UMAP's optimisation, the kNN median "
                         "alone (fastest), or UMAP.transform (slowest) [%(default)s]")
     s.add_argument("--class", dest="class_filter", default=None, help="class atlas: lay out only this class")
     s.add_argument("--class-top-n", type=int, default=2000)

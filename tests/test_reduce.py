@@ -432,3 +432,107 @@ def test_refine_placement_is_at_least_as_trustworthy_as_the_median_on_clusters()
     t_knn = trustworthiness(x[held], est.transform(x[held], placement="knn"), n_neighbors=10, metric="cosine")
     t_ref = trustworthiness(x[held], est.transform(x[held], placement="refine"), n_neighbors=10, metric="cosine")
     assert t_ref >= t_knn - 0.005, (t_ref, t_knn)
+
+
+# --------------------------------------------------------------------------- inverted-file neighbour search
+
+
+@pytest.fixture(scope="module")
+def ivf_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """12,000 fitted rows (more than BRUTE_MAX_FIT) in 24 clusters of a 96-channel space, a
+    layout that puts each cluster at its own spot, and 600 new rows of the same clusters."""
+    rng = np.random.default_rng(7)
+    centres = rng.normal(0, 1, (24, 96))
+    labels = rng.integers(0, 24, 12600)
+    x = (centres[labels] + rng.normal(0, 0.45, (12600, 96))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    spots = rng.uniform(-10, 10, (24, 2))
+    emb = (spots[labels[:12000]] + rng.normal(0, 0.3, (12000, 2))).astype(np.float32)
+    return x[:12000], emb, labels[:12000], x[12000:], labels[12000:]
+
+
+def test_auto_backend_searches_large_fits_with_the_ivf_index(ivf_case) -> None:
+    from atlas.reduce.placement import BRUTE_MAX_FIT, KNNPlacer, LayoutOptimizer
+
+    data, emb, labels, q, qlab = ivf_case
+    assert len(data) > BRUTE_MAX_FIT
+    opt = LayoutOptimizer.for_min_dist(0.01).for_refinement()
+    ivf = KNNPlacer(data, emb, optimizer=opt)
+    brute = KNNPlacer(data, emb, optimizer=opt, backend="brute")
+    assert ivf.backend == "ivf" and ivf.ivf is not None
+    idx, dist = ivf.kneighbors(q)
+    # distances on the leading axes: ascending, never above the full-space ones, close to them
+    exact_d = 1 - np.einsum("nc,nkc->nk", q, data[idx])
+    assert np.all(np.diff(dist, axis=1) >= 0)
+    assert np.all(dist <= exact_d + 1e-5)
+    # (0.77 measured: the noise is isotropic over 96 channels, 32 of which the index does not see)
+    assert np.corrcoef(dist.ravel(), exact_d.ravel())[0, 1] > 0.7
+    # fitted rows find themselves at distance 0, and land on their own position
+    own_i, own_d = ivf.kneighbors(data[:50])
+    np.testing.assert_array_equal(own_i[:, 0], np.arange(50))
+    assert np.all(own_d[:, 0] == 0)
+    np.testing.assert_array_equal(ivf.place(data[:50], refine=True), emb[:50])
+    # the rows found are of the query's own cluster, and most are the exact nearest ones
+    assert (labels[idx] == qlab[:, None]).mean() > 0.99
+    exact, _ = brute.kneighbors(q)
+    recall = np.mean([len(set(a) & set(b)) for a, b in zip(idx, exact)]) / idx.shape[1]
+    assert recall > 0.3, recall
+    # placements land at the same spot as with the exact search
+    gap = np.linalg.norm(ivf.place(q, refine=True) - brute.place(q, refine=True), axis=1)
+    assert np.median(gap) < 0.5, np.median(gap)
+
+
+def test_ivf_placer_pickles_and_older_placers_keep_their_backend(ivf_case) -> None:
+    import pickle
+
+    from atlas.reduce.placement import KNNPlacer
+
+    data, emb, _, q, _ = ivf_case
+    placer = KNNPlacer(data, emb, backend="ivf")
+    again = pickle.loads(pickle.dumps(placer))
+    for a, b in zip(placer.kneighbors(q), again.kneighbors(q)):
+        np.testing.assert_array_equal(a, b)
+    state = KNNPlacer(data[:500], emb[:500], backend="brute").__getstate__()
+    del state["ivf"]  # a placer pickled before the inverted-file index existed
+    old = KNNPlacer.__new__(KNNPlacer)
+    old.__setstate__(state)
+    assert old.backend == "brute" and old.ivf is None
+    assert old.kneighbors(q[:5])[0].shape == (5, 20)
+
+
+def test_ivf_backend_euclidean_and_metric_check(ivf_case) -> None:
+    from atlas.reduce.placement import KNNPlacer
+
+    data, emb, _, q, _ = ivf_case
+    placer = KNNPlacer(data * 3, emb, metric="euclidean", backend="ivf")
+    idx, dist = placer.kneighbors(q * 3)
+    exact_d = np.linalg.norm(data[idx] * 3 - q[:, None] * 3, axis=2)
+    assert np.all(dist <= exact_d + 1e-4) and np.corrcoef(dist.ravel(), exact_d.ravel())[0, 1] > 0.7
+    # a row off the leading axes only is not mistaken for a fitted one
+    null = np.linalg.svd(placer.ivf.proj.T)[2][-1]  # an axis the index does not see
+    i1, d1 = placer.kneighbors((data[:1] * 3 + 0.5 * null).astype(np.float32))
+    assert i1[0, 0] == 0 and d1[0, 0] > 1e-6
+    with pytest.raises(ValueError, match="knn_backend='ivf' supports metric 'cosine' or 'euclidean'"):
+        KNNPlacer(data, emb, metric="manhattan", backend="ivf")
+    assert KNNPlacer(data, emb, metric="manhattan").backend == "index"
+
+
+def test_reduce_file_with_the_ivf_backend_places_like_the_exact_search(
+    layout_file: tuple[Path, object], acts_file: Path, tmp_path: Path
+) -> None:
+    """The stage with ``knn_backend="ivf"`` (what large fits get by default): the fitted model
+    is pickled with its index, a second call finds the layout current, and the held-out rows'
+    layout is as trustworthy as with the exact search."""
+    out = tmp_path / "layout.h5"
+    reduce_file(acts_file, out, knn_backend="ivf", **SMALL)
+    assert load_placer(out).placer_.backend == "ivf"
+    assert reduce_file(acts_file, out, knn_backend="ivf", **SMALL).up_to_date
+    exact, approx = read_layout(layout_file[0]), read_layout(out)
+    with h5py.File(out, "r") as f:
+        fit_ids = f["fit/row_ids"][:]
+    held = np.setdiff1d(np.flatnonzero(approx.valid), fit_ids)
+    with ActivationsFile(acts_file) as acts:
+        x = acts.dataset(LAYER, "activations")[:1200].astype(np.float32)[held]
+    t_exact = trustworthiness(x, exact.xy[held], n_neighbors=10, metric="cosine")
+    t_ivf = trustworthiness(x, approx.xy[held], n_neighbors=10, metric="cosine")
+    assert t_ivf >= t_exact - 0.01, (t_ivf, t_exact)

@@ -6,16 +6,18 @@ metric) and rescale the result into the unit square with a percentile clip
 is *placed* into the fitted layout:
 
 - ``placement="refine"`` (default): the row's ``n_neighbors`` nearest fitted rows (cosine), found
-  with the fitted nearest-neighbour index (pynndescent's ``NNDescent.query``, the index UMAP
-  builds while fitting) or, for small fits, an exact matrix-product search; the row starts at
-  the per-axis *median* of their positions, then 30 epochs of UMAP's own optimisation of new
-  points against the fixed, fitted embedding move it (:func:`refine_positions`, the second half
-  of ``UMAP.transform``). ``UMAP.transform`` starts from the membership-weighted *mean* of the
-  neighbours, which lands between clusters when the neighbours straddle two; the median stays
-  inside one. On 20,000 held-out real ``inception4c`` rows of a 965k-row atlas (fit on 100k) it
-  scored trustworthiness 0.859 against ``UMAP.transform``'s 0.855, 2.7x faster
-  (``benchmarks/README.md``).
-- ``placement="knn"``: the median alone (0.838 there; 3.4x faster than ``UMAP.transform``).
+  with an inverted-file index over the fitted rows' 64 leading principal axes
+  (:class:`IVFIndex`, built once per fit) or, for small fits, an exact matrix-product search;
+  the row starts at the per-axis *median* of their positions, then 25 epochs of UMAP's own
+  optimisation of new points against the fixed, fitted embedding move it
+  (:func:`refine_positions`, the second half of ``UMAP.transform``, with 2 negative samples).
+  ``UMAP.transform`` starts from the membership-weighted *mean* of the neighbours, which lands
+  between clusters when the neighbours straddle two; the median stays inside one. On 100,000
+  held-out real ``inception4c`` rows of a 965k-row atlas (fit on 100k) it scored
+  trustworthiness 0.882 against ``UMAP.transform``'s 0.878, 13x faster
+  (``benchmarks/README.md``). Metrics other than cosine and euclidean use UMAP's own
+  NNDescent index.
+- ``placement="knn"``: the median alone (0.862 there with NNDescent neighbours).
 - ``placement="umap"``: ``UMAP.transform`` itself.
 
 Rows the metric cannot place are handled explicitly, never silently:
@@ -46,12 +48,13 @@ from atlas.reduce.classes import (
     select_class_rows,
 )
 from atlas.reduce.estimator import AtlasUMAP
-from atlas.reduce.placement import KNNPlacer, membership_weights, refine_positions
+from atlas.reduce.placement import IVFIndex, KNNPlacer, membership_weights, refine_positions
 from atlas.reduce.stage import ChunkCallback, ReduceSettings, ReduceSummary, load_placer, project, reduce_file
 
 __all__ = [
     "AtlasUMAP",
     "ChunkCallback",
+    "IVFIndex",
     "KNNPlacer",
     "ReduceSettings",
     "ReduceSummary",

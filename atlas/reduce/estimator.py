@@ -40,8 +40,8 @@ class AtlasUMAP(TransformerMixin, BaseEstimator):
             (median only, fastest) or ``"umap"`` (``UMAP.transform``).
         refine_epochs: epochs of the ``"refine"`` placement.
         placement_neighbors: neighbours averaged by knn placement (default ``n_neighbors``).
-        knn_backend: ``"auto"``, ``"index"`` (NNDescent) or ``"brute"`` (exact), see
-            :class:`KNNPlacer`.
+        knn_backend: ``"auto"``, ``"ivf"`` (inverted lists over PCA-reduced rows), ``"index"``
+            (NNDescent) or ``"brute"`` (exact), see :class:`KNNPlacer`.
         knn_epsilon: NNDescent search breadth.
         knn_aggregate: ``"median"`` (default) or ``"mean"`` of the neighbours' positions.
         chunk_rows: rows transformed at a time.
@@ -110,8 +110,8 @@ class AtlasUMAP(TransformerMixin, BaseEstimator):
             raise ValueError(f"placement must be one of {_PLACEMENTS}, not {self.placement!r}")
         if self.refine_epochs < 1:
             raise ValueError(f"refine_epochs must be >= 1, got {self.refine_epochs}")
-        if self.knn_backend not in ("auto", "index", "brute"):
-            raise ValueError(f"knn_backend must be 'auto', 'index' or 'brute', not {self.knn_backend!r}")
+        if self.knn_backend not in ("auto", "ivf", "index", "brute"):
+            raise ValueError(f"knn_backend must be 'auto', 'ivf', 'index' or 'brute', not {self.knn_backend!r}")
         if self.placement_neighbors is not None and self.placement_neighbors < 1:
             raise ValueError(f"placement_neighbors must be >= 1 or None, got {self.placement_neighbors}")
         if self.chunk_rows < 1:
@@ -196,7 +196,7 @@ class AtlasUMAP(TransformerMixin, BaseEstimator):
             n_neighbors=self.placement_neighbors or self.n_neighbors, backend=self.knn_backend,
             index=getattr(self.umap_, "_knn_search_index", None), epsilon=self.knn_epsilon,
             aggregate=self.knn_aggregate, random_state=self.random_state,
-            optimizer=LayoutOptimizer.of(self.umap_), refine_epochs=self.refine_epochs,
+            optimizer=LayoutOptimizer.of(self.umap_).for_refinement(), refine_epochs=self.refine_epochs,
         )
         return self
 

@@ -436,7 +436,8 @@ def load_placer(layout_path: str | os.PathLike, activations_path: str | os.PathL
     est.placer_ = KNNPlacer(est._prepare(x), fit_emb, metric=est.metric,
                             n_neighbors=est.placement_neighbors or est.n_neighbors,
                             backend=est.knn_backend, epsilon=est.knn_epsilon, aggregate=est.knn_aggregate,
-                            random_state=est.random_state, optimizer=LayoutOptimizer.for_min_dist(est.min_dist),
+                            random_state=est.random_state,
+                            optimizer=LayoutOptimizer.for_min_dist(est.min_dist).for_refinement(),
                             refine_epochs=est.refine_epochs)
     if est.placement == "umap":
         est.placement = "refine"
