@@ -302,7 +302,8 @@ def cmd_render(args: argparse.Namespace) -> int:
                            attempts=args.attempts, batch_size=args.batch_size, lr=args.lr,
                            cossim_pow=args.cossim_pow, icon_view=args.icon_view, whiten=True if args.whiten else None,
                            device=args.device, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
-                           precision=args.precision, compile=args.compile, scheduler=args.scheduler)
+                           precision=args.precision, border_prior=args.border_prior, objective=args.objective,
+                           compile=args.compile, scheduler=args.scheduler)
     print(summary.describe())
     return 0
 
@@ -554,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="model passes of the optimization under torch.autocast at this precision [%(default)s]")
+    s.add_argument("--objective", choices=("mean", "center"), default="mean",
+                   help="the direction objective on the layer's activation averaged over the icon (mean) or at its "
+                        "center position only, as the paper notebooks (center) [%(default)s]")
+    s.add_argument("--border-prior", type=float, default=0.0,
+                   help="weight of the frame prior that pulls each icon's outer 5 px to a smooth gray, relative to "
+                        "the objective (0: none) [%(default)s]")
     s.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")
     _add_scheduler_arg(s, "one Dask task per batch of cells, each worker on its own device")

@@ -88,6 +88,8 @@ class RenderSection:
     seed: int = 0
     icon_view: str = "whole"
     precision: str = "fp32"
+    border_prior: float = 0.0
+    objective: str = "mean"
 
 
 @dataclass(frozen=True)

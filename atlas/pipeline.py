@@ -77,7 +77,8 @@ def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) ->
         cfg.run_dir / "cells.h5", cfg.run_dir / "icons.h5", model, levels=list(r.levels) or None,
         icon_size=r.icon_size, steps=r.steps, attempts=r.attempts, batch_size=r.batch_size, lr=r.lr,
         cossim_pow=r.cossim_pow, whiten=True if r.whiten else None, device=cfg.run.device, seed=r.seed, progress=progress,
-        icon_view=r.icon_view, precision=r.precision,
+        icon_view=r.icon_view, precision=r.precision, border_prior=r.border_prior,
+        objective=r.objective,
     ).describe()
 
 

@@ -6,8 +6,11 @@ level's kept cells) with
 - ``atlas``: the render stage's defaults (:func:`atlas.render.render_directions`);
 - ``atlas-VIEW``: another ``icon_view`` (:data:`atlas.render.ICON_VIEWS`): ``whole`` (16 px gray
   pad, the model sees 78 px), ``wide`` (8 px, 62 px), ``notebooks`` (the paper notebooks' 2 px
-  white pad and 50 px window, the default before this benchmark); ``-powP`` appends another
-  ``cossim_pow``, ``-bf16`` bf16 autocast (``--precision bf16``), e.g. ``atlas-wide-bf16``;
+  white pad and 50 px window, the default before this benchmark); ``-mean`` / ``-center``
+  the icon objective read on the activation averaged over positions (the default) or at the
+  center (``--objective``); ``-powP`` another ``cossim_pow``, ``-borderW`` the frame prior at
+  weight W (``--border-prior``), ``-bf16`` bf16 autocast (``--precision bf16``), e.g.
+  ``atlas-wide-bf16``;
 - ``dreamlens`` / ``dreamlens-3``: dreamlens's ``render_icons`` (optional, ``pip install
   dreamlens``) with 1 attempt / its default 3 attempts (best kept), on the same model and layer;
 
@@ -17,8 +20,8 @@ scores every icon the same way:
 - ``cos224``: the cosine between the icon's spatially averaged activation at 224 px and its
   cell's direction (the icon resized to the model's input size, activations averaged over all
   positions);
-- ``cos_center``: the render stage's own figure, the cosine at the center position of the layer
-  for the 80 px icon (``RenderSummary.mean_cossim``);
+- ``cos_center``: the cosine at the center position of the layer for the 80 px icon (the
+  render stage's own figure, ``RenderSummary.mean_cossim``, for ``objective="center"``);
 - ``sharpness`` (mean absolute Laplacian of the luminance), ``saturation`` (mean HSV
   saturation) and ``contrast`` (standard deviation of the luminance), in [0, 1] pixel units;
 - icons per minute of wall time, the methods taking turns batch by batch (so that load from
@@ -46,7 +49,8 @@ from PIL import Image, ImageDraw
 
 from atlas import optvis
 from atlas.models import AtlasModel, capture, load_model
-from atlas.render import (DEFAULT_COSSIM_POW, DEFAULT_ICON_VIEW, ICON_VIEWS, _center_cossim, cell_generator,
+from atlas.render import (DEFAULT_COSSIM_POW, DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, ICON_VIEWS, _icon_cossim,
+                          cell_generator,
                           icon_view_transforms, render_directions)
 from atlas.store.cells import cells_attrs, read_cells
 
@@ -66,7 +70,7 @@ def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.nda
     hi, lo = icons.max(1).values, icons.min(1).values
     return {
         "cos224": cos224,
-        "cos_center": _center_cossim(model, layer, icons, vecs),
+        "cos_center": _icon_cossim(model, layer, icons, vecs),
         "sharpness": lap.abs().mean((1, 2, 3)).numpy(),
         "saturation": ((hi - lo) / hi.clamp(min=1e-3)).mean((1, 2)).numpy(),
         "contrast": lum.std((1, 2, 3)).numpy(),
@@ -75,8 +79,8 @@ def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.nda
 
 def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarray, level: int, steps: int,
                  batch: int, view: str | None = None, cossim_pow: float | None = None,
-                 precision: str = "fp32") -> torch.Tensor:
-    kw: dict = {"precision": precision}
+                 precision: str = "fp32", border_prior: float = 0.0, spatial_mean: bool = False) -> torch.Tensor:
+    kw: dict = {"precision": precision, "border_prior": border_prior, "spatial_mean": spatial_mean}
     if view is not None:
         kw["transforms"] = icon_view_transforms(view)
     if cossim_pow is not None:
@@ -90,18 +94,23 @@ def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarra
 
 
 def atlas_method(name: str) -> dict | None:
-    """``atlas[-VIEW][-powP][-bf16]`` -> keyword arguments of :func:`render_atlas`, None if not one."""
+    """``atlas[-VIEW][-mean|-center][-powP][-borderW][-bf16]`` -> keyword arguments of
+    :func:`render_atlas`, None if not one."""
     parts = name.split("-")
     if parts[0] != "atlas":
         return None
-    kw: dict = {}
+    kw: dict = {"spatial_mean": DEFAULT_ICON_OBJECTIVE == "mean"}
     for part in parts[1:]:
-        if part in ICON_VIEWS:
+        if part in ("mean", "center"):
+            kw["spatial_mean"] = part == "mean"
+        elif part in ICON_VIEWS:
             kw["view"] = part
         elif part == "bf16":
             kw["precision"] = "bf16"
         elif part.startswith("pow"):
             kw["cossim_pow"] = float(part[3:])
+        elif part.startswith("border"):
+            kw["border_prior"] = float(part[6:])
         else:
             return None
     return kw

@@ -481,3 +481,42 @@ def test_channel_visualization_beats_real_photos(inceptionv1, photo_stats, one_t
         assert vis_max[i, ch] > p99, (ch, float(vis_max[i, ch]), float(p99))
         assert vis_max[i, ch] > 1.2 * photos.max(), (ch, float(vis_max[i, ch]), float(photos.max()))
     assert math.isfinite(float(r.values.sum()))
+
+
+# --------------------------------------------------------------------------- priors
+
+
+def test_border_penalty_against_hand_values():
+    from atlas.optvis.priors import border_penalty
+
+    gray = torch.full((2, 3, 20, 20), 0.5)
+    assert torch.equal(border_penalty(gray), torch.zeros(2))
+    # a flat frame at 0.7: no detail, 0.8 * 0.2^2 from the pull to gray
+    torch.testing.assert_close(border_penalty(torch.full((1, 3, 20, 20), 0.7)), torch.tensor([0.8 * 0.04]))
+    # noise inside the frame only is not penalised (the blur reaches 2 px in: keep it 3 px off the frame)
+    inner = gray.clone()
+    inner[:, :, 8:12, 8:12] = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(border_penalty(inner), torch.zeros(2))
+    framed = gray.clone()
+    framed[1, :, :2] = torch.rand(3, 2, 20, generator=torch.Generator().manual_seed(1))
+    pen = border_penalty(framed)
+    assert pen[0] == 0 and pen[1] > 0.005
+    # differentiable; images no wider than the frame get none
+    x = framed.clone().requires_grad_(True)
+    border_penalty(x).sum().backward()
+    assert x.grad[1, :, :2].abs().sum() > 0 and x.grad[1, :, 8:12, 8:12].abs().sum() == 0
+    assert torch.equal(border_penalty(torch.rand(1, 3, 10, 10)), torch.zeros(1))
+
+
+def test_render_vis_penalty_pulls_the_frame_to_gray_and_reports_the_objective_alone(tiny):
+    from atlas.optvis.priors import border_penalty
+
+    obj = optvis.channel("relu2", 2)
+    kw = dict(steps=40, lr=0.1, transforms=[])
+    plain = optvis.render_vis(tiny, obj, optvis.fft_image(16, 2, generator=gens(2)), generator=gens(2), **kw)
+    prior = optvis.render_vis(tiny, obj, optvis.fft_image(16, 2, generator=gens(2)), generator=gens(2),
+                              penalty=lambda x: border_penalty(x, width=3), penalty_weight=20.0, **kw)
+    assert (border_penalty(prior.images, width=3) < 0.5 * border_penalty(plain.images, width=3)).all()
+    # values are the objective of the final images, without the penalty
+    torch.testing.assert_close(prior.values, optvis.evaluate(tiny, obj, prior.images))
+    assert (prior.values > 0).all()

@@ -222,8 +222,9 @@ def test_render_errors_name_the_fix(tmp_path, tiny):
 def test_icons_point_along_their_cell_direction_more_than_member_photos(tmp_path, inceptionv1, sample_paths):
     """Directions: the mean inception4c activation over the central 4 x 4 positions of 6 photos of
     related classes (dogs, birds, cars). Members: those 96 activation vectors. The icons (80 px,
-    96 steps, the render stage's defaults otherwise) must have a higher cosine to their direction
-    at the center position than the members have on average."""
+    96 steps, the render stage's defaults otherwise) must have a higher cosine to their direction,
+    read as the default objective reads it (the activation averaged over the icon's positions),
+    than the members have on average."""
     from PIL import Image
 
     layer = "inception4c"
@@ -247,7 +248,8 @@ def test_icons_point_along_their_cell_direction_more_than_member_photos(tmp_path
     x = torch.from_numpy(icons.icons).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad(), capture(inceptionv1, [layer], detach=True) as a:
         inceptionv1(x)
-    act = a[layer][:, :, a[layer].shape[2] // 2, a[layer].shape[3] // 2]
+    assert render_mod.DEFAULT_ICON_OBJECTIVE == "mean"
+    act = a[layer].mean(dim=(2, 3))
     cos = torch.nn.functional.cosine_similarity(act, torch.from_numpy(np.stack(vecs)), dim=1).numpy()
     np.testing.assert_allclose(cos, icons.cossim, atol=0.02)
     for i, (c, m) in enumerate(zip(cos, member_cos)):
@@ -268,3 +270,20 @@ def test_icon_views_show_the_model_the_documented_window(tmp_path, tiny):
     with h5py.File(tmp_path / "a.h5", "r") as fa, h5py.File(tmp_path / "b.h5", "r") as fb:
         assert fa.attrs["settings_hash"] != fb.attrs["settings_hash"]  # another view is another render
     assert a.complete and b.complete
+
+
+def test_icon_objective_setting_keeps_center_renders_current_and_checks_its_value(tmp_path):
+    """``objective="center"`` hashes as renders made before the setting existed (so an
+    existing icons.h5, such as the real-1m run's, stays current); ``"mean"`` is another render;
+    anything else is refused by name."""
+    from atlas.render import render_settings
+
+    kw = dict(icon_size=80, steps=8, attempts=1, lr=0.05, cossim_pow=4.0, seed=0, whiten=None, transforms=[])
+    before = render_settings("h", "m", "inception4c", **kw)
+    assert render_settings("h", "m", "inception4c", objective="center", **kw) == before
+    assert before["objective"] == "directions(neuron, center)"
+    assert render_settings("h", "m", "inception4c", objective="mean", **kw)["objective"] == "directions(mean)"
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 1})
+    with pytest.raises(ValueError, match="objective must be one of 'mean', 'center', got 'middle'"):
+        render_cells(cells, tmp_path / "icons.h5", load_model(Tiny(), input_size=16), objective="middle",
+                     progress=False)

@@ -123,6 +123,8 @@ def render_vis(
     channels_last: bool | None = None,
     redirect_relu_steps: int = 16,
     precision: str = "fp32",
+    penalty: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    penalty_weight: float = 0.0,
 ) -> VisResult:
     """Optimize images to maximize ``objective`` (Lucid ``render.render_vis``).
 
@@ -156,6 +158,12 @@ def render_vis(
             ``relu_gradient_override``, 16 steps); 0 turns it off.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model's passes of the
             steps under ``torch.autocast``; ``values`` are measured in float32 either way.
+        penalty: an image prior, ``images (B, 3, H, W) -> (B,)`` penalties (e.g.
+            :func:`atlas.optvis.priors.border_penalty`), taken on the untransformed images.
+        penalty_weight: its weight *relative to the objective*: each step maximizes
+            ``value - penalty_weight * |value| * penalty`` per image (``|value|`` held constant),
+            so one weight means the same whatever the objective's scale. ``values`` and
+            ``history`` report the objective alone.
 
     Returns:
         a :class:`VisResult` with images (B, 3, H, W) in [0, 1] on the CPU.
@@ -204,7 +212,10 @@ def render_vis(
         with autocast(precision, dev):
             values = evaluate(model, objective, model_input(apply(transforms, images, rng)),
                               redirect_relu=step <= redirect_relu_steps).float()
-        (-values.sum()).backward()
+        loss = -values.sum()
+        if penalty is not None and penalty_weight:
+            loss = loss + (penalty_weight * values.detach().abs() * penalty(images).float()).sum()
+        loss.backward()
         opt.step()
         history.append(values.detach())
         if step in wanted:
