@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.models import AtlasModel
+from atlas.reduce.placement import REFINE_EPOCHS
+from atlas.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class SubAtlasSettings:
             most attributed to it (:func:`atlas.reduce.select_class_rows`).
         sample_size: UMAP fit sample of a class atlas.
         icon_size, steps, batch_size: rendering of the icons (:func:`atlas.render.render_cells`).
+        refine_epochs: placement epochs of the class layouts (:class:`atlas.reduce.ReduceSettings`).
+        objective, icon_view: where the icon objective reads the layer and what the model sees of
+            an icon (:func:`atlas.render.render_cells`).
     """
 
     names: tuple[str, ...] = ()
@@ -57,6 +62,9 @@ class SubAtlasSettings:
     icon_size: int = 80
     steps: int = 128
     batch_size: int = 32
+    refine_epochs: int = REFINE_EPOCHS
+    objective: str = DEFAULT_ICON_OBJECTIVE
+    icon_view: str = DEFAULT_ICON_VIEW
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
@@ -116,7 +124,8 @@ def class_atlas(run_dir: str | os.PathLike, name: str, model: AtlasModel, settin
     folder.mkdir(parents=True, exist_ok=True)
     reduce_file(run_dir / "activations.h5", folder / "layout.h5",
                 ReduceSettings(class_filter=str(index), class_top_n=settings.class_top_n,
-                               sample_size=settings.sample_size), progress=progress)
+                               sample_size=settings.sample_size, refine_epochs=settings.refine_epochs),
+                progress=progress)
     return _finish(run_dir, folder, model, settings, f"Class atlas: {label}", t0, device=device, progress=progress)
 
 
@@ -154,7 +163,8 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
     grid = grid_file(run_dir / "activations.h5", folder / "layout.h5", folder / "cells.h5",
                      GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress)
     rendered = render_cells(folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size,
-                            steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress)
+                            steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress,
+                            objective=settings.objective, icon_view=settings.icon_view)
     tiles = build_tiles(folder / "cells.h5", folder / "icons.h5", folder / "tiles",
                         activations_path=run_dir / "activations.h5", title=title, progress=progress,
                         class_names=model.class_names)
