@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
     s.add_argument("--batch-size", type=int, default=32,
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
-    s.add_argument("--lr", type=float, default=0.05)
+    s.add_argument("--lr", type=float, default=0.08, help="Adam learning rate of the icons [%(default)s]")
     s.add_argument("--cossim-pow", type=float, default=4.0)
     s.add_argument("--icon-view", choices=("whole", "wide", "notebooks"), default="whole",
                    help="what the model sees of an icon each step: the whole icon (78 px), a 62 px window (wide), "

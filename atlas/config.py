@@ -82,7 +82,7 @@ class RenderSection:
     steps: int = 256
     attempts: int = 1
     batch_size: int = 32
-    lr: float = 0.05
+    lr: float = 0.08
     cossim_pow: float = 4.0
     whiten: bool = False
     seed: int = 0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from atlas.models import AtlasModel
 from atlas.reduce.placement import REFINE_EPOCHS
-from atlas.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW
+from atlas.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, DEFAULT_LR
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class SubAtlasSettings:
             most attributed to it (:func:`atlas.reduce.select_class_rows`).
         sample_size: UMAP fit sample of a class atlas.
         icon_size, steps, batch_size: rendering of the icons (:func:`atlas.render.render_cells`).
+        lr: the icons' learning rate (:func:`atlas.render.render_cells`).
         refine_epochs: placement epochs of the class layouts (:class:`atlas.reduce.ReduceSettings`).
         objective, icon_view: where the icon objective reads the layer and what the model sees of
             an icon (:func:`atlas.render.render_cells`).
@@ -62,6 +63,7 @@ class SubAtlasSettings:
     icon_size: int = 80
     steps: int = 128
     batch_size: int = 32
+    lr: float = DEFAULT_LR
     refine_epochs: int = REFINE_EPOCHS
     objective: str = DEFAULT_ICON_OBJECTIVE
     icon_view: str = DEFAULT_ICON_VIEW
@@ -164,7 +166,7 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
                      GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress)
     rendered = render_cells(folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size,
                             steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress,
-                            objective=settings.objective, icon_view=settings.icon_view)
+                            objective=settings.objective, icon_view=settings.icon_view, lr=settings.lr)
     tiles = build_tiles(folder / "cells.h5", folder / "icons.h5", folder / "tiles",
                         activations_path=run_dir / "activations.h5", title=title, progress=progress,
                         class_names=model.class_names)

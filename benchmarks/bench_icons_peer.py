@@ -9,8 +9,8 @@ level's kept cells) with
   white pad and 50 px window, the default before this benchmark); ``-mean`` / ``-center``
   the icon objective read on the activation averaged over positions (the default) or at the
   center (``--objective``); ``-powP`` another ``cossim_pow``, ``-borderW`` the frame prior at
-  weight W (``--border-prior``), ``-bf16`` bf16 autocast (``--precision bf16``), e.g.
-  ``atlas-wide-bf16``;
+  weight W (``--border-prior``), ``-lrX`` another learning rate (``--lr``), ``-bf16`` bf16
+  autocast (``--precision bf16``), e.g. ``atlas-wide-bf16``;
 - ``dreamlens`` / ``dreamlens-3``: dreamlens's ``render_icons`` (optional, ``pip install
   dreamlens``) with 1 attempt / its default 3 attempts (best kept), on the same model and layer;
 
@@ -79,8 +79,11 @@ def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.nda
 
 def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarray, level: int, steps: int,
                  batch: int, view: str | None = None, cossim_pow: float | None = None,
-                 precision: str = "fp32", border_prior: float = 0.0, spatial_mean: bool = False) -> torch.Tensor:
+                 precision: str = "fp32", border_prior: float = 0.0, spatial_mean: bool = False,
+                 lr: float | None = None) -> torch.Tensor:
     kw: dict = {"precision": precision, "border_prior": border_prior, "spatial_mean": spatial_mean}
+    if lr is not None:
+        kw["lr"] = lr
     if view is not None:
         kw["transforms"] = icon_view_transforms(view)
     if cossim_pow is not None:
@@ -94,7 +97,7 @@ def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarra
 
 
 def atlas_method(name: str) -> dict | None:
-    """``atlas[-VIEW][-mean|-center][-powP][-borderW][-bf16]`` -> keyword arguments of
+    """``atlas[-VIEW][-mean|-center][-powP][-borderW][-lrX][-bf16]`` -> keyword arguments of
     :func:`render_atlas`, None if not one."""
     parts = name.split("-")
     if parts[0] != "atlas":
@@ -111,6 +114,8 @@ def atlas_method(name: str) -> dict | None:
             kw["cossim_pow"] = float(part[3:])
         elif part.startswith("border"):
             kw["border_prior"] = float(part[6:])
+        elif part.startswith("lr"):
+            kw["lr"] = float(part[2:])
         else:
             return None
     return kw
