@@ -237,6 +237,15 @@ def refine_positions(
     ).astype(np.float32)
 
 
+def _fill_missing(idx: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where a search found fewer than k rows (index ``-1``), the nearest one found stands in."""
+    missing = idx < 0
+    if missing.any():
+        idx = np.where(missing, idx[:, :1], idx)
+        dist = np.where(missing, dist[:, :1], dist)
+    return idx, dist
+
+
 class KNNPlacer:
     """Place rows by their nearest fitted rows (see the module docstring).
 
@@ -330,12 +339,7 @@ class KNNPlacer:
         if self.backend == "index":
             with self._lock:  # NNDescent.query reuses per-index work buffers; build it once
                 idx, dist = self._ensure_index().query(x, k=k, epsilon=self.epsilon)
-            idx, dist = idx.astype(np.int64), dist.astype(np.float32)
-            missing = idx < 0  # fewer than k found: repeat the nearest one
-            if missing.any():
-                idx = np.where(missing, idx[:, :1], idx)
-                dist = np.where(missing, dist[:, :1], dist)
-            return idx, dist
+            return _fill_missing(idx.astype(np.int64), dist.astype(np.float32))
         # exact: blocks of queries so that a block of scores stays near 64 MB
         block = max(1, (16 << 20) // max(1, len(self.data)))
         out_i = np.empty((len(x), k), np.int64)
@@ -357,12 +361,9 @@ class KNNPlacer:
 
     def _ivf_kneighbors(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx, dist = self.ivf.search(x, k)
-        missing = idx < 0
-        if missing.all(axis=1).any():
+        if (idx < 0).all(axis=1).any():
             raise RuntimeError("the inverted-file index found no candidate for a row; rebuild it with a larger nprobe")
-        if missing.any():  # fewer than k found: the nearest one stands in
-            idx = np.where(missing, idx[:, :1], idx)
-            dist = np.where(missing, dist[:, :1], dist)
+        idx, dist = _fill_missing(idx, dist)
         # a zero distance in the reduced space marks an identical fitted row only if it is one
         # in the full space too (rows may differ off the leading axes)
         zero = np.flatnonzero(dist[:, 0] <= 1e-6)
