@@ -467,19 +467,25 @@
     legend.hidden = docs.length === 0;
   }
 
+  // An index the run may hold: from the server's api/NAME, or from FILE in an export; null when
+  // there is none.
+  async function runIndex(name, file) {
+    try {
+      return await getJSON(state.api
+        ? `api/${name}?run=${encodeURIComponent(state.run.id)}`
+        : `${state.run.base}${file}?v=${encodeURIComponent(state.m.build)}`);
+    } catch (err) {
+      return null;
+    }
+  }
+
   async function loadOverlays() {
     state.overlays = [];
     state.shown.clear();
     const part = $('photos-part');
     part.hidden = true;
-    let index;
-    try {
-      index = await getJSON(state.api
-        ? `api/overlays?run=${encodeURIComponent(state.run.id)}`
-        : `${state.run.base}overlays/index.json?v=${encodeURIComponent(state.m.build)}`);
-    } catch (err) {
-      return; // no photo placed on this atlas yet
-    }
+    const index = await runIndex('overlays', 'overlays/index.json');
+    if (!index) return; // no photo placed on this atlas yet
     state.overlays = (index.overlays || []).filter((o) => o && o.name && o.file);
     if (!state.overlays.length) return;
     $('photos-list').replaceChildren(...state.overlays.map((o) => el('li', {}, [
@@ -500,14 +506,8 @@
   async function loadChannelViews() {
     const part = $('channel-views');
     part.hidden = true;
-    let index;
-    try {
-      index = await getJSON(state.api
-        ? `api/channels?run=${encodeURIComponent(state.run.id)}`
-        : `${state.run.base}channels/index.json?v=${encodeURIComponent(state.m.build)}`);
-    } catch (err) {
-      return; // no channel view written into this atlas
-    }
+    const index = await runIndex('channels', 'channels/index.json');
+    if (!index) return; // no channel view written into this atlas
     const views = (index.views || []).filter((v) => v && v.name && v.page && !/^[a-z]+:|^\/|\.\./i.test(v.page));
     if (!views.length) return;
     $('channel-views-list').replaceChildren(...views.map((v) => el('li', {}, [
