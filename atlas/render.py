@@ -132,6 +132,14 @@ DEFAULT_ICON_VIEW = "whole"
 #: the ``"center"`` position (the paper notebooks).
 ICON_OBJECTIVES = ("mean", "center")
 DEFAULT_ICON_OBJECTIVE = "mean"
+
+
+def _reads_mean(objective: str) -> bool:
+    """Whether the icon ``objective`` reads the spatial mean (True) or the center (False); a
+    clear error for anything else."""
+    if objective not in ICON_OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(repr(o) for o in ICON_OBJECTIVES)}, got {objective!r}")
+    return objective == "mean"
 #: ``icon_view`` -> the arguments of :func:`atlas.optvis.icon_transforms`.
 ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "wide": {"pad_width": 8, "pad_value": 0.5},
               "notebooks": {"pad_width": 2, "pad_value": 1.0}}
@@ -170,7 +178,7 @@ def render_directions(
     precision: str = "fp32",
     input_size: int | None = None,
     border_prior: float = 0.0,
-    spatial_mean: bool = False,
+    objective: str = "center",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one icon per direction, best of ``len(generators)`` attempts, in one batch per attempt.
 
@@ -181,13 +189,15 @@ def render_directions(
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the steps (see :func:`render_vis`).
         border_prior: weight of :func:`atlas.optvis.priors.border_penalty` relative to the
             objective (0: none).
+        objective: ``"center"`` or ``"mean"``, where the direction objective reads the layer
+            (see :func:`render_cells`).
 
     Returns:
         icons (B, 3, S, S) in [0, 1] on the CPU, and their objective values (B,) (float32).
     """
     vecs_t = torch.as_tensor(np.asarray(vecs, np.float32))
     dev = device if device is not None else model.device
-    obj = directions(layer, vecs_t, cossim_pow=cossim_pow, whiten=whiten, spatial_mean=spatial_mean)
+    obj = directions(layer, vecs_t, cossim_pow=cossim_pow, whiten=whiten, spatial_mean=_reads_mean(objective))
     transforms = icon_transforms() if transforms is None else transforms
     best_img: torch.Tensor | None = None
     best_val: torch.Tensor | None = None
@@ -292,8 +302,8 @@ def render_icon_batch(model: AtlasModel, batch: IconBatch) -> IconBatchResult:
                                        steps=batch.steps, lr=batch.lr, cossim_pow=batch.cossim_pow,
                                        whiten=batch.whiten, transforms=batch.transforms, device=model.device,
                                        precision=batch.precision, border_prior=batch.border_prior,
-                                       spatial_mean=batch.objective == "mean")
-    cos = _icon_cossim(model, batch.layer, images, batch.directions, batch.objective == "mean")
+                                       objective=batch.objective)
+    cos = _icon_cossim(model, batch.layer, images, batch.directions, _reads_mean(batch.objective))
     return IconBatchResult(batch.size, batch.rows, to_uint8(images), values.float().numpy(), cos,
                            time.perf_counter() - t0, f"pid {os.getpid()}")
 
@@ -459,8 +469,7 @@ def render_cells(
     """
     t0 = time.perf_counter()
     check_precision(precision)
-    if objective not in ICON_OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(repr(o) for o in ICON_OBJECTIVES)}, got {objective!r}")
+    _reads_mean(objective)  # a bad name fails here, before any work
     model_spec = None
     if scheduler is not None:
         from atlas.distributed import ModelSpec

@@ -79,9 +79,9 @@ def icon_scores(model: AtlasModel, layer: str, icons: torch.Tensor, vecs: np.nda
 
 def render_atlas(model: AtlasModel, layer: str, vecs: np.ndarray, ids: np.ndarray, level: int, steps: int,
                  batch: int, view: str | None = None, cossim_pow: float | None = None,
-                 precision: str = "fp32", border_prior: float = 0.0, spatial_mean: bool = False,
+                 precision: str = "fp32", border_prior: float = 0.0, objective: str = DEFAULT_ICON_OBJECTIVE,
                  lr: float | None = None) -> torch.Tensor:
-    kw: dict = {"precision": precision, "border_prior": border_prior, "spatial_mean": spatial_mean}
+    kw: dict = {"precision": precision, "border_prior": border_prior, "objective": objective}
     if lr is not None:
         kw["lr"] = lr
     if view is not None:
@@ -102,10 +102,10 @@ def atlas_method(name: str) -> dict | None:
     parts = name.split("-")
     if parts[0] != "atlas":
         return None
-    kw: dict = {"spatial_mean": DEFAULT_ICON_OBJECTIVE == "mean"}
+    kw: dict = {}
     for part in parts[1:]:
         if part in ("mean", "center"):
-            kw["spatial_mean"] = part == "mean"
+            kw["objective"] = part
         elif part in ICON_VIEWS:
             kw["view"] = part
         elif part == "bf16":
