@@ -42,6 +42,15 @@ KnnBackend = Literal["auto", "ivf", "index", "brute"]
 BRUTE_MAX_FIT = 8192
 
 
+def _faiss() -> Any:
+    """The faiss module. Its loader logs, at INFO, each CPU-specific build it could not load
+    before the one it does (tracebacks a user need not see); those go at WARNING and up only."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
 class IVFIndex:
     """Approximate nearest fitted rows: PCA to ``dims`` axes, then inverted lists.
 
@@ -64,7 +73,7 @@ class IVFIndex:
     """
 
     def __init__(self, data: np.ndarray, metric: str = "cosine", dims: int = 64, nprobe: int = 4, seed: int = 0):
-        import faiss
+        faiss = _faiss()
 
         if metric not in ("cosine", "euclidean"):
             raise ValueError(f"the inverted-file index supports metric 'cosine' or 'euclidean', not {metric!r}")
@@ -102,17 +111,13 @@ class IVFIndex:
         return idx.astype(np.int64), dist.astype(np.float32)
 
     def __getstate__(self) -> dict[str, Any]:
-        import faiss
-
         state = self.__dict__.copy()
-        state["index"] = faiss.serialize_index(self.index)
+        state["index"] = _faiss().serialize_index(self.index)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import faiss
-
         state = dict(state)
-        state["index"] = faiss.deserialize_index(state["index"])
+        state["index"] = _faiss().deserialize_index(state["index"])
         self.__dict__.update(state)
 
 
