@@ -11,8 +11,9 @@ error. Gradients are taken with respect to the [0, 1] RGB input, so maps of ever
   ``F.relu`` in modules that call it functionally (both undone afterwards).
 - :func:`deconvnet`: Zeiler & Fergus 2014: ReLUs pass only positive gradients whatever the
   forward input was (the backward mask of guided backprop without the forward one).
-- :func:`grad_cam`: Selvaraju et al. 2017 at a chosen layer: ReLU(sum_c alpha_c A_c) with
-  alpha_c the spatial mean of d logit / d A_c, upsampled bilinearly to the input.
+- :func:`grad_cam`: Selvaraju et al. 2017: ReLU(sum_c alpha_c A_c) with alpha_c the spatial mean
+  of d logit / d A_c, upsampled bilinearly to the input. Defined on the last convolutional
+  layer, which is the default here (:func:`last_spatial_layer`: ``inception5b`` for InceptionV1).
 - :func:`grad_cam_pp`: Chattopadhay et al. 2018 (Grad-CAM++): per-position weights in closed form
   from the exp(score) trick, so one small instance of the class counts as much as a large one.
 - :func:`cam`: Zhou et al. 2016 (CAM): for a network that ends in global average pooling and a
@@ -117,12 +118,20 @@ def _modified_relus(model: nn.Module, rule: str = "guided") -> Iterator[None]:
             h.remove()
 
 
+def modified_relu_gradient(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
+                           rule: str = "guided") -> torch.Tensor:
+    """d logit / d x with every ReLU's backward changed by ``rule`` ("guided" or "deconvnet",
+    see :func:`_modified_relus`), (N, 3, H, W): the signal of guided backpropagation and of the
+    deconvnet before their reduction over channels (Captum's ``GuidedBackprop`` and
+    ``Deconvolution``)."""
+    target = _targets(model, x, target)
+    with _modified_relus(model, rule):
+        return input_gradient(model, x, target)
+
+
 def guided_backprop(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
     """Guided backpropagation: max over channels of the positive-guided gradient, (N, H, W)."""
-    target = _targets(model, x, target)
-    with _modified_relus(model, "guided"):
-        grad = input_gradient(model, x, target)
-    return grad.clamp(min=0).amax(1)
+    return modified_relu_gradient(model, x, target, rule="guided").clamp(min=0).amax(1)
 
 
 def deconvnet(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None = None) -> torch.Tensor:
@@ -130,15 +139,51 @@ def deconvnet(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | N
     the input gradient with every ReLU's backward replaced by a ReLU of the incoming gradient
     (no forward mask). Reduced like :func:`guided_backprop` (positive part, max over channels)
     so the two differ only by the rule, (N, H, W)."""
-    target = _targets(model, x, target)
-    with _modified_relus(model, "deconvnet"):
-        grad = input_gradient(model, x, target)
-    return grad.clamp(min=0).amax(1)
+    return modified_relu_gradient(model, x, target, rule="deconvnet").clamp(min=0).amax(1)
+
+
+_LAST_SPATIAL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def last_spatial_layer(model: AtlasModel) -> str:
+    """The name of the last layer of ``model`` whose output is spatial (N, C, h, w) with more than
+    one position: the "last convolutional layer" on which Grad-CAM and Grad-CAM++ are defined
+    (Selvaraju et al. 2017, sec. 3), found by one forward pass of a seeded random image in the
+    order the modules finish (a block finishes after its parts, so a block is preferred over its
+    last ReLU). ``inception5b`` for InceptionV1, ``layer4`` for a torchvision ResNet. Cached per model.
+
+    Raises ``ValueError`` for a network without a spatial layer (e.g. a token-only transformer).
+    """
+    cached = _LAST_SPATIAL.get(model)
+    if cached is not None:
+        return cached
+    finished: list[str] = []
+    handles = []
+    for name, m in model.net.named_modules():
+        if name and not isinstance(m, nn.Dropout):
+            handles.append(m.register_forward_hook(
+                lambda _m, _inp, out, name=name: finished.append(name)
+                if torch.is_tensor(out) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1 else None))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, model.input_size, model.input_size, generator=gen).to(model.device)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if not finished:
+        raise ValueError(f"model {model.name!r} has no spatial (N, C, h, w) layer, so Grad-CAM has no default layer; "
+                         "pass layer= (a spatial layer, see `atlas layers MODEL --spatial`)")
+    _LAST_SPATIAL[model] = finished[-1]
+    return finished[-1]
 
 
 def grad_cam(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
-             layer: str = "inception4e") -> torch.Tensor:
-    """Grad-CAM at ``layer`` (must be spatial), upsampled to the input size, (N, H, W)."""
+             layer: str | None = None) -> torch.Tensor:
+    """Grad-CAM at ``layer`` (must be spatial; default :func:`last_spatial_layer`, the last
+    convolutional layer as in the paper), upsampled to the input size, (N, H, W)."""
+    layer = layer or last_spatial_layer(model)
     target = _targets(model, x, target)
     with torch.enable_grad(), capture(model, [layer]) as acts:
         logits = model(x.detach().clone().requires_grad_(True))  # params are frozen: the graph starts at x
@@ -152,8 +197,9 @@ def grad_cam(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | No
 
 
 def grad_cam_pp(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
-                layer: str = "inception4e") -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhay, Sarkar, Howlader, Balasubramanian 2018) at ``layer``, (N, H, W).
+                layer: str | None = None) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay, Sarkar, Howlader, Balasubramanian 2018) at ``layer`` (default
+    :func:`last_spatial_layer`), (N, H, W).
 
     With ``g = d S / d A`` (S the target logit) and the exp(S) trick (higher derivatives of
     exp(S) for a piecewise-linear network are powers of ``g``), the per-position weights are
@@ -163,6 +209,7 @@ def grad_cam_pp(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int |
     Grad-CAM's mean gradient, negative gradients elsewhere cannot cancel a channel's positive
     evidence.
     """
+    layer = layer or last_spatial_layer(model)
     target = _targets(model, x, target)
     with torch.enable_grad(), capture(model, [layer]) as acts:
         logits = model(x.detach().clone().requires_grad_(True))
@@ -177,6 +224,23 @@ def grad_cam_pp(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int |
     weights = (alpha * F.relu(g)).sum((2, 3), keepdim=True)
     cam_map = F.relu((weights * a).sum(1, keepdim=True))
     return F.interpolate(cam_map, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def layer_gradient_x_activation(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None,
+                                layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input x gradient at a layer: ``h * d logit_target / d h`` per channel and position, and
+    the activations ``h`` themselves, both (N, C, h, w) at a spatial ``layer`` (Captum's
+    ``LayerGradientXActivation``). Summed over channels it is the paper's per-position
+    attribution of a layer's activation vector to a class (what collect stores per row)."""
+    target = _targets(model, x, target)
+    with torch.enable_grad(), capture(model, [layer]) as acts:
+        logits = model(x.detach().clone().requires_grad_(True))
+        h = acts[layer]
+        if h.dim() != 4:
+            raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)}); "
+                             f"pick a (C, H, W) layer, see `atlas layers {model.name} --spatial`")
+        (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), h)
+    return (h * g).detach(), h.detach()
 
 
 @dataclass(frozen=True)

@@ -110,9 +110,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         src = open_source(args.photo)
         refs = src.refs()[: args.limit]
         paths = [p for p in (src.path(r) for r in refs) if p is not None]  # tar members have no path
-        scores = evaluate_methods(model, paths, methods=methods, layer=args.gradcam_layer or args.layer,
+        scores = evaluate_methods(model, paths, methods=methods, layer=args.gradcam_layer,
                                   ig_steps=args.ig_steps, steps=args.curve_steps, progress=not args.quiet, **extra)
-        print(f"{scores.photos} photos, {model.name}, top-1 class; random map = floor to beat")
+        at = f"; Grad-CAM(++) at {scores.gradcam_layer}" if scores.gradcam_layer else ""
+        print(f"{scores.photos} photos, {model.name}, top-1 class{at}; random map = floor to beat")
         print(scores.table())
         if scores.ig_completeness_error is not None:
             print(f"integrated gradients ({args.ig_steps} steps): mean completeness error "
@@ -675,7 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--class", dest="target", default=None, help="class name, WordNet id or index [top-1]")
     s.add_argument("--layer", default="inception4c", help="layer for the per-position attribution [%(default)s]")
-    s.add_argument("--gradcam-layer", default=None, help="layer for Grad-CAM and Grad-CAM++ [--layer]")
+    s.add_argument("--gradcam-layer", default=None,
+                   help="layer for Grad-CAM and Grad-CAM++ [the model's last spatial layer, e.g. inception5b]")
     s.add_argument("--methods", default=None,
                    help="comma-separated: saliency, guided_backprop, deconvnet, grad_cam, grad_cam_pp, cam, "
                         "integrated_gradients, occlusion, igos; 'all' for every one [all but occlusion, igos]")

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from atlas import attribution as attr
-from atlas.models import AtlasModel, capture
+from atlas.models import AtlasModel
 from atlas.resources import class_index
 
 log = logging.getLogger(__name__)
@@ -47,11 +47,13 @@ SMOOTHABLE = ("saliency", "guided_backprop", "deconvnet")
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """Settings of the methods that have any: Grad-CAM / Grad-CAM++ layer (CAM finds its own),
-    integrated-gradient steps, occlusion patch and stride (pixels), and I-GOS iterations,
-    integrated-gradient steps and mask side. ``seed`` seeds SmoothGrad's and I-GOS's noise."""
+    """Settings of the methods that have any: Grad-CAM / Grad-CAM++ layer (None: the model's
+    last spatial layer, :func:`atlas.attribution.last_spatial_layer`, as the paper defines it;
+    CAM finds its own), integrated-gradient steps, occlusion patch and stride (pixels), and
+    I-GOS iterations, integrated-gradient steps and mask side. ``seed`` seeds SmoothGrad's and
+    I-GOS's noise."""
 
-    gradcam_layer: str = "inception4e"
+    gradcam_layer: str | None = None
     ig_steps: int = 32
     occlusion_patch: int = 32
     occlusion_stride: int = 16
@@ -64,7 +66,7 @@ class MethodSettings:
         """The settings that matter for ``methods``, for a table caption."""
         parts = []
         if {"grad_cam", "grad_cam_pp"} & set(methods):
-            parts.append(f"Grad-CAM(++) at {self.gradcam_layer}")
+            parts.append(f"Grad-CAM(++) at {self.gradcam_layer or 'the last spatial layer'}")
         if "integrated_gradients" in methods:
             parts.append(f"IG {self.ig_steps} steps")
         if "occlusion" in methods:
@@ -104,7 +106,7 @@ class Explanation:
     ``image``: (3, S, S) the photo as the model saw it; ``maps``: method -> (S, S);
     ``probs``: (K,) softmax; ``layer_attribution``: (H, W) per-position attribution to ``target``
     at ``layer``; ``layer_activations``: (H*W, C) the activation vectors (for atlas placement);
-    ``seconds``: method -> time.
+    ``seconds``: method -> time; ``gradcam_layer``: the layer Grad-CAM(++) used (None if neither ran).
     """
 
     path: str
@@ -118,6 +120,7 @@ class Explanation:
     layer_activations: np.ndarray
     ig_completeness_error: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    gradcam_layer: str | None = None
 
 
 def load_photo(path: str | os.PathLike, model: AtlasModel) -> torch.Tensor:
@@ -130,17 +133,10 @@ def load_photo(path: str | os.PathLike, model: AtlasModel) -> torch.Tensor:
 def layer_position_attribution(model: AtlasModel, x: torch.Tensor, target: int, layer: str
                                ) -> tuple[np.ndarray, np.ndarray]:
     """Per-position attribution ``sum_c h_c * d logit_target / d h_c`` at every position of a
-    spatial ``layer`` for one image ``x`` (1, 3, S, S): returns ((H, W), activations (H*W, C))."""
-    with torch.enable_grad(), capture(model, [layer]) as acts:
-        logits = model(x.detach().clone().requires_grad_(True))
-        h = acts[layer]
-        if h.dim() != 4:
-            raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)}); "
-                             f"pick a (C, H, W) layer, see `atlas layers {model.name} --spatial`")
-        (g,) = torch.autograd.grad(logits[0, target], h)
-    a = (h * g).sum(1)[0].detach().cpu().numpy()
-    vecs = h[0].detach().flatten(1).T.cpu().numpy()
-    return a, vecs
+    spatial ``layer`` for one image ``x`` (1, 3, S, S): returns ((H, W), activations (H*W, C)).
+    The channel sum of :func:`atlas.attribution.layer_gradient_x_activation`."""
+    prod, h = attr.layer_gradient_x_activation(model, x, target, layer)
+    return prod.sum(1)[0].cpu().numpy(), h[0].flatten(1).T.cpu().numpy()
 
 
 def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | str | None = None,
@@ -151,8 +147,10 @@ def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | 
     """Attribution maps of ``photo`` for ``target`` (index, class name or None = top-1).
 
     ``methods``: names of :data:`atlas.attribution.METHODS` (:data:`ALL_METHODS` for every one).
-    ``gradcam_layer`` (Grad-CAM and Grad-CAM++) defaults to ``layer``; CAM uses the layer that
-    the classifier pools. With ``smooth``, the gradient maps (saliency, guided backprop,
+    ``gradcam_layer`` (Grad-CAM and Grad-CAM++) defaults to the model's last spatial layer
+    (:func:`atlas.attribution.last_spatial_layer`, ``inception5b`` for InceptionV1), where the
+    paper defines the method; CAM uses the layer that the classifier pools. ``layer`` is the
+    per-position attribution's. With ``smooth``, the gradient maps (saliency, guided backprop,
     deconvnet) are averaged over ``smooth_samples`` noisy copies (SmoothGrad).
     """
     unknown = [m for m in methods if m not in attr.METHODS]
@@ -169,7 +167,8 @@ def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | 
         t = class_index(target, names)
     else:
         t = int(target)
-    settings = MethodSettings(gradcam_layer=gradcam_layer or layer, ig_steps=ig_steps, occlusion_patch=occlusion_patch,
+    gradcam_layer = _gradcam_layer(model, methods, gradcam_layer)
+    settings = MethodSettings(gradcam_layer=gradcam_layer, ig_steps=ig_steps, occlusion_patch=occlusion_patch,
                               occlusion_stride=occlusion_stride, igos_iterations=igos_iterations,
                               igos_steps=igos_steps, seed=seed)
     maps: dict[str, np.ndarray] = {}
@@ -186,7 +185,19 @@ def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | 
         maps[m] = amap[0].cpu().numpy()
         seconds[m] = time.perf_counter() - t0
     la, vecs = layer_position_attribution(model, x, t, layer)
-    return Explanation(str(photo), t, names[t], x[0].cpu(), probs, maps, layer, la, vecs, ig_err, seconds)
+    return Explanation(str(photo), t, names[t], x[0].cpu(), probs, maps, layer, la, vecs, ig_err, seconds,
+                       gradcam_layer)
+
+
+def _gradcam_layer(model: AtlasModel, methods: Sequence[str], layer: str | None) -> str | None:
+    """Grad-CAM(++)'s layer for ``methods``: ``layer`` (checked) or the model's last spatial layer;
+    None when neither method runs."""
+    if not {"grad_cam", "grad_cam_pp"} & set(methods):
+        return layer
+    if layer is None:
+        return attr.last_spatial_layer(model)
+    model.layer(layer)  # unknown layers raise with close matches
+    return layer
 
 
 def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence[str] | None = None,
@@ -233,6 +244,8 @@ def explain_figure(e: Explanation, out: str | os.PathLike, class_names: Sequence
             ax.imshow(img * 0.35)
             ax.imshow(m, cmap="inferno", alpha=0.75)
             title = _TITLES.get(name, name.replace("_", " "))
+            if name in ("grad_cam", "grad_cam_pp") and e.gradcam_layer:
+                title += f" ({e.gradcam_layer})"
             if name == "integrated_gradients" and e.ig_completeness_error is not None:
                 title += f"\ncompleteness err {100 * e.ig_completeness_error:.1f}%"
             ax.set_title(title, fontsize=9)
@@ -448,6 +461,7 @@ class MethodScores:
     ig_completeness_error: float | None = None
     per_photo_deletion: dict[str, list[float]] = field(default_factory=dict)
     per_photo_insertion: dict[str, list[float]] = field(default_factory=dict)
+    gradcam_layer: str | None = None
 
     def table(self) -> str:
         rows = ["| method | deletion AUC (lower is better) | insertion AUC (higher is better) | s / photo |",
@@ -472,20 +486,21 @@ class MethodScores:
 
 
 def evaluate_methods(model: AtlasModel, photos: Sequence[str | os.PathLike], *,
-                     methods: Sequence[str] = DEFAULT_METHODS, layer: str = "inception4e",
+                     methods: Sequence[str] = DEFAULT_METHODS, layer: str | None = None,
                      steps: int = 16, ig_steps: int = 32, occlusion_patch: int = 32, occlusion_stride: int = 16,
                      igos_iterations: int = 10, igos_steps: int = 10, progress: bool = True) -> MethodScores:
     """Deletion / insertion AUC (``steps`` steps, :func:`atlas.attribution.deletion_insertion`)
     of each method over ``photos`` for the model's top-1 class, with a random map as the floor
-    to beat. ``layer``: Grad-CAM's and Grad-CAM++'s; the other settings as in :func:`explain_photo`."""
+    to beat. ``layer``: Grad-CAM's and Grad-CAM++'s (default: the model's last spatial layer,
+    as in :func:`explain_photo`); the other settings as in :func:`explain_photo`."""
     from tqdm.auto import tqdm
 
     unknown = [m for m in methods if m not in attr.METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; available: {', '.join(attr.METHODS)}")
-    settings = MethodSettings(gradcam_layer=layer, ig_steps=ig_steps, occlusion_patch=occlusion_patch,
-                              occlusion_stride=occlusion_stride, igos_iterations=igos_iterations,
-                              igos_steps=igos_steps)
+    settings = MethodSettings(gradcam_layer=_gradcam_layer(model, methods, layer), ig_steps=ig_steps,
+                              occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
+                              igos_iterations=igos_iterations, igos_steps=igos_steps)
     dele: dict[str, list[float]] = {m: [] for m in [*methods, "random"]}
     ins: dict[str, list[float]] = {m: [] for m in dele}
     secs: dict[str, list[float]] = {m: [] for m in dele}
@@ -509,7 +524,7 @@ def evaluate_methods(model: AtlasModel, photos: Sequence[str | os.PathLike], *,
             ins[m].append(float(c.insertion_auc[0]))
     mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
     return MethodScores(mean(dele), mean(ins), mean(secs), len(photos),
-                        float(np.mean(ig_errs)) if ig_errs else None, dele, ins)
+                        float(np.mean(ig_errs)) if ig_errs else None, dele, ins, settings.gradcam_layer)
 
 
 def save_image(t: torch.Tensor, path: str | os.PathLike) -> None:

@@ -27,6 +27,7 @@ import torch
 
 import numpy as np
 
+from atlas.attribution import last_spatial_layer
 from atlas.explain import ALL_METHODS, DEFAULT_METHODS, MethodScores, MethodSettings, evaluate_methods
 from atlas.models import load_model
 
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--occlusion-stride", type=int, default=16)
     ap.add_argument("--igos-iterations", type=int, default=10)
     ap.add_argument("--igos-steps", type=int, default=10)
-    ap.add_argument("--layer", default="inception4e", help="Grad-CAM layer [%(default)s]")
+    ap.add_argument("--gradcam-layer", "--layer", dest="layer", default=None,
+                    help="Grad-CAM(++) layer [the model's last spatial layer: inception5b]")
     ap.add_argument("--ig-steps", type=int, default=32)
     ap.add_argument("--curve-steps", type=int, default=16)
     ap.add_argument("--json", default=None)
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     photos = photos[args.offset:]
     methods = {"default": DEFAULT_METHODS, "all": ALL_METHODS}.get(args.methods) or tuple(args.methods.split(","))
     model = load_model("inceptionv1", weights=args.weights, device="cpu")
+    args.layer = args.layer or last_spatial_layer(model)
     settings = MethodSettings(gradcam_layer=args.layer, ig_steps=args.ig_steps, occlusion_patch=args.occlusion_patch,
                               occlusion_stride=args.occlusion_stride, igos_iterations=args.igos_iterations,
                               igos_steps=args.igos_steps)

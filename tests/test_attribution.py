@@ -343,3 +343,43 @@ def test_new_methods_find_the_snorkel_on_a_real_photo(inceptionv1, snorkel, meth
         with torch.no_grad():
             probs.append(float(inceptionv1(snorkel * mask + blurred * (1 - mask)).softmax(1)[0, 801]))
     assert probs[0] > 10 * probs[1], probs  # a map unrelated to the object gives a ratio near 1
+
+
+def test_last_spatial_layer_is_the_last_convolutional_layer():
+    """Grad-CAM's default layer (Selvaraju et al.: the last convolutional layer), found from the model."""
+    from atlas.attribution import last_spatial_layer
+
+    class Stack(nn.Module):  # conv -> relu -> conv -> relu -> global pool -> linear
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+            self.block = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(6, 5)
+
+        def forward(self, x):
+            return self.fc(self.pool(self.block(F.relu(self.conv1(x)))).flatten(1))
+
+    model = load_model(Stack(), input_size=8)
+    # the block finishes after its ReLU; the pool's 1x1 output is not spatial
+    assert last_spatial_layer(model) == "block"
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(grad_cam(model, x, 1), grad_cam(model, x, 1, layer="block"))
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    with pytest.raises(ValueError, match="no spatial.*layer="):
+        last_spatial_layer(load_model(Flat(), input_size=8))
+
+
+@pytest.mark.parametrize("arch, layer", [("resnet18", "layer4"), ("googlenet", "inception5b")])
+def test_last_spatial_layer_of_torchvision_models(arch, layer):
+    from atlas.attribution import last_spatial_layer
+
+    assert last_spatial_layer(load_model(f"torchvision:{arch}", random_init=True)) == layer

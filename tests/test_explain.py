@@ -36,6 +36,18 @@ def test_explain_photo_and_figure(model, photo, tmp_path):
         assert im.size[0] > 1000
 
 
+def test_grad_cam_defaults_to_the_last_spatial_layer(model, photo):
+    """Grad-CAM(++) at the last convolutional layer (inception5b), not at the per-position layer."""
+    e = explain_photo(model, photo, methods=("grad_cam", "grad_cam_pp"))
+    assert e.gradcam_layer == "inception5b" and e.layer == "inception4c"
+    at4c = explain_photo(model, photo, methods=("grad_cam",), gradcam_layer="inception4c")
+    assert at4c.gradcam_layer == "inception4c"
+    assert not np.allclose(e.maps["grad_cam"], at4c.maps["grad_cam"])
+    assert explain_photo(model, photo, methods=("saliency",)).gradcam_layer is None
+    with pytest.raises(ValueError, match="inception4c"):
+        explain_photo(model, photo, methods=("grad_cam",), gradcam_layer="inception4x")
+
+
 def test_every_method_in_the_figure(model, photo, tmp_path):
     e = explain_photo(model, photo, methods=ALL_METHODS, ig_steps=2, occlusion_patch=112, occlusion_stride=112,
                       igos_iterations=1, igos_steps=1)
@@ -104,7 +116,7 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
                         "--ig-steps", "2", "--curve-steps", "2", "--methods", "saliency,grad_cam"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "| saliency |" in r.stdout and "| grad_cam |" in r.stdout and "| random |" in r.stdout
-    assert r.stdout.startswith("2 photos")
+    assert r.stdout.startswith("2 photos") and "Grad-CAM(++) at inception5b" in r.stdout.splitlines()[0]
     bad = subprocess.run([sys.executable, "-m", "atlas", "explain", str(photos), "--evaluate", "--random-init",
                           "--methods", "saliency,gradcam"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown gradcam" in bad.stderr and "grad_cam_pp" in bad.stderr

@@ -63,7 +63,13 @@ class LRN(nn.Module):
 
 
 class Inception(nn.Module):
-    """One inception block: four branches concatenated along channels, each ending in a ReLU."""
+    """One inception block: four branches concatenated along channels, each ending in a ReLU.
+
+    Every ReLU is its own ``nn.ReLU`` module (``relu1``, ``relu2_reduce``, ``relu2``, ...), not a
+    functional call, so tools that change a ReLU's backward pass through module hooks (guided
+    backpropagation and deconvnet here and in Captum) reach all of them. They hold no weights,
+    so the checkpoint's keys are unchanged.
+    """
 
     def __init__(self, c_in: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int):
         super().__init__()
@@ -71,12 +77,16 @@ class Inception(nn.Module):
         self.branch2 = nn.Sequential(nn.Conv2d(c_in, c3r, 1), nn.Conv2d(c3r, c3, 3, padding=1))
         self.branch3 = nn.Sequential(nn.Conv2d(c_in, c5r, 1), nn.Conv2d(c5r, c5, 5, padding=2))
         self.branch4 = nn.Conv2d(c_in, cp, 1)
+        self.relu1 = nn.ReLU()
+        self.relu2_reduce, self.relu2 = nn.ReLU(), nn.ReLU()
+        self.relu3_reduce, self.relu3 = nn.ReLU(), nn.ReLU()
+        self.relu4 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b1 = F.relu(self.branch1(x))
-        b2 = F.relu(self.branch2[1](F.relu(self.branch2[0](x))))
-        b3 = F.relu(self.branch3[1](F.relu(self.branch3[0](x))))
-        b4 = F.relu(self.branch4(F.max_pool2d(x, 3, stride=1, padding=1, ceil_mode=True)))
+        b1 = self.relu1(self.branch1(x))
+        b2 = self.relu2(self.branch2[1](self.relu2_reduce(self.branch2[0](x))))
+        b3 = self.relu3(self.branch3[1](self.relu3_reduce(self.branch3[0](x))))
+        b4 = self.relu4(self.branch4(F.max_pool2d(x, 3, stride=1, padding=1, ceil_mode=True)))
         return torch.cat([b1, b2, b3, b4], dim=1)
 
 
