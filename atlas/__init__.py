@@ -35,6 +35,7 @@ _EXPORTS = {
     "publish_channel_view": "atlas.channels",
     "comparison_file": "atlas.reduce",
     "explain_photo": "atlas.explain",
+    "cascading_randomization": "atlas.sanity",
     "dream": "atlas.optvis.dream",
     "fgsm": "atlas.adversarial",
     "pgd": "atlas.adversarial",

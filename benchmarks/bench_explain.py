@@ -12,7 +12,11 @@ claim). The same as ``atlas explain --evaluate DIR``.
 
 Long runs: ``--offset K`` skips the first K selected photos (so two processes can take halves),
 ``--json OUT`` is rewritten after every ``--chunk`` photos, and ``--merge A.json B.json ...``
-prints the table of several such files together.
+prints the table of several such files together (their photos one after another).
+``--combine A.json B.json ...`` joins files over the *same* photos in the same order, method by
+method (a later file's method replaces an earlier one's; ``--json OUT`` saves the result): to
+re-run some methods without the rest. For a method in more than one file it prints the largest
+per-photo difference, so a method re-run as a check shows whether the photos line up.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--offset", type=int, default=0, help="skip the first K selected photos")
     ap.add_argument("--chunk", type=int, default=10, help="photos between two writes of --json")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON", help="print the table of these results")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="join these results over the same photos, method by method")
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--first", action="store_true", help="the first LIMIT photos instead of every n-th")
     ap.add_argument("--methods", default="default", help="comma-separated, 'default' or 'all'")
@@ -55,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         scores = merge([MethodScores(**json.loads(Path(f).read_text())) for f in args.merge])
         print(f"{scores.photos} photos from {len(args.merge)} files")
+        report(scores, list(scores.deletion_auc))
+        return 0
+    if args.combine:
+        scores = combine([MethodScores(**json.loads(Path(f).read_text())) for f in args.combine])
+        if args.json:
+            Path(args.json).write_text(json.dumps(scores.__dict__, indent=1))
         report(scores, list(scores.deletion_auc))
         return 0
     if not (args.images and args.weights):
@@ -94,13 +106,44 @@ def merge(parts: list[MethodScores]) -> MethodScores:
     errs = [(p.ig_completeness_error, p.photos) for p in parts if p.ig_completeness_error is not None]
     err = sum(e * k for e, k in errs) / sum(k for _, k in errs) if errs else None
     mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
-    return MethodScores(mean(per_del), mean(per_ins), secs, n, err, per_del, per_ins)
+    return MethodScores(mean(per_del), mean(per_ins), secs, n, err, per_del, per_ins, parts[0].gradcam_layer)
+
+
+def combine(parts: list[MethodScores]) -> MethodScores:
+    """One :class:`MethodScores` of several runs over the same photos, method by method."""
+    n = parts[0].photos
+    if any(p.photos != n for p in parts):
+        raise SystemExit(f"--combine needs results over the same photos; counts: {[p.photos for p in parts]}")
+    per_del: dict[str, list[float]] = {}
+    per_ins: dict[str, list[float]] = {}
+    secs: dict[str, float] = {}
+    for p in parts:
+        for m in p.per_photo_deletion:
+            if m in per_del:
+                diff = max(abs(a - b) for a, b in zip(per_del[m] + per_ins[m],
+                                                       p.per_photo_deletion[m] + p.per_photo_insertion[m]))
+                print(f"{m}: in more than one file; largest per-photo AUC difference {diff:.2e} (later file kept)")
+            per_del[m], per_ins[m], secs[m] = p.per_photo_deletion[m], p.per_photo_insertion[m], p.seconds[m]
+    errs = [p.ig_completeness_error for p in parts if p.ig_completeness_error is not None]
+    layers = [p.gradcam_layer for p in parts if p.gradcam_layer]
+    mean = lambda d: {k: float(np.mean(v)) for k, v in d.items()}  # noqa: E731
+    return MethodScores(mean(per_del), mean(per_ins), secs, n, errs[-1] if errs else None, per_del, per_ins,
+                        layers[-1] if layers else None)
 
 
 def report(scores: MethodScores, methods) -> None:
     print(scores.table())
     if scores.ig_completeness_error is not None:
         print(f"integrated gradients mean completeness error: {100 * scores.ig_completeness_error:.2f}%")
+    if scores.gradcam_layer:
+        print(f"Grad-CAM and Grad-CAM++ at {scores.gradcam_layer}")
+    if "random" in methods:
+        for m in [m for m in methods if m != "random"]:
+            cells = []
+            for curve in ("deletion", "insertion"):
+                d, lo, hi, lower = scores.paired(m, "random", curve)
+                cells.append(f"{curve} {d:+.4f} ({lo:+.4f} .. {hi:+.4f}), lower on {100 * lower:.0f}%")
+            print(f"{m} - random per photo: " + "; ".join(cells))
     if "igos" in methods:
         for other in ("integrated_gradients", "grad_cam"):
             if other not in methods:
