@@ -314,6 +314,48 @@ def test_foreign_host_header_refused(site):
     assert request(site, "GET", "/api/runs", {"Host": "[::1]:8000"})[0] == 200
 
 
+@pytest.mark.parametrize("host", [
+    "localhost", "LocalHost:8000", "127.0.0.1", "127.0.0.1:65535", "127.1.2.3", "127.255.255.254:80", "[::1]",
+    "[::1]:8000",
+])
+def test_loopback_host_headers_accepted(site, host):
+    assert request(site, "GET", "/api/runs", {"Host": host})[0] == 200, host
+
+
+@pytest.mark.parametrize("host", [
+    "127.evil.com", "127.0.0.1.nip.io", "127.0.0.1.evil.com:8000", "localhost.evil.com", "evil-localhost",
+    "127.1", "0x7f.0.0.1", "127.0.0.1:", "127.0.0.1:80x", "localhost:8000:1", "[::1].evil.com", "::1",
+    "[::2]", "[::ffff:127.0.0.1]", "0.0.0.0", "10.0.0.1", "127.0.0.1 evil.com", "",
+])
+def test_lookalike_host_headers_refused(site, host):
+    # DNS rebinding: a name that merely starts like a loopback address resolves wherever its owner wants
+    status, _h, body = request(site, "GET", "/api/runs", {"Host": host})
+    assert status == 400 and b"runs" not in body, host
+
+
+def _raw(server, head: bytes) -> bytes:
+    """The answer to a raw request (the status line and headers are all the tests need)."""
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("hosts", [
+    ("localhost", "evil.example"), ("evil.example", "localhost"), ("localhost", "127.0.0.1"),
+    ("127.0.0.1", "127.0.0.1"),
+])
+def test_several_host_headers_refused(site, hosts):
+    lines = b"".join(b"Host: " + h.encode() + b"\r\n" for h in hosts)
+    answer = _raw(site, b"GET /api/runs HTTP/1.1\r\n" + lines + b"Connection: close\r\n\r\n")
+    assert answer.split(b" ")[1] == b"400", (hosts, answer[:200])
+    assert b'"runs"' not in answer
+    one = _raw(site, b"GET /api/runs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert one.split(b" ")[1] == b"200"
+
+
 def test_binds_loopback_by_default(tmp_path):
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(make_server).parameters["host"].default == "127.0.0.1"
