@@ -33,7 +33,7 @@ from typing import Any
 
 from atlas.serve.api import channel_view_entries, class_highlight, level_attribution, overlay_entries, read_region
 from atlas.serve.files import CONTENT_TYPES, VIEWER_DIR
-from atlas.serve.runs import MAX_SCAN_DEPTH, Run, find_runs, ordered_runs
+from atlas.serve.runs import MAX_SCAN_DEPTH, Run, data_url, find_runs, ordered_runs
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def export_site(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overw
             _write_json(dest / "overlays" / "index.json", {"kind": "atlas-overlays", "overlays": overlay_entries(run)},
                         summary, "overlays")
             _write_json(dest / "channels" / "index.json", {"views": channel_view_entries(run)}, summary, "channels")
-            described.append({**run.describe(), "base": f"data/{run_id}/"})
+            described.append({**run.describe(), "base": data_url(run_id, "data/")})
         _write_json(partial / "atlas.json", {"kind": EXPORT_KIND, "api": False, "runs": described}, summary, "manifest")
         if out.exists():
             shutil.rmtree(out)

@@ -11,6 +11,7 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -389,6 +390,36 @@ def test_several_runs_and_run_picker_api(tmp_path):
         status, err = get_json(server, "/api/cell?level=8&id=1")
         assert status == 400 and "run=" in err["error"]
         assert get_json(server, "/api/class?run=runA/tiles&name=pizza&level=8")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_run_folders_named_with_url_characters(tmp_path):
+    """A run folder's name is percent-encoded in the URLs the server gives (``base``), decoded
+    once when asked for, and a path through it is checked like any other."""
+    names = ["run #1 ?a=b&c", "100% <b>", "ünï"]
+    for name in names:
+        _build(tmp_path / name)
+    (tmp_path / "secret.json").write_text('{"secret": 1}')
+    server = make_server(tmp_path, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        _s, data = get_json(server, "/api/runs")
+        bases = {r["name"]: r["base"] for r in data["runs"]}
+        assert bases == {"run #1 ?a=b&c": "/data/run%20%231%20%3Fa%3Db%26c/tiles/",
+                         "100% <b>": "/data/100%25%20%3Cb%3E/tiles/", "ünï": "/data/%C3%BCn%C3%AF/tiles/"}
+        for name, base in bases.items():
+            status, manifest = get_json(server, base + "manifest.json?v=1")
+            assert status == 200 and manifest["kind"] == "atlas-tiles", name
+            assert request(server, "GET", base + "0/0/0.jpg")[0] == 200
+            status, cell = get_json(server, f"/api/cell?run={quote(name + '/tiles')}&level=4&id=0")
+            if status == 200:
+                assert all(t is None or t.startswith(base) for t in cell["thumbs"])
+            for evil in ("%2e%2e/%2e%2e/secret.json", "..%2f..%2fsecret.json", "../../secret.json"):
+                status, _h, body = request(server, "GET", base + evil)
+                assert status == 400 and b"secret" not in body, (base, evil)
+        assert request(server, "GET", "/data/run%20#1%20?a=b&c/tiles/manifest.json")[0] == 404  # cut at "#" and "?"
     finally:
         server.shutdown()
         server.server_close()
