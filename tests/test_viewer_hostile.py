@@ -90,8 +90,9 @@ def hostile_root(tiny_run, tmp_path_factory):
     index_path.write_text(json.dumps(index))
 
     shutil.copytree(run, root / "plain")
-    view = channel_view(load_model(Tiny(), input_size=16), torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5)),
-                        "relu2", top=2, cache_dir=root / "cache", icon_size=16, steps=3, batch_size=2, device="cpu")
+    photo_tensor = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    view = channel_view(load_model(Tiny(), input_size=16), photo_tensor, "relu2", top=2, cache_dir=root / "cache",
+                        icon_size=16, steps=3, batch_size=2, device="cpu")
     publish_channel_view(view, root / "plain", CHANNEL_PHOTO, title=f"{CHANNEL_PHOTO}: relu2")
     shutil.rmtree(root / "cache")
     return SimpleNamespace(root=root, overlay=doc, tiles=run / "tiles")
@@ -163,7 +164,7 @@ def _cells(tiles: Path, size: int) -> list[dict]:
 def _hover_overlay(p: Page) -> str:
     """Hover the strongest point of the shown overlay (drawn on top); its tooltip's text."""
     x, y = p.js("""() => { const [g] = atlasViewer.state.shown.values();
-                           const m = g.getLayers().reduce((a, b) => (Math.abs(b.options.radius) > Math.abs(a.options.radius) ? b : a));
+                           const m = g.getLayers().reduce((a, b) => (b.options.radius > a.options.radius ? b : a));
                            const q = atlasViewer.map.latLngToContainerPoint(m.getLatLng()); return [q.x, q.y]; }""")
     p.page.mouse.move(x - 30, y - 30)
     p.page.mouse.move(x, y, steps=4)

@@ -196,4 +196,5 @@ class StaticFiles:
             self.wfile.write(body)
 
 
-__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "CSP_META", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments", "inside"]
+__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "CSP_META", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments",
+           "inside"]
