@@ -292,6 +292,7 @@ def channels_figure(view: ChannelView, out: str | os.PathLike, *, top: int = 16,
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<link rel="icon" href="data:,">
 <style>
 body{font:14px system-ui,sans-serif;margin:16px;background:#f4f3ef;color:#222}
 header{display:flex;gap:16px;align-items:flex-start}
@@ -319,8 +320,15 @@ render every channel).</p>
 </body></html>
 """
 
-#: the page's script, a file of its own so that a server's ``script-src 'self'`` policy allows it
+#: the page's script, a file of its own so that a server's ``script-src 'self'`` policy allows it;
+#: it builds the cards from DOM nodes (text and attributes), never from HTML strings
 _SCRIPT = """const DATA = window.CHANNEL_VIEW;
+function node(tag, attrs, text) {
+  const n = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+  if (text !== undefined) n.textContent = text;
+  return n;
+}
 function render() {
   const key = document.getElementById("sort").value;
   const q = document.getElementById("filter").value.trim();
@@ -329,17 +337,16 @@ function render() {
   else rows.sort((a, b) => b[key] - a[key]);
   if (q) rows = rows.filter(r => String(r.channel).startsWith(q));
   const cards = document.getElementById("cards");
-  cards.innerHTML = "";
-  for (const r of rows) {
-    const d = document.createElement("div");
-    d.className = "card"; d.dataset.channel = r.channel;
-    const icon = r.icon ? `<img class="icon" src="${r.icon}" alt="channel ${r.channel} visualization">`
-                        : `<span class="none">not rendered</span>`;
-    d.innerHTML = `<div class="label">#${r.rank} ch ${r.channel} &middot; mean ${r.mean.toPrecision(3)}` +
-                  ` &middot; max ${r.max.toPrecision(3)}</div><img class="map" src="${r.map}"` +
-                  ` alt="channel ${r.channel} activation map">${icon}`;
-    cards.appendChild(d);
-  }
+  cards.replaceChildren(...rows.map((r) => {
+    const d = node("div", {class: "card", "data-channel": r.channel});
+    d.append(
+      node("div", {class: "label"}, `#${r.rank} ch ${r.channel} \\u00b7 mean ${r.mean.toPrecision(3)}` +
+                                    ` \\u00b7 max ${r.max.toPrecision(3)}`),
+      node("img", {class: "map", src: r.map, alt: `channel ${r.channel} activation map`}),
+      r.icon ? node("img", {class: "icon", src: r.icon, alt: `channel ${r.channel} visualization`})
+             : node("span", {class: "none"}, "not rendered"));
+    return d;
+  }));
   document.getElementById("count").textContent = `${rows.length} of ${DATA.channels.length} channels`;
 }
 document.getElementById("sort").addEventListener("change", render);

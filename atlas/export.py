@@ -14,7 +14,11 @@
     DIR/data/<run>/classes/index.json     the class indices that have a file
 
 Nothing of atlas runs where the site is hosted: ``python -m http.server -d DIR`` (or any web
-server, or object storage) serves it, at any path. Only files a server would serve are copied:
+server, or object storage) serves it, at any path. A static host sends no security headers, so
+every page of the site (the viewer, channel views) carries the content security policy that
+``atlas serve`` sends, in a ``<meta http-equiv="Content-Security-Policy">`` tag: scripts,
+styles, images and fetches from the site only, no inline script. Run folders are named in
+URLs percent-encoded (``base`` in ``atlas.json``). Only files a server would serve are copied:
 hidden files (the tiles' ``.state.json``), unknown extensions and symlinks that lead out of the
 tiles folder are left out. The site is written beside ``DIR`` and renamed into place, so an
 interrupted export leaves no half site.
@@ -22,9 +26,11 @@ interrupted export leaves no half site.
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -32,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from atlas.serve.api import channel_view_entries, class_highlight, level_attribution, overlay_entries, read_region
-from atlas.serve.files import CONTENT_TYPES, VIEWER_DIR
-from atlas.serve.runs import MAX_SCAN_DEPTH, Run, find_runs, ordered_runs
+from atlas.serve.files import CONTENT_TYPES, CSP_META, VIEWER_DIR
+from atlas.serve.runs import MAX_SCAN_DEPTH, Run, data_url, find_runs, ordered_runs
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +79,28 @@ def _part(rel: Path) -> str:
     return "tiles" if head.isdigit() else head if len(rel.parts) > 1 else "manifest"
 
 
+_HEAD = re.compile(rb"<head(?:\s[^>]*)?>", re.IGNORECASE)
+_DOCTYPE = re.compile(rb"\s*<!doctype[^>]*>", re.IGNORECASE)
+_CSP_TAG = f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP_META, quote=False)}">'.encode()
+
+
+def _with_csp(page: bytes) -> bytes:
+    """An HTML page with :data:`~atlas.serve.files.CSP_META` in a ``<meta>`` tag at the top of
+    its head (before anything it governs); a page without a head gets it first (after its doctype)."""
+    match = _HEAD.search(page) or _DOCTYPE.match(page)
+    at = match.end() if match else 0
+    return page[:at] + _CSP_TAG + page[at:]
+
+
+def _publish(src: Path, target: Path) -> None:
+    """Copy a file into the site; an HTML page gets the content security policy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if src.suffix.lower() == ".html":
+        target.write_bytes(_with_csp(src.read_bytes()))
+    else:
+        shutil.copyfile(src, target)
+
+
 def _copy_tiles(run: Run, dest: Path, summary: ExportSummary) -> None:
     root = run.path
     for folder, dirs, files in os.walk(root):
@@ -89,8 +117,7 @@ def _copy_tiles(run: Run, dest: Path, summary: ExportSummary) -> None:
             if rel.as_posix() in ("overlays/index.json", "channels/index.json"):  # rewritten from their valid entries
                 continue
             target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(real, target)
+            _publish(real, target)
             summary.files += 1
             part = _part(rel)
             summary.bytes_by_part[part] = summary.bytes_by_part.get(part, 0) + target.stat().st_size
@@ -131,8 +158,7 @@ def _copy_viewer(out: Path, summary: ExportSummary) -> None:
             continue
         rel = src.relative_to(VIEWER_DIR)
         target = out / rel if rel.as_posix() == "index.html" else out / "static" / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+        _publish(src, target)
         summary.files += 1
         summary.bytes_by_part["viewer"] = summary.bytes_by_part.get("viewer", 0) + target.stat().st_size
 
@@ -192,7 +218,7 @@ def export_site(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overw
             _write_json(dest / "overlays" / "index.json", {"kind": "atlas-overlays", "overlays": overlay_entries(run)},
                         summary, "overlays")
             _write_json(dest / "channels" / "index.json", {"views": channel_view_entries(run)}, summary, "channels")
-            described.append({**run.describe(), "base": f"data/{run_id}/"})
+            described.append({**run.describe(), "base": data_url(run_id, "data/")})
         _write_json(partial / "atlas.json", {"kind": EXPORT_KIND, "api": False, "runs": described}, summary, "manifest")
         if out.exists():
             shutil.rmtree(out)

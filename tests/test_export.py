@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -78,6 +79,27 @@ def test_export_writes_every_file_the_viewer_reads(site, run):
         assert cell["icon"] is None or (site / "data/tiles" / cell["icon"]["sprite"]).is_file()
     assert not (site / "data/tiles/.state.json").exists() and (run / "tiles/.state.json").exists()
     assert not (site / "data/tiles/leak.json").exists()  # a symlink out of the tiles folder
+
+
+def test_exported_pages_carry_the_csp(site, run, tmp_path):
+    """A static host sends no headers: each page holds the policy `atlas serve` sends, first in its head."""
+    from atlas.serve.files import CSP, CSP_META
+
+    assert CSP_META == CSP.replace("; frame-ancestors 'none'", "")
+    tag = f'<meta http-equiv="Content-Security-Policy" content="{CSP_META}">'
+    page = (site / "index.html").read_text()
+    assert page.count("Content-Security-Policy") == 1 and page.index(tag) < page.index("<link") < page.index("<script")
+    assert re.search(r"<head>\s*" + re.escape(tag), page)
+    # any page in the tiles (a channel view) gets it as well, a page without a head before its body
+    extra = run / "tiles" / "channels" / "bare" / "index.html"
+    extra.parent.mkdir(parents=True)
+    extra.write_text("<!doctype html><title>bare</title><script src=x.js></script>")
+    try:
+        export_site(run, tmp_path / "again")
+    finally:
+        shutil.rmtree(run / "tiles" / "channels")
+    assert (tmp_path / "again/data/tiles/channels/bare/index.html").read_text() == \
+        f"<!doctype html>{tag}<title>bare</title><script src=x.js></script>"
 
 
 def test_class_files_equal_the_servers_api(site, run):

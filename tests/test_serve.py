@@ -11,6 +11,7 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -314,6 +315,48 @@ def test_foreign_host_header_refused(site):
     assert request(site, "GET", "/api/runs", {"Host": "[::1]:8000"})[0] == 200
 
 
+@pytest.mark.parametrize("host", [
+    "localhost", "LocalHost:8000", "127.0.0.1", "127.0.0.1:65535", "127.1.2.3", "127.255.255.254:80", "[::1]",
+    "[::1]:8000",
+])
+def test_loopback_host_headers_accepted(site, host):
+    assert request(site, "GET", "/api/runs", {"Host": host})[0] == 200, host
+
+
+@pytest.mark.parametrize("host", [
+    "127.evil.com", "127.0.0.1.nip.io", "127.0.0.1.evil.com:8000", "localhost.evil.com", "evil-localhost",
+    "127.1", "0x7f.0.0.1", "127.0.0.1:", "127.0.0.1:80x", "localhost:8000:1", "[::1].evil.com", "::1",
+    "[::2]", "[::ffff:127.0.0.1]", "0.0.0.0", "10.0.0.1", "127.0.0.1 evil.com", "",
+])
+def test_lookalike_host_headers_refused(site, host):
+    # DNS rebinding: a name that merely starts like a loopback address resolves wherever its owner wants
+    status, _h, body = request(site, "GET", "/api/runs", {"Host": host})
+    assert status == 400 and b"runs" not in body, host
+
+
+def _raw(server, head: bytes) -> bytes:
+    """The answer to a raw request (the status line and headers are all the tests need)."""
+    with socket.create_connection(server.server_address[:2], timeout=10) as s:
+        s.sendall(head)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("hosts", [
+    ("localhost", "evil.example"), ("evil.example", "localhost"), ("localhost", "127.0.0.1"),
+    ("127.0.0.1", "127.0.0.1"),
+])
+def test_several_host_headers_refused(site, hosts):
+    lines = b"".join(b"Host: " + h.encode() + b"\r\n" for h in hosts)
+    answer = _raw(site, b"GET /api/runs HTTP/1.1\r\n" + lines + b"Connection: close\r\n\r\n")
+    assert answer.split(b" ")[1] == b"400", (hosts, answer[:200])
+    assert b'"runs"' not in answer
+    one = _raw(site, b"GET /api/runs HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    assert one.split(b" ")[1] == b"200"
+
+
 def test_binds_loopback_by_default(tmp_path):
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(make_server).parameters["host"].default == "127.0.0.1"
@@ -347,6 +390,36 @@ def test_several_runs_and_run_picker_api(tmp_path):
         status, err = get_json(server, "/api/cell?level=8&id=1")
         assert status == 400 and "run=" in err["error"]
         assert get_json(server, "/api/class?run=runA/tiles&name=pizza&level=8")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_run_folders_named_with_url_characters(tmp_path):
+    """A run folder's name is percent-encoded in the URLs the server gives (``base``), decoded
+    once when asked for, and a path through it is checked like any other."""
+    names = ["run #1 ?a=b&c", "100% <b>", "ünï"]
+    for name in names:
+        _build(tmp_path / name)
+    (tmp_path / "secret.json").write_text('{"secret": 1}')
+    server = make_server(tmp_path, port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        _s, data = get_json(server, "/api/runs")
+        bases = {r["name"]: r["base"] for r in data["runs"]}
+        assert bases == {"run #1 ?a=b&c": "/data/run%20%231%20%3Fa%3Db%26c/tiles/",
+                         "100% <b>": "/data/100%25%20%3Cb%3E/tiles/", "ünï": "/data/%C3%BCn%C3%AF/tiles/"}
+        for name, base in bases.items():
+            status, manifest = get_json(server, base + "manifest.json?v=1")
+            assert status == 200 and manifest["kind"] == "atlas-tiles", name
+            assert request(server, "GET", base + "0/0/0.jpg")[0] == 200
+            status, cell = get_json(server, f"/api/cell?run={quote(name + '/tiles')}&level=4&id=0")
+            if status == 200:
+                assert all(t is None or t.startswith(base) for t in cell["thumbs"])
+            for evil in ("%2e%2e/%2e%2e/secret.json", "..%2f..%2fsecret.json", "../../secret.json"):
+                status, _h, body = request(server, "GET", base + evil)
+                assert status == 400 and b"secret" not in body, (base, evil)
+        assert request(server, "GET", "/data/run%20#1%20?a=b&c/tiles/manifest.json")[0] == 404  # cut at "#" and "?"
     finally:
         server.shutdown()
         server.server_close()

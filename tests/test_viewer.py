@@ -382,7 +382,7 @@ def test_photo_overlay_toggles_points_on_the_atlas(browser, explained_site, vpag
         # each point sits where the overlay file puts it: strongest point's marker vs toLatLng
         strongest = max(doc["points"], key=lambda q: abs(q["a"]))
         got = p.js("""(pt) => { const g = atlasViewer.state.shown.get('p7');
-                       const m = g.getLayers().find((l) => l.getTooltip().getContent().includes(
+                       const m = g.getLayers().find((l) => l.getTooltip().getContent().textContent.includes(
                            `position (${pt.pos[0]}, ${pt.pos[1]})`));
                        const a = m.getLatLng(), b = atlasViewer.toLatLng(pt.x, pt.y);
                        return [a.lat - b.lat, a.lng - b.lng, m.getRadius()]; }""", strongest)

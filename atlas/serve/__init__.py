@@ -33,8 +33,14 @@ Security: the server only reads. Request paths are decoded once and refused (400
 hold ``..`` or ``.`` segments, empty segments, backslashes, NUL or control characters; files are
 opened only after resolving symlinks and checking that the real path lies inside the tiles
 folder (or the viewer folder), and only with known extensions; hidden files are never served.
-Overlong URLs get 414, overlong or malformed query values 400, unknown hosts 400 (DNS
-rebinding) while bound to loopback. Errors never carry a traceback.
+Overlong URLs get 414, overlong or malformed query values 400. While bound to loopback, a Host
+header other than ``localhost``, a 127.0.0.0/8 address as a dotted quad or ``[::1]`` (each with an
+optional port) gets 400, so a name that resolves to 127.0.0.1 cannot read the atlas (DNS
+rebinding; ``127.evil.com`` is not a loopback address); bound to another address (``--host
+0.0.0.0``) any Host is answered. A request with more than one Host header gets 400. A run is
+named in URLs percent-encoded (``base`` in ``/api/runs``); the path is decoded once, before the
+checks above. Pages carry a content security policy (:data:`~atlas.serve.files.CSP`; an export
+puts it in a ``<meta>`` tag). Errors never carry a traceback.
 """
 
 from atlas.serve.errors import HTTPError

@@ -21,10 +21,11 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from atlas.serve.errors import HTTPError, parse_int
 from atlas.serve.files import inside
-from atlas.serve.runs import Run, ordered_runs
+from atlas.serve.runs import Run, data_url, ordered_runs
 
 if TYPE_CHECKING:
     from atlas.serve.server import AtlasServer
@@ -151,14 +152,14 @@ class JsonApi:
         if cell is None:
             raise HTTPError(404, f"grid {size} has no cell {cell_id} (too few activations landed there)")
         names = doc["names"] if doc else {}
-        base = f"/data/{run.id}/"
+        base = data_url(run.id, "/data/")
         self._send_json({
             "run": run.id,
             "level": size,
             **{k: cell[k] for k in ("id", "iy", "ix", "count", "done", "center", "examples")},
             "top": [{"class": c, "name": names.get(str(c), f"class {c}"), "value": v} for c, v in cell["top"]],
-            "thumbs": [base + t if t else None for t in cell.get("thumbs", [])],
-            "icon": {**cell["icon"], "sprite": base + cell["icon"]["sprite"]} if cell.get("icon") else None,
+            "thumbs": [base + quote(t) if t else None for t in cell.get("thumbs", [])],
+            "icon": {**cell["icon"], "sprite": base + quote(cell["icon"]["sprite"])} if cell.get("icon") else None,
         })
 
     def _class_index(self, run: Run, query: dict[str, str]) -> tuple[int, str]:

@@ -43,6 +43,9 @@ CSP = (
 )
 #: the same for a server made to be embedded (``embeddable``: a notebook's iframe on another port)
 CSP_EMBEDDABLE = CSP.replace("frame-ancestors 'none'", "frame-ancestors *")
+#: the policy of an exported page, in its ``<meta http-equiv>`` tag: :data:`CSP` less
+#: ``frame-ancestors``, which browsers ignore there (only a header can refuse framing)
+CSP_META = "; ".join(d for d in CSP.split("; ") if not d.startswith("frame-ancestors"))
 
 
 class LRU:
@@ -193,4 +196,5 @@ class StaticFiles:
             self.wfile.write(body)
 
 
-__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments", "inside"]
+__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "CSP_META", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments",
+           "inside"]

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from atlas.tiles import MANIFEST_KIND
 
@@ -35,8 +36,14 @@ class Run:
             "complete": bool(m.get("complete", False)),
             "build": m.get("build", ""),
             "levels": [lv.get("size") for lv in m.get("levels", [])],
-            "base": f"/data/{self.id}/",
+            "base": data_url(self.id, "/data/"),
         }
+
+
+def data_url(run_id: str, prefix: str) -> str:
+    """The URL of a run's files: ``prefix`` and the run id, percent-encoded segment by segment
+    (a folder named ``a #1?`` is ``a%20%231%3F``), with a closing ``/``."""
+    return prefix + quote(run_id, safe="/") + "/"
 
 
 def run_name(root: Path, tiles_dir: Path) -> str:
@@ -103,4 +110,4 @@ def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
     return runs
 
 
-__all__ = ["MAX_SCAN_DEPTH", "Run", "find_runs", "run_name"]
+__all__ = ["MAX_SCAN_DEPTH", "Run", "data_url", "find_runs", "run_name"]

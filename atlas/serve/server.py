@@ -5,9 +5,11 @@ routes each request to the static files (:mod:`atlas.serve.files`) or the JSON A
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 import webbrowser
@@ -27,7 +29,39 @@ log = logging.getLogger("atlas.serve")
 MAX_URL = 2048
 MAX_QUERY_VALUE = 200
 MAX_QUERY_FIELDS = 16
-_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+#: a Host header: a name or dotted quad, or an IPv6 address in brackets, and an optional port
+_HOST = re.compile(r"(?P<name>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address is loopback: ``localhost``, a 127.0.0.0/8 address or ``::1``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def loopback_host_header(value: str) -> bool:
+    """Whether a Host header names this machine's loopback and nothing else: ``localhost``, a
+    127.0.0.0/8 address written as a dotted quad, or ``[::1]``, each with an optional port.
+
+    Names that only start like one (``127.evil.com``, ``127.0.0.1.nip.io``) resolve wherever
+    their owner wants: a page there could read the atlas through DNS rebinding.
+    """
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return False
+    name = match["name"].lower()
+    if name == "localhost":
+        return True
+    try:
+        if name.startswith("["):
+            return ipaddress.IPv6Address(name[1:-1]) == ipaddress.IPv6Address("::1")
+        return ipaddress.IPv4Address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class AtlasServer(ThreadingHTTPServer):
@@ -59,7 +93,7 @@ class AtlasServer(ThreadingHTTPServer):
         self._scanned = time.monotonic()
         self._runs_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_connections)
-        self.loopback = host in _LOOPBACK_NAMES or host.startswith("127.")
+        self.loopback = is_loopback(host)
         super().__init__((host, port), AtlasHandler)
 
     # -- registry
@@ -236,14 +270,12 @@ class AtlasHandler(StaticFiles, JsonApi, BaseHTTPRequestHandler):
         raise HTTPError(404, "not found")
 
     def _check_host(self) -> None:
-        if not self.server.loopback:
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:  # RFC 9112: a request with more than one Host header is answered 400
+            raise HTTPError(400, "more than one Host header")
+        if not self.server.loopback or not hosts:
             return
-        host = self.headers.get("Host")
-        if host is None:
-            return
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        name = name.strip("[]").lower()
-        if name not in _LOOPBACK_NAMES and not name.startswith("127."):
+        if not loopback_host_header(hosts[0].strip()):
             raise HTTPError(400, "unexpected Host header; open the atlas at http://localhost:PORT/")
 
     @staticmethod

@@ -15,6 +15,11 @@
  *   <base>overlays/<name>.json      one photo's positions on the atlas
  * Map units are pixels at the deepest tiled zoom; the layout's unit square starts at margin_px
  * and is content_px wide. The URL hash (run, z, x, y, class, cell, photo) restores a view.
+ *
+ * Every name from the data (runs, classes, photos, overlays, channel views) is shown as text:
+ * the page is built with DOM nodes and textContent, never from HTML strings. A run's base is a
+ * URL prefix, percent-encoded by the server or the export; a file path read from the data is
+ * percent-encoded segment by segment (urlPath) before it joins a URL.
  */
 (function () {
   'use strict';
@@ -43,6 +48,16 @@
     }
     for (const child of [].concat(children || [])) if (child) node.append(child);
     return node;
+  }
+
+  // a relative file path from the data (an index entry, a sprite, a thumbnail) as a URL path:
+  // each segment percent-encoded, so that '#', '?' or '%' in a name stay part of it
+  function urlPath(path) {
+    return String(path).split('/').map(encodeURIComponent).join('/');
+  }
+
+  function version() { // the query that ties a file to the build of the tiles
+    return '?v=' + encodeURIComponent(state.m.build);
   }
 
   async function getJSON(url) {
@@ -119,7 +134,7 @@
     const key = `${level.size}/${ry}-${rx}`;
     if (!state.regions.has(key)) {
       const known = level.regions.some((r) => r[0] === ry && r[1] === rx);
-      const url = state.run.base + level.meta_url.replace('{ry}', ry).replace('{rx}', rx) + '?v=' + state.m.build;
+      const url = state.run.base + urlPath(level.meta_url.replace('{ry}', ry).replace('{rx}', rx)) + version();
       const promise = known
         ? getJSON(url).then((doc) => ({ names: doc.names, cells: new Map(doc.cells.map((c) => [c.id, c])) }))
         : Promise.resolve({ names: {}, cells: new Map() });
@@ -167,7 +182,7 @@
     requestAnimationFrame(() => {
       const shown = node.clientWidth || icon.size;
       const k = shown / icon.size;
-      node.style.backgroundImage = `url("${state.run.base}${icon.sprite}?v=${state.m.build}")`;
+      node.style.backgroundImage = `url("${state.run.base}${urlPath(icon.sprite)}${version()}")`;
       node.style.backgroundSize = `${icon.sprite_px * k}px ${icon.sprite_px * k}px`;
       node.style.backgroundPosition = `${-icon.x * k}px ${-icon.y * k}px`;
     });
@@ -257,7 +272,7 @@
       el('h3', { text: 'Dataset examples' }),
       el('div', { cls: 'thumbs' }, thumbs.length
         ? thumbs.map((t, i) => el('img', {
-          src: state.run.base + t + '?v=' + state.m.build, loading: 'lazy',
+          src: state.run.base + urlPath(t) + version(), loading: 'lazy',
           alt: `dataset example ${i + 1} (image ${cell.examples[i]})`, title: `image ${cell.examples[i]}`,
         }))
         : el('div', { cls: 'none', text: state.m.thumbs ? 'no examples stored for this cell' : 'no example thumbnails (build the tiles with activations to add them)' })),
@@ -350,12 +365,12 @@
     const classes = state.m.classes;
     const index = /^\d+$/.test(query) && +query < classes.length ? +query : classes.findIndex((n) => n.toLowerCase() === query);
     if (index < 0) { const err = new Error('unknown class'); err.status = 404; throw err; }
-    if (!state.classIndex) state.classIndex = getJSON(`${state.run.base}classes/index.json?v=${state.m.build}`).then((d) => new Set(d.classes));
+    if (!state.classIndex) state.classIndex = getJSON(`${state.run.base}classes/index.json${version()}`).then((d) => new Set(d.classes));
     const present = await state.classIndex;
     if (!present.has(index)) { // no cell of this atlas is attributed to the class
       return { class: { index, name: classes[index] }, levels: Object.fromEntries(state.m.levels.map((lv) => [String(lv.size), { max: 0, cells: [] }])) };
     }
-    return getJSON(`${state.run.base}classes/${index}.json?v=${state.m.build}`);
+    return getJSON(`${state.run.base}classes/${index}.json${version()}`);
   }
 
   function flyToClass() { // bring the highlighted cells into view (zooming out, never in)
@@ -428,7 +443,7 @@
     } else if (!state.shown.has(name)) {
       let doc;
       try {
-        doc = await getJSON(state.run.base + entry.file + '?v=' + encodeURIComponent(state.m.build));
+        doc = await getJSON(state.run.base + urlPath(entry.file) + version());
       } catch (err) {
         showMessage(`Could not load the photo overlay “${name}”: ${err.message}`);
         return;
@@ -440,9 +455,10 @@
         L.circleMarker(toLatLng(p.x, p.y), {
           radius: 3 + 7 * t, weight: 1, color: '#222', opacity: 0.8, fillOpacity: 0.9,
           fillColor: overlayColor(p.a, doc.max_abs), className: 'overlay-point',
-        }).bindTooltip(`${doc.photo} · position (${p.pos[0]}, ${p.pos[1]}) of ${doc.grid[0]}×${doc.grid[1]}`
-          + `<br>attribution to “${doc.class}”: ${p.a >= 0 ? '+' : ''}${formatValue(p.a)}`, { direction: 'top' })
-          .addTo(group);
+        }).bindTooltip(el('span', {}, [
+          `${doc.photo} · position (${p.pos[0]}, ${p.pos[1]}) of ${doc.grid[0]}×${doc.grid[1]}`, el('br'),
+          `attribution to “${doc.class}”: ${p.a >= 0 ? '+' : ''}${formatValue(p.a)}`,
+        ]), { direction: 'top' }).addTo(group);
       }
       group.doc = doc;
       group.addTo(state.map);
@@ -460,7 +476,7 @@
     const legend = $('photos-legend');
     const docs = [...state.shown.values()].map((g) => g.doc);
     legend.replaceChildren(...docs.map((doc) => el('figure', { cls: 'photo-card' }, [
-      el('img', { src: doc.thumb, alt: doc.photo }),
+      el('img', { src: /^data:image\//.test(doc.thumb) ? doc.thumb : null, alt: doc.photo }), // the photo, inline
       el('figcaption', {}, [el('b', { text: doc.class }), ` p=${doc.probability.toFixed(2)}`, el('br'),
         el('span', { cls: 'muted', text: `${doc.points.length} positions · ${doc.layer}` })]),
     ])));
@@ -473,7 +489,7 @@
     try {
       return await getJSON(state.api
         ? `api/${name}?run=${encodeURIComponent(state.run.id)}`
-        : `${state.run.base}${file}?v=${encodeURIComponent(state.m.build)}`);
+        : `${state.run.base}${file}${version()}`);
     } catch (err) {
       return null;
     }
@@ -511,7 +527,7 @@
     const views = (index.views || []).filter((v) => v && v.name && v.page && !/^[a-z]+:|^\/|\.\./i.test(v.page));
     if (!views.length) return;
     $('channel-views-list').replaceChildren(...views.map((v) => el('li', {}, [
-      el('a', { href: state.run.base + v.page, target: '_blank', rel: 'noopener', text: v.photo || v.name }),
+      el('a', { href: state.run.base + urlPath(v.page), target: '_blank', rel: 'noopener', text: v.photo || v.name }),
       el('span', { cls: 'muted', text: ` ${v.layer || ''}` }),
     ])));
     part.hidden = false;
@@ -600,7 +616,8 @@
     const p = new URLSearchParams(location.hash.replace(/^#/, ''));
     return {
       run: p.get('run'), z: num(p.get('z'), null), x: num(p.get('x'), null), y: num(p.get('y'), null),
-      klass: p.get('class'), cell: p.get('cell'), photos: p.get('photo'),
+      klass: p.get('class'), cell: p.get('cell'),
+      photos: (p.get('photo') || '').split(',').filter(Boolean).map((n) => { try { return decodeURIComponent(n); } catch (e) { return n; } }),
     };
   }
 
@@ -620,7 +637,7 @@
     p.set('y', v.toFixed(4));
     if (state.klass) p.set('class', state.klass.name);
     if (state.selected) p.set('cell', `${state.selected.size}:${state.selected.id}`);
-    if (state.shown.size) p.set('photo', [...state.shown.keys()].join(','));
+    if (state.shown.size) p.set('photo', [...state.shown.keys()].map(encodeURIComponent).join(','));
     // readable links: '/' and ':' need no escaping in a fragment
     const hash = '#' + p.toString().replace(/\+/g, '%20').replace(/%2F/g, '/').replace(/%3A/g, ':');
     if (hash !== location.hash) history.replaceState(null, '', hash);
@@ -645,7 +662,7 @@
       } else if (state.selected) {
         closePanel();
       }
-      const want = new Set((view.photos || '').split(',').filter(Boolean));
+      const want = new Set(view.photos || []);
       for (const name of [...state.shown.keys()]) if (!want.has(name)) await showOverlay(name, false);
       for (const name of want) if (!state.shown.has(name)) await showOverlay(name, true);
     } finally {
@@ -699,7 +716,7 @@
     });
     state.map = map;
     L.control.zoom({ position: 'topleft' }).addTo(map);
-    state.tiles = L.tileLayer(`${run.base}${m.tile_url}?v=${m.build}`, {
+    state.tiles = L.tileLayer(`${run.base}${m.tile_url}${version()}`, {
       tileSize: m.tile_size, minZoom: m.min_zoom, maxZoom: m.max_zoom, minNativeZoom: 0, maxNativeZoom: m.max_native_zoom,
       bounds: world, noWrap: true, keepBuffer: 3, className: 'atlas-tiles', updateWhenZooming: false,
     }).addTo(map);
