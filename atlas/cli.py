@@ -115,6 +115,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         at = f"; Grad-CAM(++) at {scores.gradcam_layer}" if scores.gradcam_layer else ""
         print(f"{scores.photos} photos, {model.name}, top-1 class{at}; random map = floor to beat")
         print(scores.table())
+        if scores.photos > 1:
+            print("photo by photo, method - random (mean, 95% interval):")
+            print(scores.against_random())
         if scores.ig_completeness_error is not None:
             print(f"integrated gradients ({args.ig_steps} steps): mean completeness error "
                   f"{100 * scores.ig_completeness_error:.2f}%")

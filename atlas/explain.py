@@ -470,6 +470,19 @@ class MethodScores:
             rows.append(f"| {m} | {self.deletion_auc[m]:.3f} | {self.insertion_auc[m]:.3f} | {self.seconds[m]:.2f} |")
         return "\n".join(rows)
 
+    def against_random(self) -> str:
+        """One line a method: its AUCs minus the random map's, photo by photo (mean and 95% interval)."""
+        lines = []
+        for m in self.per_photo_deletion:
+            if m == "random" or "random" not in self.per_photo_deletion:
+                continue
+            cells = []
+            for curve in ("deletion", "insertion"):
+                d, lo, hi, lower = self.paired(m, "random", curve)
+                cells.append(f"{curve} {d:+.3f} ({lo:+.3f} .. {hi:+.3f}), lower on {100 * lower:.0f}% of photos")
+            lines.append(f"{m} - random: " + "; ".join(cells))
+        return "\n".join(lines)
+
     def paired(self, a: str, b: str, curve: str = "deletion") -> tuple[float, float, float, float]:
         """Photo by photo ``AUC(a) - AUC(b)`` on ``curve`` ("deletion" or "insertion"): the mean,
         its 95% interval (normal approximation, 1.96 standard errors) and the fraction of photos

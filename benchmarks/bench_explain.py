@@ -138,12 +138,7 @@ def report(scores: MethodScores, methods) -> None:
     if scores.gradcam_layer:
         print(f"Grad-CAM and Grad-CAM++ at {scores.gradcam_layer}")
     if "random" in methods:
-        for m in [m for m in methods if m != "random"]:
-            cells = []
-            for curve in ("deletion", "insertion"):
-                d, lo, hi, lower = scores.paired(m, "random", curve)
-                cells.append(f"{curve} {d:+.4f} ({lo:+.4f} .. {hi:+.4f}), lower on {100 * lower:.0f}%")
-            print(f"{m} - random per photo: " + "; ".join(cells))
+        print(scores.against_random())
     if "igos" in methods:
         for other in ("integrated_gradients", "grad_cam"):
             if other not in methods:

@@ -117,6 +117,7 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| saliency |" in r.stdout and "| grad_cam |" in r.stdout and "| random |" in r.stdout
     assert r.stdout.startswith("2 photos") and "Grad-CAM(++) at inception5b" in r.stdout.splitlines()[0]
+    assert "grad_cam - random: deletion" in r.stdout  # the paired differences to the floor
     bad = subprocess.run([sys.executable, "-m", "atlas", "explain", str(photos), "--evaluate", "--random-init",
                           "--methods", "saliency,gradcam"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown gradcam" in bad.stderr and "grad_cam_pp" in bad.stderr
