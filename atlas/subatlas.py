@@ -163,7 +163,8 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
     from atlas.tiles import build_tiles
 
     grid = grid_file(run_dir / "activations.h5", folder / "layout.h5", folder / "cells.h5",
-                     GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress)
+                     GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress,
+                     allow_empty=True)  # a class too small for the grid gives empty levels, not an error
     rendered = render_cells(folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size,
                             steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress,
                             objective=settings.objective, icon_view=settings.icon_view, lr=settings.lr)
