@@ -67,7 +67,7 @@ def check_loader(batch_size: int, workers: int | None) -> None:
     """The loader settings of :func:`collect` (``workers`` None: the default)."""
     at_least("batch_size", batch_size, 1)
     if workers is not None:
-        at_least("workers", workers, 0, " (0 decodes in the main process)")
+        at_least("workers", workers, 0, " (0 decodes in the main process; leave it out for one per spare core)")
 
 
 def check_source_name(root: str) -> None:
