@@ -792,8 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")
     s.add_argument("config")
-    s.add_argument("--only", default=None, help="run just this stage")
-    s.add_argument("--from", dest="start", default=None, help="start at this stage")
+    s.add_argument("--only", default=None, help="run just this stage (not with --from)")
+    s.add_argument("--from", dest="start", default=None, help="start at this stage, run the ones after it too")
     _add_scheduler_arg(s, "collect and reduce on Dask; replaces the config's [run] scheduler")
     s.set_defaults(func=cmd_run)
     for command in sub.choices.values():
