@@ -347,7 +347,7 @@ def test_a_file_name_that_is_not_utf8_is_stored_losslessly(tmp_path, tiny_model)
     assert collect(photos, out, tiny_model, CollectSettings(layers=("3",)), workers=0, progress=False).up_to_date
 
 
-def test_a_source_folder_whose_name_is_not_utf8_is_refused_before_any_work(tmp_path, tiny_model):
+def test_a_source_folder_whose_name_is_not_utf8_is_refused_before_any_work(tmp_path, tiny_model, atlas_cli):
     photos = os.fsencode(tmp_path) + b"/ph\xf6tos"
     os.mkdir(photos)
     _save_png(photos + b"/a.png")
@@ -355,6 +355,9 @@ def test_a_source_folder_whose_name_is_not_utf8_is_refused_before_any_work(tmp_p
     with pytest.raises(ValueError, match="not valid UTF-8") as e:
         collect(os.fsdecode(photos), out, tiny_model, CollectSettings(layers=("3",)), workers=0, progress=False)
     assert "ph\\udcf6tos" in str(e.value) and "rename" in str(e.value)
+    assert not out.exists() and not parts_dir_for(out).exists()
+    code, _out, err = atlas_cli("collect", os.fsdecode(photos), "-o", str(out), "--random-init", "--device", "cpu")
+    assert code == 2 and "not valid UTF-8" in err and "Traceback" not in err
     assert not out.exists() and not parts_dir_for(out).exists()
 
 

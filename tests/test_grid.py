@@ -241,6 +241,22 @@ def test_grid_sizes_beyond_any_memory_are_refused_before_any_work(run: dict, atl
         GridSettings(sizes=(100000,))
 
 
+def test_the_command_prints_no_traceback_for_a_grid_beyond_memory(run: dict) -> None:
+    """As the user runs it (a process of its own; capped at 16 GiB of address space so that a
+    grid that does get allocated fails fast instead of filling the machine)."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    p = subprocess.run([sys.executable, "-m", "atlas", "-q", *_grid_args(run, "--sizes", "100000")],
+                       capture_output=True, text=True, preexec_fn=cap, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "--sizes" in p.stderr, p.stderr
+    assert not run["cells"].exists()
+
+
 def test_a_grid_bigger_than_the_available_memory_is_refused_with_an_estimate(run: dict, monkeypatch) -> None:
     import atlas.grid as grid_mod
 
