@@ -276,6 +276,18 @@ def test_a_grid_that_keeps_no_cell_is_an_error_with_a_hint(run: dict, atlas_cli)
     assert not run["cells"].exists()
 
 
+def test_the_default_grid_on_a_few_rows_is_an_error_not_an_empty_atlas(tmp_path: Path, rng, atlas_cli) -> None:
+    """36 rows (12 photos, 3 positions each) spread over the default 20 x 20 .. 160 x 160 grids
+    leave no cell with the default 6 rows: an error with the numbers to change, no cells.h5."""
+    xy = rng.random((36, 2)).astype(np.float32)
+    write_activations(tmp_path / "activations.h5", rng.random((36, 4)).astype(np.float32))
+    write_layout(tmp_path / "layout.h5", xy)
+    code, _out, err = atlas_cli("grid", str(tmp_path))
+    assert code == 2 and "Traceback" not in err
+    assert "20x20, 40x40, 80x80, 160x160" in err and "--min-count" in err and "--sizes" in err
+    assert not (tmp_path / "cells.h5").exists()
+
+
 @pytest.mark.parametrize("value", ["abc", "20,x", "20,,40", ""])
 def test_list_options_that_do_not_parse_name_the_option(run: dict, atlas_cli, value: str) -> None:
     code, _out, err = atlas_cli(*_grid_args(run, "--sizes", value))
