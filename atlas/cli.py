@@ -11,9 +11,44 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from atlas.checks import SettingError
+
 log = logging.getLogger("atlas")
 
 EXIT_USAGE = 2
+
+#: Settings fields whose command-line option is named otherwise (field -> argparse dest), so that
+#: a :class:`~atlas.checks.SettingError` names the option the user typed.
+_FIELD_DESTS = {"n_examples": "examples", "positions_per_image": "positions", "examples_per_cell": "examples",
+                "tile_format": "format", "n_workers": "workers", "random_state": "seed"}
+
+
+def _number_list(kind: type, example: str) -> Callable[[str], tuple]:
+    """An argparse type for comma-separated numbers; a bad list names the option and the value."""
+    what = "whole numbers" if kind is int else "numbers"
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a comma-separated list of {what}, e.g. {example}") from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+_int_list = _number_list(int, "20,40,80")
+_float_list = _number_list(float, "0.2,0.3")
+
+
+def _option_for(parser: argparse.ArgumentParser, key: str) -> str | None:
+    """The option of ``parser`` that sets the settings field ``key`` (``min_count`` -> ``--min-count``)."""
+    dest = _FIELD_DESTS.get(key, key)
+    for action in parser._actions:
+        if action.dest == dest and action.option_strings:
+            return max(action.option_strings, key=len)
+    return None
 
 
 def _add_model_args(p: argparse.ArgumentParser, default: str | None = "inceptionv1") -> None:
@@ -154,7 +189,7 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
     from atlas.adversarial import describe_eps, eps_from_cli, list_photos, run_adversarial
     from atlas.models import load_model
 
-    budgets = [eps_from_cli(float(v), args.norm) for v in args.eps.split(",")]
+    budgets = [eps_from_cli(v, args.norm) for v in args.eps]
     photos = list_photos(args.photos, args.limit)
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     out = Path(args.out)
@@ -206,7 +241,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     settings = AttackSettings(
         source=args.source, target=args.target, level=args.level, candidates=args.candidates,
         random_cells=args.random_cells, noise_patches=args.noise_patches, patch=args.patch, patch_px=args.patch_px,
-        steps=args.steps, sizes=tuple(float(v) for v in args.sizes.split(",")), static_corner=args.corner,
+        steps=args.steps, sizes=args.sizes, static_corner=args.corner,
         augment=args.augment, seed=args.seed, universal_limit=args.universal_limit,
         selection_fraction=args.selection_fraction,
     )
@@ -245,7 +280,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 def _subatlas_settings(args: argparse.Namespace):
     from atlas.subatlas import SubAtlasSettings
 
-    return SubAtlasSettings(sizes=tuple(int(v) for v in args.sizes.split(",")), min_count=args.min_count,
+    return SubAtlasSettings(sizes=args.sizes, min_count=args.min_count,
                             class_top_n=args.class_top_n, icon_size=args.icon_size, steps=args.steps,
                             batch_size=args.batch_size)
 
@@ -278,7 +313,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_grid(args: argparse.Namespace) -> int:
     from atlas.grid import GridSettings, grid_file
 
-    settings = GridSettings(sizes=tuple(int(v) for v in args.sizes.split(",")), min_count=args.min_count,
+    settings = GridSettings(sizes=args.sizes, min_count=args.min_count,
                             top_k=args.top_k, n_examples=args.examples, class_filter=args.class_filter,
                             class_top_n=args.class_top_n)
     acts = _run_file(args.run_dir, args.activations, "activations.h5")
@@ -301,8 +336,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         model = ModelSpec.of(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     else:
         model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
-    levels = [int(v) for v in args.levels.split(",")] if args.levels else None
-    summary = render_cells(cells, out, model, levels=levels, icon_size=args.icon_size, steps=args.steps,
+    summary = render_cells(cells, out, model, levels=args.levels, icon_size=args.icon_size, steps=args.steps,
                            attempts=args.attempts, batch_size=args.batch_size, lr=args.lr,
                            cossim_pow=args.cossim_pow, icon_view=args.icon_view, whiten=True if args.whiten else None,
                            device=args.device, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
@@ -505,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activations", default=None)
     s.add_argument("--layout", default=None)
     s.add_argument("-o", "--output", default=None, help="cells file [RUN_DIR/cells.h5]")
-    s.add_argument("--sizes", default="20,40,80,160", help="grid sizes [%(default)s]")
+    s.add_argument("--sizes", type=_int_list, default="20,40,80,160", help="grid sizes [%(default)s]")
     s.add_argument("--min-count", type=int, default=6, help="drop cells with fewer rows [%(default)s]")
     s.add_argument("--top-k", type=int, default=5, help="classes kept per cell [%(default)s]")
     s.add_argument("--examples", type=int, default=8, help="dataset examples per cell [%(default)s]")
@@ -516,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def subatlas_args(s: argparse.ArgumentParser) -> None:
         _add_model_args(s)
-        s.add_argument("--sizes", default="10,20", help="grid sizes (zoom levels) [%(default)s]")
+        s.add_argument("--sizes", type=_int_list, default="10,20", help="grid sizes (zoom levels) [%(default)s]")
         s.add_argument("--min-count", type=int, default=4, help="rows a cell needs [%(default)s]")
         s.add_argument("--class-top-n", type=int, default=2000,
                        help="rows kept besides those whose top class is the class [%(default)s]")
@@ -542,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cells", default=None)
     s.add_argument("-o", "--output", default=None, help="icons file [RUN_DIR/icons.h5]")
     _add_model_args(s)
-    s.add_argument("--levels", default=None, help="grid sizes to render, e.g. 20,40 [all]")
+    s.add_argument("--levels", type=_int_list, default=None, help="grid sizes to render, e.g. 20,40 [all]")
     s.add_argument("--icon-size", type=int, default=80)
     s.add_argument("--steps", type=int, default=256, help="optimizer steps (paper: 1024) [%(default)s]")
     s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
@@ -718,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh feature visualization at patch size, or the cell's rendered icon [%(default)s]")
     s.add_argument("--patch-px", type=int, default=112, help="rendered patch side in pixels [%(default)s]")
     s.add_argument("--steps", type=int, default=256, help="optimization steps per patch [%(default)s]")
-    s.add_argument("--sizes", default="0.2,0.3,0.4,0.5", help="patch sizes, fractions of the width [%(default)s]")
+    s.add_argument("--sizes", type=_float_list, default="0.2,0.3,0.4,0.5", help="patch sizes, fractions of the width [%(default)s]")
     s.add_argument("--corner", default="br", choices=("tl", "tr", "bl", "br"), help="static corner [%(default)s]")
     s.add_argument("--augment", type=int, default=24, help="views per source photo when there are few [%(default)s]")
     s.add_argument("--selection-fraction", type=float, default=0.5,
@@ -735,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class name, WordNet id or index; 'random' = one random class per photo (seeded); "
                         "omit for an untargeted attack (away from the clean top-1)")
     s.add_argument("--norm", choices=("linf", "l2"), default="linf")
-    s.add_argument("--eps", default="0.25,0.5,1,2,4",
+    s.add_argument("--eps", type=_float_list, default="0.25,0.5,1,2,4",
                    help="budgets, comma-separated: linf in 0..255 pixel units (4 = 4/255 of the range per value), "
                         "l2 as the Euclidean norm of the perturbation in 0..1 units, e.g. 0.1,0.5,1 [%(default)s]")
     s.add_argument("--method", choices=("fgsm", "pgd"), default="pgd")
@@ -763,10 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run a pipeline config (TOML): every stage in order, resumable")
     s.add_argument("config")
-    s.add_argument("--only", default=None, help="run just this stage")
-    s.add_argument("--from", dest="start", default=None, help="start at this stage")
+    s.add_argument("--only", default=None, help="run just this stage (not with --from)")
+    s.add_argument("--from", dest="start", default=None, help="start at this stage, run the ones after it too")
     _add_scheduler_arg(s, "collect and reduce on Dask; replaces the config's [run] scheduler")
     s.set_defaults(func=cmd_run)
+    for command in sub.choices.values():
+        command.set_defaults(command_parser=command)  # main() names the options of bad settings
     return p
 
 
@@ -781,6 +817,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume where it stopped", file=sys.stderr)
         return 130
+    except SettingError as e:  # a bad value: named as the option that set it, where there is one
+        option = _option_for(args.command_parser, e.key)
+        print(f"atlas {args.command}: error: {f'{option} {e.reason}' if option else e}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as e:  # user errors: bad paths, names, configs -- the message says the fix
         print(f"atlas {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

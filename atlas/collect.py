@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from atlas.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
+from atlas.checks import at_least
 from atlas.data import SKIP_REASONS, ImageDataset, ImageSource, open_source
 from atlas.datasets import resolve_source
 from atlas.distributed import ModelSpec, Scheduler
@@ -56,6 +57,28 @@ if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
+
+
+class NoUsableImagesError(ValueError):
+    """Not one image of the source could be read: nothing is written (see :func:`collect`)."""
+
+
+def check_loader(batch_size: int, workers: int | None) -> None:
+    """The loader settings of :func:`collect` (``workers`` None: the default)."""
+    at_least("batch_size", batch_size, 1)
+    if workers is not None:
+        at_least("workers", workers, 0, " (0 decodes in the main process; leave it out for one per spare core)")
+
+
+def check_source_name(root: str) -> None:
+    """Refuse a source whose own path is not UTF-8 (the files inside may have any name): it is
+    stored as text in every artifact of the run."""
+    try:
+        root.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"the source path {root!r} is not valid UTF-8 (the escapes are its bytes that are not); "
+                         "rename it, or link to it under a UTF-8 name (ln -s) and collect from the link") from None
+
 
 @dataclass
 class CollectSummary:
@@ -170,14 +193,24 @@ def collect(
             computation), ``write``. In-process runs only.
 
     Returns a :class:`CollectSummary`. When ``output`` is already complete for the same
-    settings, nothing is recomputed.
+    settings, nothing is recomputed. File names that are not UTF-8 are collected like any other
+    (their keys keep the name's bytes, see :mod:`atlas.store.activations`); a source path that is
+    not UTF-8 is refused before any work. When not one image could be read, nothing is written
+    (the parts are removed, so a rerun reads every image again) and :class:`NoUsableImagesError`
+    says why, by reason.
     """
     settings = settings or CollectSettings()
+    check_loader(batch_size, workers)
     autocast(precision, "cpu")  # checks the name before any work
     if breakdown and scheduler is not None:
         raise ValueError("breakdown=True times the in-process loop; drop the scheduler (or the breakdown)")
     output = Path(output)
     t0 = time.perf_counter()
+    if isinstance(source, str):
+        source = resolve_source(source)
+    src = open_source(source)  # an empty or missing source fails here, before the model loads
+    check_source_name(str(src.root))
+    refs = src.refs()
     model_spec = None
     if scheduler is not None or isinstance(model, ModelSpec):
         model_spec = ModelSpec.of(model, weights=weights, random_init=random_init, device=device)
@@ -189,10 +222,6 @@ def collect(
         model = load_model(model, weights=weights, random_init=random_init, device=device)
     elif device != "auto":
         model = model.to(resolve_device(device))
-    if isinstance(source, str):
-        source = resolve_source(source)
-    src = open_source(source)
-    refs = src.refs()
     specs = layer_specs(model, settings.layers)
     hashed = {
         "collect": asdict(settings),
@@ -239,6 +268,14 @@ def collect(
         log.info("stopped with %d of %d blocks done; run the same command again to resume",
                  len(parts.done_blocks()), n_blocks)
         return summary
+    status = parts.statuses(n_blocks)
+    if len(status) and (status != 0).all():
+        codes, counts = np.unique(status, return_counts=True)
+        reasons = ", ".join(f"{n} {reason_names.get(int(c), str(c))}" for c, n in zip(codes, counts))
+        parts.remove()  # so that a rerun after fixing the files reads them again
+        raise NoUsableImagesError(
+            f"none of the {len(refs)} images of {src.root} could be read ({reasons}); nothing was written. "
+            "Check the files (atlas.data.decode_image names each one's problem) and run collect again")
     summary.rows = finalize(
         output, parts, n_blocks=n_blocks, layers=specs,
         image_keys=[r.key for r in refs], image_labels=np.array([r.label for r in refs], np.int32),
@@ -248,9 +285,6 @@ def collect(
     )
     # counted from the final file, so blocks done by an earlier (killed) run are included
     summary.skipped = _skip_counts(output, reason_names)
-    if sum(summary.skipped.values()) == len(refs):
-        log.warning("none of the %d images of %s could be used (%s); check the source paths",
-                    len(refs), src.root, ", ".join(f"{n} {r}" for r, n in summary.skipped.items()))
     return summary
 
 
@@ -456,5 +490,5 @@ def _skip_counts(output: Path, reason_names: Mapping[int, str]) -> dict[str, int
     return {reason_names.get(int(c), str(c)): int(n) for c, n in zip(codes, counts)}
 
 
-__all__ = ["CollectSettings", "CollectSummary", "collect", "compute_rows", "layer_specs", "sample_positions",
+__all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "layer_specs", "sample_positions",
            "parts_dir_for"]

@@ -20,7 +20,9 @@ A config names a run directory, a model and each stage's settings::
                                        # batch_size and workers
 
 Unknown sections or keys, wrong types and bad values raise :class:`ConfigError` naming the
-file, the key and what is allowed. Strings may use ``${NAME}`` or ``${NAME:-default}``; an
+file, the key and what is allowed, when the file is loaded: every value is checked by the
+stage's own settings object or check (:mod:`atlas.checks`), the same one the command line goes
+through, so a bad value never waits for its stage to run. Strings may use ``${NAME}`` or ``${NAME:-default}``; an
 unset variable without a default is an error.
 """
 
@@ -36,10 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from atlas.collect import CollectSettings
+from atlas.checks import SettingError
+from atlas.collect import CollectSettings, check_loader
 from atlas.grid import GridSettings
+from atlas.models import ModelError, check_device, check_model_spec
 from atlas.reduce import ReduceSettings
+from atlas.render import check_render_settings
 from atlas.subatlas import SubAtlasSettings
+from atlas.tiles import TileSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -57,12 +63,21 @@ class RunSection:
     device: str = "auto"
     scheduler: str = ""
 
+    def __post_init__(self) -> None:
+        check_device(self.device)
+
 
 @dataclass(frozen=True)
 class ModelSection:
     name: str = "inceptionv1"
     weights: str = ""
     random_init: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            check_model_spec(self.name)
+        except ModelError as e:
+            raise SettingError("name", f"must name a model: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,9 @@ class CollectSection:
     batch_size: int = 32
     workers: int = -1  # -1: one per spare core
     settings: CollectSettings = field(default_factory=CollectSettings)
+
+    def __post_init__(self) -> None:
+        check_loader(self.batch_size, None if self.workers == -1 else self.workers)
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,12 @@ class RenderSection:
     border_prior: float = 0.0
     objective: str = "mean"
 
+    def __post_init__(self) -> None:
+        check_render_settings(icon_size=self.icon_size, steps=self.steps, attempts=self.attempts,
+                              batch_size=self.batch_size, lr=self.lr, cossim_pow=self.cossim_pow,
+                              icon_view=self.icon_view, precision=self.precision, border_prior=self.border_prior,
+                              objective=self.objective, levels=self.levels or None)
+
 
 @dataclass(frozen=True)
 class TilesSection:
@@ -101,6 +125,13 @@ class TilesSection:
     format: Literal["jpeg", "png", "webp"] = "jpeg"
     examples: int = 8
     title: str = ""
+
+    def __post_init__(self) -> None:
+        names = {"tile_format": "format", "examples_per_cell": "examples"}  # TileSettings' names -> these
+        try:
+            TileSettings(tile_size=self.tile_size, tile_format=self.format, examples_per_cell=self.examples)
+        except SettingError as e:
+            raise SettingError(names.get(e.key, e.key), e.reason) from None
 
 
 @dataclass(frozen=True)
@@ -154,6 +185,8 @@ def _build(cls: type, table: Mapping[str, Any], section: str, path: Path, skip: 
         kwargs[key] = _coerce(value, hints[key], f"[{section}] {key}", path)
     try:
         return cls(**kwargs)
+    except SettingError as e:  # names its key: "[grid] min_count must be at least 1, got 0"
+        raise ConfigError(f"{path}: [{section}] {e}") from e
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{path}: [{section}]: {e}") from e
 

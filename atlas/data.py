@@ -13,7 +13,9 @@ Sources understood by :func:`open_source`:
 - **a folder**: walked recursively (symlinked folders followed once), files whose extension is in
   :data:`IMAGE_EXTENSIONS` (case-insensitive) sorted by their relative POSIX path, which is also
   their ``key``. Other files and hidden entries (names starting with ``.``) are skipped and
-  counted in ``source.ignored_files``.
+  counted in ``source.ignored_files``. A name that is not UTF-8 (Linux names are bytes) is kept:
+  its key holds the bytes as surrogate escapes, as ``os.listdir`` gives them, so
+  ``os.path.join(root, key)`` opens the file (``activations.h5`` stores those bytes as they are).
 - **a list file** (any text file that is not ``.csv``, e.g. ``.txt`` or ``.lst``): one path a line,
   relative paths resolved against the list file's folder, an optional tab-separated label column
   (an integer index, a WordNet id or a class name; further columns are ignored), blank lines and

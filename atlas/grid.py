@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ import numpy as np
 import scipy.sparse
 from tqdm.auto import tqdm
 
+from atlas.checks import SettingError, at_least, available_memory
+from atlas.checks import sizes as check_sizes
 from atlas.store.activations import ActivationsFile
 from atlas.store.cells import CellLevel, write_cells
 from atlas.store.common import is_current
@@ -50,6 +53,15 @@ DEFAULT_SIZES = (20, 40, 80, 160)
 DEFAULT_EXAMPLES = 8
 #: Classes per cell by mean attribution.
 DEFAULT_TOP_K = 5
+#: The largest grid size: 16.8 million cells, far more than any layout fills (a million rows at
+#: 6 a cell fill a 400 x 400 grid); a larger one only costs memory (:func:`grid_memory_bytes`).
+MAX_GRID_SIZE = 4096
+#: Share of the available memory a grid may plan to use.
+MEMORY_SHARE = 0.8
+
+
+class EmptyGridError(ValueError):
+    """No level of the grid keeps a cell: there would be nothing to render or draw."""
 
 
 # --------------------------------------------------------------------------- pure functions
@@ -385,26 +397,41 @@ class GridSettings:
     chunk_rows: int = 32768
 
     def __post_init__(self) -> None:
-        sizes = tuple(int(s) for s in self.sizes)
-        object.__setattr__(self, "sizes", sizes)
-        if not sizes or any(s < 1 for s in sizes) or len(set(sizes)) != len(sizes):
-            raise ValueError(f"sizes must be distinct positive integers, e.g. (20, 40, 80, 160); got {self.sizes}")
-        if self.min_count < 1:
-            raise ValueError(f"min_count must be at least 1, got {self.min_count}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
-        if self.n_examples < 0:
-            raise ValueError(f"n_examples must be >= 0, got {self.n_examples}")
-        if self.class_top_n < 0:
-            raise ValueError(f"class_top_n must be >= 0, got {self.class_top_n}")
-        if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be at least 1, got {self.chunk_rows}")
+        object.__setattr__(self, "sizes", check_grid_sizes("sizes", self.sizes))
+        at_least("min_count", self.min_count, 1)
+        at_least("top_k", self.top_k, 1)
+        at_least("n_examples", self.n_examples, 0)
+        at_least("class_top_n", self.class_top_n, 0)
+        at_least("chunk_rows", self.chunk_rows, 1)
 
     def hashed(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("chunk_rows")
         d["sizes"] = list(self.sizes)
         return d
+
+
+def check_grid_sizes(key: str, sizes: Any) -> tuple[int, ...]:
+    """Grid sizes: distinct positive integers up to :data:`MAX_GRID_SIZE` (a :class:`SettingError` naming ``key``)."""
+    values = tuple(sizes)
+    big = max((v for v in values if isinstance(v, int)), default=0)
+    return check_sizes(key, values, largest=MAX_GRID_SIZE,
+                       hint=f": a {big} x {big} grid has {big * big:,} cells, more than any layout fills "
+                            f"(the default finest level is {DEFAULT_SIZES[-1]}); use smaller sizes")
+
+
+def grid_memory_bytes(sizes: Sequence[int], n_rows: int, channels: int, *, min_count: int = 1,
+                      n_classes: int = 1000, n_examples: int = DEFAULT_EXAMPLES, chunk_rows: int = 32768) -> int:
+    """About the most memory :func:`grid_file` holds for these levels: per level, int64 arrays over
+    every cell of the grid (row counts and three cell indexes, 33 bytes a cell) and over the rows
+    (cell ids), and per kept cell (at most ``n_rows // min_count`` of them) the float64 sums of its
+    activations and class attribution and its examples; plus one chunk of rows."""
+    total = 2 * chunk_rows * channels * 4
+    for size in sizes:
+        cells = size * size
+        kept = min(cells, n_rows // max(1, min_count))
+        total += 33 * cells + 8 * n_rows + kept * (12 * channels + 9 * n_classes + 32 * n_examples)
+    return total
 
 
 @dataclass
@@ -433,6 +460,7 @@ def grid_file(
     *,
     progress: bool = True,
     overwrite: bool = False,
+    allow_empty: bool = False,
     **overrides: Any,
 ) -> GridSummary:
     """The grid stage: ``activations.h5`` + ``layout.h5`` -> ``cells.h5``.
@@ -445,6 +473,11 @@ def grid_file(
 
     Skipped when ``cells_path`` is complete for the same settings and inputs; ``overrides``
     replace fields of ``settings`` (e.g. ``grid_file(a, l, c, sizes=(10, 20))``).
+
+    Raises a :class:`~atlas.checks.SettingError` (key ``sizes``) before any work when the levels
+    would need more memory than the machine has (:func:`grid_memory_bytes`), and an
+    :class:`EmptyGridError`, writing nothing, when no level keeps a cell (unless ``allow_empty``:
+    the class atlases keep such levels, drawn empty).
     """
     t0 = time.perf_counter()
     settings = dataclasses.replace(settings or GridSettings(), **overrides)
@@ -481,12 +514,25 @@ def grid_file(
             log.warning("%s has no attribution; cells get no top classes (collect with attribution on)",
                         activations_path)
 
+        channels = acts.spec(layer).channels
+        _check_memory(settings, len(rows), channels, has_attr)
         levels = {}
+        fullest = {}
         for size in settings.sizes:
             ids = grid_cells(xy, size)
-            mean_acc = _MeanAccumulator(np.bincount(ids, minlength=size * size), settings.min_count,
-                                        acts.spec(layer).channels)
+            counts = np.bincount(ids, minlength=size * size)
+            fullest[size] = int(counts.max())
+            mean_acc = _MeanAccumulator(counts, settings.min_count, channels)
+            del counts
             levels[size] = (ids, mean_acc, _AttributionAccumulator(mean_acc.cell_ids, mean_acc.counts, size * size))
+        if not allow_empty and not any(len(acc.cell_ids) for _ids, acc, _attr in levels.values()):
+            coarsest = min(settings.sizes)
+            raise EmptyGridError(
+                f"no cell of the {', '.join(f'{s}x{s}' for s in settings.sizes)} grid keeps min_count = "
+                f"{settings.min_count} rows: the {len(rows)} rows put at most {fullest[coarsest]} in one cell of "
+                f"the {coarsest}x{coarsest} grid, so the atlas would be empty. Lower min_count (--min-count, "
+                f"[grid] min_count) to {max(1, fullest[coarsest])} or less, or use smaller sizes (--sizes, "
+                "[grid] sizes), or collect more rows")
 
         n = len(rows)
         chunk = settings.chunk_rows
@@ -552,11 +598,28 @@ def grid_file(
     return summary
 
 
+def _check_memory(settings: GridSettings, n_rows: int, channels: int, has_attr: bool) -> None:
+    """Refuse levels that would need more than :data:`MEMORY_SHARE` of the available memory."""
+    need = grid_memory_bytes(settings.sizes, n_rows, channels, min_count=settings.min_count,
+                             n_classes=1000 if has_attr else 0, n_examples=settings.n_examples,
+                             chunk_rows=settings.chunk_rows)
+    free = available_memory()
+    if free is not None and need > MEMORY_SHARE * free:
+        mib = 1 << 20
+        biggest = max(settings.sizes)
+        raise SettingError("sizes", (
+            f"{', '.join(map(str, settings.sizes))} would need about {need / mib:,.0f} MiB for {n_rows} rows of "
+            f"{channels} channels (most of it for the {biggest} x {biggest} level), but {free / mib:,.0f} MiB are "
+            "available; use smaller sizes"))
+
+
 __all__ = [
     "DEFAULT_EXAMPLES",
     "DEFAULT_MIN_COUNT",
     "DEFAULT_SIZES",
     "DEFAULT_TOP_K",
+    "MAX_GRID_SIZE",
+    "EmptyGridError",
     "GridSettings",
     "GridSummary",
     "cell_attribution",
@@ -565,4 +628,5 @@ __all__ = [
     "cell_means",
     "grid_cells",
     "grid_file",
+    "grid_memory_bytes",
 ]

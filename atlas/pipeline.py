@@ -133,7 +133,8 @@ def run_pipeline(
 ) -> dict[str, str]:
     """Run the stages of ``config`` (a path or a loaded config); returns each stage's summary.
 
-    ``report(stage, summary)`` is called after each stage (the CLI prints it). ``scheduler``
+    ``only`` runs that stage alone, ``start`` that stage and every one after it; giving both is
+    an error. ``report(stage, summary)`` is called after each stage (the CLI prints it). ``scheduler``
     (a Dask scheduler address, ``"local"`` or ``"local:N"``) replaces the config's
     ``[run] scheduler``.
     """
@@ -142,6 +143,9 @@ def run_pipeline(
     for flag, value in (("--only", only), ("--from", start)):
         if value is not None and value not in names:
             raise ValueError(f"{flag} {value!r} is not a stage; stages: {', '.join(names)}")
+    if only is not None and start is not None:
+        raise ValueError(f"--only {only} and --from {start} together: give one, --only to run one stage, "
+                         "--from to run a stage and every one after it")
     todo = [s for s in STAGES if (only is None or s.name == only)]
     if start is not None:
         todo = todo[names.index(start):]

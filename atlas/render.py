@@ -70,8 +70,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from atlas.checks import at_least, non_negative_number, one_of, positive_number
+from atlas.checks import sizes as check_sizes
 from atlas.models import AtlasModel, resolve_device
-from atlas.precision import check_precision
+from atlas.precision import PRECISIONS
 from atlas.optvis import Objective, directions, evaluate, fft_image, icon_transforms, render_vis, to_uint8
 from atlas.optvis.transform import Transform, apply
 from atlas.store.cells import cells_attrs, read_cells
@@ -94,6 +96,8 @@ __all__ = [
     "ICON_VIEWS",
     "DEFAULT_ICON_SIZE",
     "DEFAULT_STEPS",
+    "MIN_ICON_SIZE",
+    "check_render_settings",
     "IconBatch",
     "IconBatchResult",
     "RenderSummary",
@@ -143,6 +147,49 @@ def _reads_mean(objective: str) -> bool:
 #: ``icon_view`` -> the arguments of :func:`atlas.optvis.icon_transforms`.
 ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "wide": {"pad_width": 8, "pad_value": 0.5},
               "notebooks": {"pad_width": 2, "pad_value": 1.0}}
+
+
+#: The smallest icon side in pixels.
+MIN_ICON_SIZE = 8
+
+
+def check_render_settings(
+    *,
+    icon_size: int = DEFAULT_ICON_SIZE,
+    steps: int = DEFAULT_STEPS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    cossim_pow: float = DEFAULT_COSSIM_POW,
+    icon_view: str = DEFAULT_ICON_VIEW,
+    precision: str = "fp32",
+    border_prior: float = 0.0,
+    objective: str = DEFAULT_ICON_OBJECTIVE,
+    levels: Sequence[int] | None = None,
+    transforms: Sequence[Transform] | None = None,
+) -> list[Transform]:
+    """Check the settings of :func:`render_cells` (the config's ``[render]`` and ``[classes]``
+    sections are checked here too); a bad one raises :class:`~atlas.checks.SettingError` naming
+    it. Returns the transforms (``transforms``, or those of ``icon_view``), checked to fit an icon."""
+    at_least("icon_size", icon_size, MIN_ICON_SIZE)
+    at_least("steps", steps, 1)
+    at_least("attempts", attempts, 1)
+    at_least("batch_size", batch_size, 1)
+    positive_number("lr", lr)
+    non_negative_number("cossim_pow", cossim_pow, " (0: a plain dot product)")
+    non_negative_number("border_prior", border_prior, " (0: no frame prior)")
+    one_of("icon_view", icon_view, tuple(ICON_VIEWS))
+    one_of("objective", objective, ICON_OBJECTIVES)
+    one_of("precision", precision, PRECISIONS)
+    if levels is not None:
+        check_sizes("levels", levels)
+    transforms = list(icon_view_transforms(icon_view) if transforms is None else transforms)
+    try:
+        apply(transforms, torch.zeros(1, 3, icon_size, icon_size), torch.Generator())
+    except ValueError as e:
+        raise ValueError(f"icon_size {icon_size} is too small for the transforms ({e}); use a larger icon_size "
+                         "or smaller transforms") from e
+    return transforms
 
 
 def icon_view_transforms(icon_view: str) -> list[Transform]:
@@ -468,8 +515,10 @@ def render_cells(
         a :class:`RenderSummary`.
     """
     t0 = time.perf_counter()
-    check_precision(precision)
-    _reads_mean(objective)  # a bad name fails here, before any work
+    transforms = check_render_settings(  # bad values fail here, before any work
+        icon_size=icon_size, steps=steps, attempts=attempts, batch_size=batch_size, lr=lr, cossim_pow=cossim_pow,
+        icon_view=icon_view, precision=precision, border_prior=border_prior, objective=objective, levels=levels,
+        transforms=transforms)
     model_spec = None
     if scheduler is not None:
         from atlas.distributed import ModelSpec
@@ -479,10 +528,6 @@ def render_cells(
     elif not isinstance(model, AtlasModel):
         raise ValueError(f"render_cells needs an AtlasModel here (got {type(model).__name__}); a model name or "
                          "ModelSpec is for scheduler=...")
-    for name, value, low in (("icon_size", icon_size, 8), ("steps", steps, 0), ("attempts", attempts, 1),
-                             ("batch_size", batch_size, 1)):
-        if int(value) < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
     cattrs = cells_attrs(cells_path)
     if cattrs.get("model") and cattrs["model"] != model.name:
         raise ValueError(f"{cells_path} was collected with model {cattrs['model']!r} but the model given is "
@@ -503,12 +548,6 @@ def render_cells(
         whiten = whitening_from_activations(source, layer)
     elif whiten is False:
         whiten = None
-    transforms = list(icon_view_transforms(icon_view) if transforms is None else transforms)
-    try:
-        apply(transforms, torch.zeros(1, 3, icon_size, icon_size), torch.Generator())
-    except ValueError as e:
-        raise ValueError(f"icon_size {icon_size} is too small for the transforms ({e}); use a larger icon_size "
-                         "or smaller transforms") from e
     settings = render_settings(str(cattrs.get("settings_hash", "")), model.name, layer, icon_size=icon_size,
                                steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
                                whiten=whiten, transforms=transforms, objective=objective)

@@ -37,6 +37,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from atlas import forward_ad
+from atlas.checks import SettingError, at_least, one_of
 
 if TYPE_CHECKING:
     from atlas.models import AtlasModel
@@ -83,25 +84,19 @@ class CollectSettings:
     block_size: int = 256
 
     def __post_init__(self) -> None:
-        if not self.layers:
-            raise ValueError("collect needs at least one layer (e.g. --layer inception4c)")
-        if self.sampling not in ("random", "all"):
-            raise ValueError(f"sampling must be 'random' or 'all', not {self.sampling!r}")
-        if self.positions_per_image < 1:
-            raise ValueError("positions_per_image must be at least 1")
-        if self.edge_margin < 0:
-            raise ValueError("edge_margin must be >= 0")
-        if self.top_k < 1:
-            raise ValueError("top_k must be at least 1")
-        if self.attribution_classes < 0:
-            raise ValueError("attribution_classes must be 0 (every class) or a number of candidate classes")
+        if not self.layers or not all(isinstance(n, str) and n for n in self.layers):
+            raise SettingError("layers", f"must name at least one layer (e.g. inception4c), got {self.layers!r}")
+        one_of("sampling", self.sampling, ("random", "all"))
+        at_least("positions_per_image", self.positions_per_image, 1)
+        at_least("edge_margin", self.edge_margin, 0)
+        at_least("top_k", self.top_k, 1)
+        at_least("attribution_classes", self.attribution_classes, 0,
+                 " (0 ranks every class, N the N top-scoring ones)")
         if self.attribution_classes and self.full_attribution:
             raise ValueError("full_attribution stores every class, so it needs attribution_classes = 0 "
                              "(drop --attribution-classes or --full-attribution)")
-        if self.dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be 'float16' or 'float32', not {self.dtype!r}")
-        if self.block_size < 1:
-            raise ValueError("block_size must be at least 1")
+        one_of("dtype", self.dtype, ("float16", "float32"))
+        at_least("block_size", self.block_size, 1)
 
     def kept_classes(self, n_classes: int) -> int:
         """Columns of ``attribution/top_classes``: top_k, capped by the classes ranked."""

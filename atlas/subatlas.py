@@ -27,9 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlas.checks import at_least
+from atlas.grid import check_grid_sizes
 from atlas.models import AtlasModel
 from atlas.reduce.placement import REFINE_EPOCHS
-from atlas.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, DEFAULT_LR
+from atlas.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, DEFAULT_LR, check_render_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,16 @@ class SubAtlasSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))
         object.__setattr__(self, "compare", tuple(tuple(str(c) for c in p) for p in self.compare))
-        object.__setattr__(self, "sizes", tuple(int(v) for v in self.sizes))
         for pair in self.compare:
             if len(pair) != 2:
                 raise ValueError(f"each comparison is a pair of classes, e.g. [\"tench\", \"goldfish\"], not {pair!r}")
-        if not self.sizes or min(self.sizes) < 1:
-            raise ValueError(f"sizes must be positive grid sizes, e.g. (10, 20), not {self.sizes!r}")
+        object.__setattr__(self, "sizes", check_grid_sizes("sizes", self.sizes))
+        at_least("min_count", self.min_count, 1)
+        at_least("class_top_n", self.class_top_n, 0)
+        at_least("sample_size", self.sample_size, 3)
+        at_least("refine_epochs", self.refine_epochs, 1)
+        check_render_settings(icon_size=self.icon_size, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                              objective=self.objective, icon_view=self.icon_view)
 
 
 @dataclass
@@ -163,7 +169,8 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
     from atlas.tiles import build_tiles
 
     grid = grid_file(run_dir / "activations.h5", folder / "layout.h5", folder / "cells.h5",
-                     GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress)
+                     GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress,
+                     allow_empty=True)  # a class too small for the grid gives empty levels, not an error
     rendered = render_cells(folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size,
                             steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress,
                             objective=settings.objective, icon_view=settings.icon_view, lr=settings.lr)

@@ -84,3 +84,22 @@ def tiny_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny-run")
     run_pipeline(make_config(root), progress=False)
     return root / "run"
+
+
+@pytest.fixture
+def atlas_cli(capsys):
+    """Run the ``atlas`` command in this process: ``atlas_cli("grid", "--sizes", "abc")`` ->
+    ``(exit code, stdout, stderr)``; argparse's exits count as exit codes. An exception that
+    escapes ``main`` (a traceback for the user) fails the test."""
+    from atlas.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main(["-q", *argv])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run

@@ -302,3 +302,81 @@ def test_real_photos_candidate_attribution_equals_per_position_forward_mode(ince
         ref = exact[slot].gather(1, classes)  # (4, 9) forward-mode values of the candidates
         np.testing.assert_allclose(attr[:, :, y, xx].numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(h[:, :, y, xx].numpy(), acts[slot].numpy(), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- names and folders at the door
+
+
+def _save_png(path: bytes | str | Path, seed: int = 0) -> bytes:
+    """A small noise PNG at ``path`` (a bytes path may hold any bytes); returns the file's bytes."""
+    arr = np.random.default_rng(seed).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        Image.fromarray(arr).save(fh, "PNG")
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def test_a_file_name_that_is_not_utf8_is_stored_losslessly(tmp_path, tiny_model):
+    """Names are bytes on Linux: one that is not UTF-8 is collected like any other, and the key read
+    back from activations.h5 opens the same file (collect, the thumbnails' reader)."""
+    from atlas.tiles.thumbs import ImageReader
+
+    photos = tmp_path / "photos"
+    write_photos(photos, 3)
+    (photos / "sub\xe9").mkdir()  # a UTF-8 folder name beside a name that is not UTF-8
+    raw_names = [b"caf\xe9-\xff.png", "sub\xe9".encode() + b"/x\x80y.png"]
+    data = {name: _save_png(os.fsencode(photos) + b"/" + name, seed=i) for i, name in enumerate(raw_names)}
+    out = tmp_path / "acts.h5"
+    summary = collect(photos, out, tiny_model, CollectSettings(layers=("3",)), workers=0, progress=False)
+    assert summary.rows == {"3": 5} and not summary.skipped
+    with ActivationsFile(out) as f:
+        keys, status, source = f.image_keys(), f.image_status(), str(f.attrs["source"])
+    assert (status == 0).all() and len(keys) == 5
+    by_bytes = {os.fsencode(k): k for k in keys}
+    assert set(raw_names) <= set(by_bytes)
+    reader = ImageReader(source)
+    try:
+        for name, content in data.items():
+            key = by_bytes[name]
+            assert Path(source, key).read_bytes() == content
+            assert reader.read(key) == content
+    finally:
+        reader.close()
+    with h5py.File(out, "r") as f:  # the stored bytes are the name's own bytes
+        assert set(raw_names) <= set(f["images/key"][:].tolist())
+    assert collect(photos, out, tiny_model, CollectSettings(layers=("3",)), workers=0, progress=False).up_to_date
+
+
+def test_a_source_folder_whose_name_is_not_utf8_is_refused_before_any_work(tmp_path, tiny_model, atlas_cli):
+    photos = os.fsencode(tmp_path) + b"/ph\xf6tos"
+    os.mkdir(photos)
+    _save_png(photos + b"/a.png")
+    out = tmp_path / "acts.h5"
+    with pytest.raises(ValueError, match="not valid UTF-8") as e:
+        collect(os.fsdecode(photos), out, tiny_model, CollectSettings(layers=("3",)), workers=0, progress=False)
+    assert "ph\\udcf6tos" in str(e.value) and "rename" in str(e.value)
+    assert not out.exists() and not parts_dir_for(out).exists()
+    code, _out, err = atlas_cli("collect", os.fsdecode(photos), "-o", str(out), "--random-init", "--device", "cpu")
+    assert code == 2 and "not valid UTF-8" in err and "Traceback" not in err
+    assert not out.exists() and not parts_dir_for(out).exists()
+
+
+def test_a_folder_of_only_corrupt_files_is_an_error_and_a_rerun_starts_clean(tmp_path, atlas_cli):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(b"this is not a jpeg" * 10)
+    (photos / "b.png").write_bytes(b"")
+    out = tmp_path / "run" / "activations.h5"
+    args = ("collect", str(photos), "-o", str(out), "--random-init", "--device", "cpu", "--workers", "0",
+            "--layer", "inception3a")
+    code, stdout, err = atlas_cli(*args)
+    assert code == 2, (stdout, err)
+    assert "none of the 2 images" in err and "1 not an image" in err and "1 empty file" in err
+    assert not out.exists() and not parts_dir_for(out).exists()
+    # the same names with readable photos: the rerun reads them, no failed block is reused
+    _save_png(photos / "a.jpg", seed=1)
+    _save_png(photos / "b.png", seed=2)
+    code, stdout, err = atlas_cli(*args)
+    assert code == 0, err
+    with ActivationsFile(out) as f:
+        assert (f.image_status() == 0).all() and f.n_rows("inception3a") == 2

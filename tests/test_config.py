@@ -66,3 +66,57 @@ def test_unknown_section_and_bad_values(tmp_path):
         load_config(write(tmp_path, '[collect]\nlayers = ["a"]\n'))
     with pytest.raises(ConfigError, match="positions_per_image must be at least 1"):
         load_config(write(tmp_path, '[collect]\nsource = "x"\npositions_per_image = 0\n'))
+
+
+# values checked at load, each error naming the section and the key
+
+BAD_VALUES = [
+    ("render", 'icon_view = "everything"', "icon_view", "whole"),
+    ("render", 'objective = "edge"', "objective", "mean"),
+    ("render", 'precision = "fp8"', "precision", "bf16"),
+    ("render", "steps = 0", "steps", "at least 1"),
+    ("render", "attempts = 0", "attempts", "at least 1"),
+    ("render", "icon_size = 4", "icon_size", "at least"),
+    ("render", "batch_size = 0", "batch_size", "at least 1"),
+    ("render", "lr = 0", "lr", "positive"),
+    ("render", "lr = nan", "lr", "positive"),
+    ("render", "cossim_pow = -1", "cossim_pow", ">= 0"),
+    ("render", "border_prior = -1", "border_prior", ">= 0"),
+    ("render", "levels = [20, 0]", "levels", "positive"),
+    ("tiles", "tile_size = 3", "tile_size", "between 16 and 4096"),
+    ("tiles", "examples = -1", "examples", ">= 0"),
+    ("grid", "sizes = [20, 100000]", "sizes", "100000"),
+    ("grid", "min_count = 0", "min_count", "at least 1"),
+    ("classes", 'icon_view = "everything"', "icon_view", "whole"),
+    ("classes", 'objective = "edge"', "objective", "mean"),
+    ("classes", "sizes = [10, 100000]", "sizes", "100000"),
+    ("classes", "min_count = 0", "min_count", "at least 1"),
+    ("classes", "steps = 0", "steps", "at least 1"),
+    ("classes", "icon_size = 4", "icon_size", "at least"),
+    ("classes", "lr = -0.1", "lr", "positive"),
+    ("run", 'device = "gpu"', "device", "cuda"),
+    ("reduce", 'metric = "cosin"', "metric", "UMAP metric"),
+    ("reduce", "min_dist = 2.0", "min_dist", "[0, 1]"),
+    ("reduce", "n_neighbors = 1", "n_neighbors", ">= 2"),
+    ("tiles", 'format = "gif"', "format", "jpeg"),
+    ("model", 'name = "resnet"', "name", "torchvision:"),
+]
+
+
+@pytest.mark.parametrize("section, line, key, hint", BAD_VALUES, ids=[f"{s}.{k}" for s, _l, k, _h in BAD_VALUES])
+def test_bad_values_fail_at_load_naming_section_and_key(tmp_path, section, line, key, hint):
+    p = write(tmp_path, f'[collect]\nsource = "x"\n[{section}]\n{line}\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and f"[{section}] {key}" in msg and hint in msg, msg
+
+
+@pytest.mark.parametrize("line, key", [("batch_size = 0", "batch_size"), ("workers = -2", "workers"),
+                                       ("block_size = 0", "block_size"), ("positions_per_image = 0",
+                                                                          "positions_per_image")])
+def test_bad_collect_values_fail_at_load(tmp_path, line, key):
+    p = write(tmp_path, f'[collect]\nsource = "x"\n{line}\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert f"[collect] {key}" in str(e.value), str(e.value)

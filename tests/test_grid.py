@@ -223,3 +223,79 @@ def test_grid_settings_name_the_fix() -> None:
         GridSettings(sizes=(20, 20))
     with pytest.raises(ValueError, match="min_count must be at least 1"):
         GridSettings(min_count=0)
+
+
+# --------------------------------------------------------------------------- settings at the door
+
+
+def _grid_args(run: dict, *extra: str) -> tuple[str, ...]:
+    return ("grid", "--activations", str(run["acts"]), "--layout", str(run["layout"]), "-o", str(run["cells"]),
+            *extra)
+
+
+def test_grid_sizes_beyond_any_memory_are_refused_before_any_work(run: dict, atlas_cli) -> None:
+    code, _out, err = atlas_cli(*_grid_args(run, "--sizes", "20,100000"))
+    assert code == 2 and "--sizes" in err and "100000" in err and "Traceback" not in err
+    assert not run["cells"].exists()
+    with pytest.raises(ValueError, match="100000"):
+        GridSettings(sizes=(100000,))
+
+
+def test_the_command_prints_no_traceback_for_a_grid_beyond_memory(run: dict) -> None:
+    """As the user runs it (a process of its own; capped at 16 GiB of address space so that a
+    grid that does get allocated fails fast instead of filling the machine)."""
+    import resource
+    import subprocess
+    import sys
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+    p = subprocess.run([sys.executable, "-m", "atlas", "-q", *_grid_args(run, "--sizes", "100000")],
+                       capture_output=True, text=True, preexec_fn=cap, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "--sizes" in p.stderr, p.stderr
+    assert not run["cells"].exists()
+
+
+def test_a_grid_bigger_than_the_available_memory_is_refused_with_an_estimate(run: dict, monkeypatch) -> None:
+    import atlas.grid as grid_mod
+
+    monkeypatch.setattr(grid_mod, "available_memory", lambda: 64 << 20)
+    with pytest.raises(ValueError, match="MiB") as e:
+        grid_file(run["acts"], run["layout"], run["cells"], sizes=(2, 2000), min_count=1, progress=False)
+    msg = str(e.value)
+    assert "2000" in msg and "available" in msg and "sizes" in msg
+    assert not run["cells"].exists()
+    grid_file(run["acts"], run["layout"], run["cells"], sizes=(2, 8), min_count=1, progress=False)  # small is fine
+
+
+def test_a_grid_that_keeps_no_cell_is_an_error_with_a_hint(run: dict, atlas_cli) -> None:
+    code, _out, err = atlas_cli(*_grid_args(run, "--sizes", "20,40", "--min-count", "1000"))
+    assert code == 2 and "Traceback" not in err
+    assert "no cell" in err and "min-count" in err and "sizes" in err
+    assert not run["cells"].exists()
+
+
+def test_the_default_grid_on_a_few_rows_is_an_error_not_an_empty_atlas(tmp_path: Path, rng, atlas_cli) -> None:
+    """36 rows (12 photos, 3 positions each) spread over the default 20 x 20 .. 160 x 160 grids
+    leave no cell with the default 6 rows: an error with the numbers to change, no cells.h5."""
+    xy = rng.random((36, 2)).astype(np.float32)
+    write_activations(tmp_path / "activations.h5", rng.random((36, 4)).astype(np.float32))
+    write_layout(tmp_path / "layout.h5", xy)
+    code, _out, err = atlas_cli("grid", str(tmp_path))
+    assert code == 2 and "Traceback" not in err
+    assert "20x20, 40x40, 80x80, 160x160" in err and "--min-count" in err and "--sizes" in err
+    assert not (tmp_path / "cells.h5").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "20,x", "20,,40", ""])
+def test_list_options_that_do_not_parse_name_the_option(run: dict, atlas_cli, value: str) -> None:
+    code, _out, err = atlas_cli(*_grid_args(run, "--sizes", value))
+    assert code == 2 and "--sizes" in err and repr(value) in err
+    assert not run["cells"].exists()
+
+
+def test_grid_option_ranges_name_the_option(run: dict, atlas_cli) -> None:
+    for option, value in (("--min-count", "0"), ("--top-k", "0"), ("--examples", "-1"), ("--sizes", "0,20")):
+        code, _out, err = atlas_cli(*_grid_args(run, option, value))
+        assert code == 2 and option in err, (option, err)

@@ -37,3 +37,10 @@ def test_cli_run_and_bad_stage_name(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert "'colect' is not a stage" in bad.stderr and "collect" in bad.stderr
+
+
+def test_only_and_from_together_are_refused_before_anything_runs(tmp_path, atlas_cli):
+    cfg = make_config(tmp_path, 2)
+    code, out, err = atlas_cli("run", str(cfg), "--only", "collect", "--from", "grid")
+    assert code == 2 and "--only" in err and "--from" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists() and not out

@@ -287,3 +287,20 @@ def test_icon_objective_setting_keeps_center_renders_current_and_checks_its_valu
     with pytest.raises(ValueError, match="objective must be one of 'mean', 'center', got 'middle'"):
         render_cells(cells, tmp_path / "icons.h5", load_model(Tiny(), input_size=16), objective="middle",
                      progress=False)
+
+
+# --------------------------------------------------------------------------- settings at the door
+
+
+def test_render_steps_zero_and_other_bad_values_are_refused_before_any_work(tmp_path, atlas_cli):
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 2}, channels=512, model="inceptionv1", layer="inception4c")
+    out = tmp_path / "icons.h5"
+    base = ("render", "--cells", str(cells), "-o", str(out), "--random-init", "--device", "cpu")
+    for option, value in (("--steps", "0"), ("--attempts", "0"), ("--icon-size", "4"), ("--batch-size", "0"),
+                          ("--lr", "0"), ("--lr", "nan"), ("--cossim-pow", "-1"), ("--border-prior", "-0.5"),
+                          ("--levels", "2,x")):
+        code, _out, err = atlas_cli(*base, option, value)
+        assert code == 2 and option in err and "Traceback" not in err, (option, value, err)
+        assert not out.exists(), option
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        render_cells(cells, out, load_model(Tiny(), input_size=16), **{**FAST, "steps": 0})

@@ -464,3 +464,15 @@ def test_port_in_use_names_the_fix(site, tmp_path):
     _build(tmp_path / "run")
     with pytest.raises(OSError, match="--port 0"):
         make_server(tmp_path / "run", port=site.server_address[1])
+
+
+@pytest.mark.parametrize("port", ["-1", "70000", "http"])
+def test_serve_port_out_of_range_names_the_option(tmp_path, atlas_cli, port):
+    code, _out, err = atlas_cli("serve", str(tmp_path), "--port", port)
+    assert code == 2 and "--port" in err and port in err and "Traceback" not in err
+
+
+def test_serve_port_in_use_from_the_command_line_is_a_message(site, tmp_path, atlas_cli):
+    _build(tmp_path / "run")
+    code, _out, err = atlas_cli("serve", str(tmp_path / "run"), "--port", str(site.server_address[1]))
+    assert code != 0 and "--port 0" in err and "Traceback" not in err

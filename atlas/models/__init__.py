@@ -7,6 +7,8 @@ from atlas.models.zoo import (
     ModelError,
     UnknownLayerError,
     capture,
+    check_device,
+    check_model_spec,
     load_model,
     resolve_device,
 )
@@ -19,6 +21,8 @@ __all__ = [
     "UnknownLayerError",
     "caffe_preprocess",
     "capture",
+    "check_device",
+    "check_model_spec",
     "load_model",
     "resolve_device",
 ]

@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from atlas.checks import SettingError
 from atlas.models.inceptionv1 import InceptionV1, caffe_preprocess
 from atlas.resources import imagenet_class_names
 
@@ -303,23 +304,41 @@ def load_model(
     elif isinstance(spec, nn.Module):
         model = AtlasModel(spec, preprocess or (lambda x: x), name=type(spec).__name__,
                            input_size=input_size, class_names=class_names)
-    elif spec == "inceptionv1":
+    elif check_model_spec(spec) == "inceptionv1":
         model = _load_inceptionv1(weights, random_init)
-    elif isinstance(spec, str) and spec.startswith("torchvision:"):
-        model = _load_torchvision(spec.split(":", 1)[1], weights, random_init)
     else:
-        known = ["inceptionv1", "torchvision:<name> (e.g. torchvision:googlenet, torchvision:resnet50)"]
-        close = difflib.get_close_matches(str(spec), ["inceptionv1", "torchvision:googlenet"], n=2)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ModelError(f"unknown model {spec!r}.{hint} Known models: {'; '.join(known)}")
+        model = _load_torchvision(spec.split(":", 1)[1], weights, random_init)
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval().to(resolve_device(device))
 
 
+def check_model_spec(spec: str) -> str:
+    """``spec`` if it names a model :func:`load_model` knows how to load (``"inceptionv1"`` or
+    ``"torchvision:NAME"``; whether torchvision has NAME is found when loading), else a ModelError."""
+    if spec == "inceptionv1" or (isinstance(spec, str) and spec.startswith("torchvision:") and spec[12:]):
+        return spec
+    known = ["inceptionv1", "torchvision:<name> (e.g. torchvision:googlenet, torchvision:resnet50)"]
+    close = difflib.get_close_matches(str(spec), ["inceptionv1", "torchvision:googlenet"], n=2)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ModelError(f"unknown model {spec!r}.{hint} Known models: {'; '.join(known)}")
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """The device ``device`` names (None for ``"auto"``/``None``), without asking whether it is
+    there; a name torch does not know raises :class:`~atlas.checks.SettingError` (key ``device``)."""
+    if device is None or device == "auto":
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SettingError("device", f"must be auto, cpu, cuda, cuda:N (the Nth GPU) or another torch device, "
+                                     f"not {device!r}") from None
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/``None`` -> CUDA when available, else CPU; anything else is passed to torch."""
-    if device is None or device == "auto":
+    if check_device(device) is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():

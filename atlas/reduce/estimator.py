@@ -9,12 +9,15 @@ from typing import Any, Literal
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from atlas.checks import SettingError
 from atlas.reduce.placement import REFINE_EPOCHS, KnnBackend, KNNPlacer, LayoutOptimizer, Placement
 from atlas.store.layout import NONFINITE, PLACED, ZERO
 
 log = logging.getLogger(__name__)
 
 _NORMALISED_METRICS = ("cosine", "correlation")
+#: Metrics accepted without asking UMAP for its list (importing it takes a while).
+_COMMON_METRICS = ("cosine", "correlation", "euclidean", "manhattan", "l1", "l2", "chebyshev")
 _PLACEMENTS = ("refine", "knn", "umap")
 
 
@@ -99,27 +102,35 @@ class AtlasUMAP(TransformerMixin, BaseEstimator):
 
     def _validate(self) -> None:
         if not (isinstance(self.n_neighbors, (int, np.integer)) and self.n_neighbors >= 2):
-            raise ValueError(f"n_neighbors must be an integer >= 2 (the paper uses 20-50), got {self.n_neighbors!r}")
+            raise SettingError("n_neighbors", f"must be an integer >= 2 (the paper uses 20-50), got {self.n_neighbors!r}")
         if not (0.0 <= self.min_dist <= 1.0):
-            raise ValueError(f"min_dist must lie in [0, 1] (the paper uses 0.01-0.05), got {self.min_dist!r}")
+            raise SettingError("min_dist", f"must lie in [0, 1] (the paper uses 0.01-0.05), got {self.min_dist!r}")
         if self.n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {self.n_components}")
+            raise SettingError("n_components", f"must be >= 1, got {self.n_components}")
         if self.sample_size < 3:
-            raise ValueError(f"sample_size must be at least 3 (default 100000), got {self.sample_size}")
+            raise SettingError("sample_size", f"must be at least 3 (default 100000), got {self.sample_size}")
         if self.placement not in _PLACEMENTS:
-            raise ValueError(f"placement must be one of {_PLACEMENTS}, not {self.placement!r}")
+            raise SettingError("placement", f"must be one of {_PLACEMENTS}, not {self.placement!r}")
         if self.refine_epochs < 1:
-            raise ValueError(f"refine_epochs must be >= 1, got {self.refine_epochs}")
+            raise SettingError("refine_epochs", f"must be >= 1, got {self.refine_epochs}")
         if self.knn_backend not in ("auto", "ivf", "index", "brute"):
-            raise ValueError(f"knn_backend must be 'auto', 'ivf', 'index' or 'brute', not {self.knn_backend!r}")
+            raise SettingError("knn_backend", f"must be 'auto', 'ivf', 'index' or 'brute', not {self.knn_backend!r}")
         if self.placement_neighbors is not None and self.placement_neighbors < 1:
-            raise ValueError(f"placement_neighbors must be >= 1 or None, got {self.placement_neighbors}")
+            raise SettingError("placement_neighbors", f"must be >= 1 or None, got {self.placement_neighbors}")
         if self.chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
+            raise SettingError("chunk_rows", f"must be >= 1, got {self.chunk_rows}")
         if self.knn_epsilon < 0:
-            raise ValueError(f"knn_epsilon must be >= 0, got {self.knn_epsilon}")
+            raise SettingError("knn_epsilon", f"must be >= 0, got {self.knn_epsilon}")
+        if self.n_epochs is not None and self.n_epochs < 1:
+            raise SettingError("n_epochs", f"must be >= 1 or None (UMAP's default), got {self.n_epochs}")
+        if isinstance(self.metric, str) and self.metric not in _COMMON_METRICS:
+            from umap.distances import named_distances  # imported only for a metric named otherwise
+
+            if self.metric not in named_distances:
+                raise SettingError("metric", f"must be a UMAP metric (e.g. cosine, euclidean, correlation), "
+                                             f"not {self.metric!r}")
         if self.knn_aggregate not in ("median", "mean"):
-            raise ValueError(f"knn_aggregate must be 'median' or 'mean', not {self.knn_aggregate!r}")
+            raise SettingError("knn_aggregate", f"must be 'median' or 'mean', not {self.knn_aggregate!r}")
 
     def row_status(self, x: np.ndarray) -> np.ndarray:
         """``(n,)`` uint8: 0 usable, 1 non-finite, 2 zero (undefined for the metric)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 from tqdm.auto import tqdm
 
+from atlas.checks import at_least
 from atlas.reduce.bounds import apply_bounds, layout_bounds
 from atlas.reduce.classes import resolve_class, select_class_rows
 from atlas.reduce.estimator import AtlasUMAP
@@ -64,10 +65,8 @@ class ReduceSettings:
 
     def __post_init__(self) -> None:
         self.estimator()._validate()
-        if self.class_top_n < 0:
-            raise ValueError(f"class_top_n must be >= 0, got {self.class_top_n}")
-        if self.n_workers < 1:
-            raise ValueError(f"n_workers must be >= 1, got {self.n_workers}")
+        at_least("class_top_n", self.class_top_n, 0)
+        at_least("n_workers", self.n_workers, 1)
 
     def estimator(self) -> AtlasUMAP:
         names = AtlasUMAP().get_params().keys()

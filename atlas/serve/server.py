@@ -5,11 +5,13 @@ routes each request to the static files (:mod:`atlas.serve.files`) or the JSON A
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import webbrowser
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from atlas.checks import between
 from atlas.serve.api import JsonApi
 from atlas.serve.errors import HTTPError
 from atlas.serve.files import LRU, VIEWER_DIR, StaticFiles, check_segments, inside
@@ -62,6 +65,11 @@ def loopback_host_header(value: str) -> bool:
         return ipaddress.IPv4Address(name).is_loopback
     except ValueError:
         return False
+
+
+class ListenError(OSError, ValueError):
+    """The server cannot listen on the address asked for (in use, not allowed, unknown host);
+    the message says what to change."""
 
 
 class AtlasServer(ThreadingHTTPServer):
@@ -325,14 +333,19 @@ def make_server(
 
     ``embeddable`` lets pages of other origins show the viewer in a frame (a notebook's output);
     by default the page refuses to be framed. Raises ``ValueError`` when ``run_dir`` holds no
-    tiles folder and ``require_runs`` is set.
+    tiles folder and ``require_runs`` is set, a :class:`~atlas.checks.SettingError` for a port
+    outside 0..65535 and a :class:`ListenError` when the address cannot be listened on.
     """
+    between("port", port, 0, 65535, " (0 picks a free one)")
     try:
         server = AtlasServer(run_dir, host, port, cache_bytes=cache_bytes, max_connections=max_connections,
                              embeddable=embeddable)
     except OSError as e:
-        raise OSError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass another port "
-                               "(--port 0 picks a free one) or stop the program using it") from e
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:
+            raise ListenError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass an address of this "
+                                       "machine (--host; 127.0.0.1 is this machine only)") from e
+        raise ListenError(e.errno, f"cannot listen on {host}:{port} ({e.strerror}); pass another port "
+                                   "(--port 0 picks a free one) or stop the program using it") from e
     if require_runs and not server.runs():
         server.server_close()
         raise ValueError(
@@ -382,4 +395,4 @@ def serve(
         server.server_close()
 
 
-__all__ = ["AtlasHandler", "AtlasServer", "make_server", "serve"]
+__all__ = ["AtlasHandler", "AtlasServer", "ListenError", "make_server", "serve"]

@@ -6,7 +6,9 @@ Layout (``N_img`` images in the source, ``N`` rows of a layer, ``C`` channels, `
     /                       attrs: atlas_version, kind="activations", model, layers (list),
                                    source, n_images, n_skipped, top_k, settings_json,
                                    settings_hash, complete (bool)
-    /images/key             (N_img,)   utf-8   path of each image (or "shard.tar::member")
+    /images/key             (N_img,)   utf-8   path of each image (or "shard.tar::member"); a file
+                                               name that is not UTF-8 is stored as its own bytes
+                                               (read back by :func:`decode_key`)
     /images/label           (N_img,)   int32   ImageNet class index if known, else -1
     /images/status          (N_img,)   uint8   0 = used; else a skip reason (attrs "reasons": JSON)
     /layers/<L>             attrs: n_rows, channels, grid_shape (H, W), sampling
@@ -102,6 +104,14 @@ class PartStore:
         tmp.write_text(json.dumps({"settings_hash": self.hash, "settings": self.settings}, default=str))
         os.replace(tmp, meta)
 
+    def statuses(self, n_blocks: int) -> np.ndarray:
+        """The status column of blocks ``0 .. n_blocks - 1`` (every one must be done), in image order."""
+        parts = []
+        for block in range(n_blocks):
+            with h5py.File(self.part_path(block), "r") as f:
+                parts.append(f["status"][:])
+        return np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+
     def done_blocks(self) -> set[int]:
         if not self.dir.is_dir():
             return set()
@@ -130,6 +140,18 @@ class PartStore:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def encode_key(key: str) -> bytes:
+    """The bytes stored for an image key: its UTF-8, where a file name's bytes that are not UTF-8
+    (held in the str as surrogate escapes, as ``os.listdir`` gives them) are stored as they are."""
+    return key.encode("utf-8", "surrogateescape")
+
+
+def decode_key(raw: bytes | str) -> str:
+    """A stored image key back as the str that opens the same file (``os.fsencode(key)`` gives the
+    name's bytes again)."""
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
 
 
 def finalize(
@@ -169,7 +191,8 @@ def finalize(
         out.attrs["layers"] = [spec.name for spec in layers]
         out.attrs["complete"] = False
         img = out.create_group("images")
-        img.create_dataset("key", data=np.array(list(image_keys), dtype=object), dtype=STRING_DTYPE)
+        img.create_dataset("key", data=np.array([encode_key(k) for k in image_keys], dtype=object),
+                           dtype=STRING_DTYPE)
         img.create_dataset("label", data=np.asarray(image_labels, np.int32))
         for spec in layers:
             g = out.create_group(f"layers/{spec.name}")
@@ -281,7 +304,7 @@ class ActivationsFile:
             yield start, ds[start:min(n, start + chunk_rows)]
 
     def image_keys(self) -> list[str]:
-        return [k.decode() if isinstance(k, bytes) else str(k) for k in self._f["images/key"][:]]
+        return [decode_key(k) for k in self._f["images/key"][:]]
 
     def image_labels(self) -> np.ndarray:
         return self._f["images/label"][:]

@@ -8,6 +8,8 @@ from typing import Literal
 
 from PIL import ImageColor
 
+from atlas.checks import SettingError
+
 #: Bumped whenever the drawing or the file layout changes, so old pyramids get redrawn.
 TILES_FORMAT = 1
 
@@ -26,6 +28,15 @@ EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 
 class TilesError(ValueError):
     """Inputs or an output folder that the tiles stage cannot use; the message names the fix."""
+
+
+class TileSettingError(SettingError, TilesError):
+    """A :class:`TileSettings` value that cannot be used (``key`` names the field)."""
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise TileSettingError(key, reason)
 
 
 @dataclass(frozen=True)
@@ -68,26 +79,24 @@ class TileSettings:
     thumb_fraction: float = 1 / 3
 
     def __post_init__(self) -> None:
-        if not 16 <= self.tile_size <= 4096:
-            raise TilesError(f"tile_size must be between 16 and 4096 pixels, not {self.tile_size} (256 is standard)")
-        if self.cell_px is not None and not 1 <= self.cell_px <= 1024:
-            raise TilesError(f"cell_px must be between 1 and 1024, not {self.cell_px}")
-        if not 0 <= self.margin <= 1:
-            raise TilesError(f"margin is a fraction of the layout side in [0, 1], not {self.margin}")
-        if not 0 <= self.gap < 1:
-            raise TilesError(f"gap is a fraction of a cell in [0, 1), not {self.gap}")
-        if self.tile_format not in EXTENSIONS:
-            raise TilesError(f"tile_format must be one of {sorted(EXTENSIONS)}, not {self.tile_format!r}")
-        if not 1 <= self.quality <= 100:
-            raise TilesError(f"quality must be in 1..100, not {self.quality}")
-        if not 0 <= self.overzoom <= 6:
-            raise TilesError(f"overzoom must be in 0..6, not {self.overzoom}")
-        if self.region < 1 or self.examples_per_cell < 0 or self.thumb_size < 8:
-            raise TilesError("region must be >= 1, examples_per_cell >= 0 and thumb_size >= 8")
-        if not 0 < self.thumb_fraction <= 1:
-            raise TilesError(f"thumb_fraction must be in (0, 1], not {self.thumb_fraction}")
-        parse_color(self.background)
-        parse_color(self.placeholder)
+        _check(16 <= self.tile_size <= 4096, "tile_size",
+               f"must be between 16 and 4096 pixels, not {self.tile_size} (256 is standard)")
+        _check(self.cell_px is None or 1 <= self.cell_px <= 1024, "cell_px", f"must be between 1 and 1024, not {self.cell_px}")
+        _check(0 <= self.margin <= 1, "margin", f"is a fraction of the layout side in [0, 1], not {self.margin}")
+        _check(0 <= self.gap < 1, "gap", f"is a fraction of a cell in [0, 1), not {self.gap}")
+        _check(self.tile_format in EXTENSIONS, "tile_format",
+               f"must be one of {sorted(EXTENSIONS)}, not {self.tile_format!r}")
+        _check(1 <= self.quality <= 100, "quality", f"must be in 1..100, not {self.quality}")
+        _check(0 <= self.overzoom <= 6, "overzoom", f"must be in 0..6, not {self.overzoom}")
+        _check(self.region >= 1, "region", f"must be >= 1, not {self.region}")
+        _check(self.examples_per_cell >= 0, "examples_per_cell", f"must be >= 0, not {self.examples_per_cell}")
+        _check(self.thumb_size >= 8, "thumb_size", f"must be >= 8 pixels, not {self.thumb_size}")
+        _check(0 < self.thumb_fraction <= 1, "thumb_fraction", f"must be in (0, 1], not {self.thumb_fraction}")
+        for key in ("background", "placeholder"):
+            try:
+                parse_color(getattr(self, key))
+            except TilesError as e:
+                raise TileSettingError(key, f"is not a colour: {e}") from None
 
     @property
     def ext(self) -> str:
@@ -108,4 +117,5 @@ def parse_color(color: str | Sequence[int]) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-__all__ = ["EXTENSIONS", "MANIFEST_KIND", "parse_color", "STATE_FILE", "TileFormat", "TILES_FORMAT", "TilesError", "TileSettings"]
+__all__ = ["EXTENSIONS", "MANIFEST_KIND", "parse_color", "STATE_FILE", "TileFormat", "TILES_FORMAT", "TilesError",
+           "TileSettingError", "TileSettings"]

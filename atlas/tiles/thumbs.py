@@ -154,7 +154,7 @@ def make_thumbs(
         image_index = g["image_index"][:]
         position = g["position"][:]
         grid_h, grid_w = (int(v) for v in g.attrs["grid_shape"])
-        keys = f["images/key"].asstr()[:]
+        keys = f["images/key"].asstr(errors="surrogateescape")[:]  # keys that are not UTF-8: their bytes
         source = str(f.attrs.get("source", ""))
         view = ModelView.from_settings(str(f.attrs.get("settings_json", "{}")))
     rows = rows[(rows >= 0) & (rows < len(image_index))]
