@@ -67,6 +67,8 @@ _EXPORTS = {
     "load_model": "atlas.models",
     "run_pipeline": "atlas.pipeline",
     "sample_positions": "atlas.collect",
+    "SettingsChangedError": "atlas.store.common",
+    "StaleInputError": "atlas.store.common",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -292,7 +292,8 @@ def cmd_classes(args: argparse.Namespace) -> int:
     settings = _subatlas_settings(args)
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     for name in args.classes:
-        print(class_atlas(args.run_dir, name, model, settings, device=args.device, progress=not args.quiet).describe())
+        print(class_atlas(args.run_dir, name, model, settings, device=args.device, progress=not args.quiet,
+                          overwrite=args.overwrite).describe())
     print(f"browse them with: atlas serve {args.run_dir}  (the atlas picker lists classes/<name>)")
     return 0
 
@@ -303,7 +304,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     summary = comparison_atlas(args.run_dir, args.class_a, args.class_b, model, _subatlas_settings(args),
-                               device=args.device, progress=not args.quiet)
+                               device=args.device, progress=not args.quiet, overwrite=args.overwrite)
     print(summary.describe())
     print(f"browse it with: atlas serve {args.run_dir}  (the atlas picker lists {summary.folder.parent.name}/"
           f"{summary.folder.name})")
@@ -436,7 +437,8 @@ def cmd_tiles(args: argparse.Namespace) -> int:
                           background=args.background, density_scaling=args.density_scaling,
                           progress=not args.quiet, cell_px=args.cell_px, tile_format=args.format,
                           placeholder=args.placeholder, quality=args.quality,
-                          examples_per_cell=args.examples, thumb_size=args.thumb_size, title=args.title)
+                          examples_per_cell=args.examples, thumb_size=args.thumb_size, title=args.title,
+                          overwrite=args.overwrite)
     print(summary.describe())
     return 0
 
@@ -460,7 +462,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from atlas.pipeline import run_pipeline
 
     run_pipeline(args.config, only=args.only, start=args.start, progress=not args.quiet,
-                 report=lambda stage, summary: print(f"[{stage}] {summary}"), scheduler=args.scheduler)
+                 report=lambda stage, summary: print(f"[{stage}] {summary}"), scheduler=args.scheduler,
+                 overwrite=args.overwrite)
     return 0
 
 
@@ -502,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--workers", type=int, default=None, help="decode processes [one per spare core]")
     s.add_argument("--block-size", type=int, default=256, help="images per committed part [%(default)s]")
-    s.add_argument("--overwrite", action="store_true", help="discard existing output / partial run")
+    s.add_argument("--overwrite", action="store_true",
+                   help="discard existing output / partial run (needed when its settings differ)")
     _add_scheduler_arg(s, "one Dask task per block of images; --workers is then decode threads per task")
     s.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                    help="where JPEGs are decoded: gpu = in batches on the model's device (torchvision), cpu = PIL "
@@ -557,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--icon-size", type=int, default=80)
         s.add_argument("--steps", type=int, default=128, help="optimisation steps per icon [%(default)s]")
         s.add_argument("--batch-size", type=int, default=32)
+        s.add_argument("--overwrite", action="store_true", help="replace the files made with other settings")
 
     s = sub.add_parser("classes", help="class atlases: the rows attributed to each class, laid out, rendered, tiled")
     s.add_argument("run_dir", help="a run folder with activations.h5 (collected with attribution)")
@@ -693,6 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--examples", type=int, default=8, help="dataset examples per cell [%(default)s]")
     s.add_argument("--thumb-size", type=int, default=64)
     s.add_argument("--title", default=None)
+    s.add_argument("--overwrite", action="store_true", help="redraw a pyramid drawn with other settings")
     s.set_defaults(func=cmd_tiles)
 
     s = sub.add_parser("serve", help="browse atlases in a web browser (read-only HTTP server)")
@@ -800,6 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--only", default=None, help="run just this stage (not with --from)")
     s.add_argument("--from", dest="start", default=None, help="start at this stage, run the ones after it too")
     _add_scheduler_arg(s, "collect and reduce on Dask; replaces the config's [run] scheduler")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the output of a stage whose settings changed (the later stages follow); "
+                        "without it such a stage stops the run and names the changes")
     s.set_defaults(func=cmd_run)
     for command in sub.choices.values():
         command.set_defaults(command_parser=command)  # main() names the options of bad settings

@@ -51,7 +51,7 @@ from atlas.distributed import ModelSpec, Scheduler
 from atlas.models import AtlasModel, load_model, resolve_device
 from atlas.rows import CollectSettings, buffer_batch, capture_until_last, commit_block, compute_rows, sample_positions
 from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
-from atlas.store.common import is_current
+from atlas.store.lineage import check_output
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -170,7 +170,8 @@ def collect(
         batch_size: images per forward pass (does not change the results).
         workers: decode processes for the DataLoader (default: :func:`default_workers`; 0 decodes
             in the main process).
-        overwrite: discard an existing output or partial run instead of reusing/resuming it.
+        overwrite: discard an existing output or partial run instead of reusing/resuming it (or
+            refusing it, when it was made with other settings).
         max_blocks: stop after this many new blocks (for tests of resumption); the run is then
             left unfinished, exactly as a kill would leave it.
         scheduler: run every missing block as a Dask task (:mod:`atlas.distributed`): a scheduler
@@ -193,7 +194,9 @@ def collect(
             computation), ``write``. In-process runs only.
 
     Returns a :class:`CollectSummary`. When ``output`` is already complete for the same
-    settings, nothing is recomputed. File names that are not UTF-8 are collected like any other
+    settings, nothing is recomputed; when it (or a partial run) was made with other settings,
+    :class:`~atlas.store.common.SettingsChangedError` names the changes and nothing is touched,
+    unless ``overwrite``. File names that are not UTF-8 are collected like any other
     (their keys keep the name's bytes, see :mod:`atlas.store.activations`); a source path that is
     not UTF-8 is refused before any work. When not one image could be read, nothing is written
     (the parts are removed, so a rerun reads every image again) and :class:`NoUsableImagesError`
@@ -234,7 +237,8 @@ def collect(
     }
     if precision != "fp32":  # fp32 runs keep the hash of earlier versions
         hashed["precision"] = precision
-    if not overwrite and is_current(output, "activations", hashed):
+    # a finished file of other settings is kept unless overwrite (SettingsChangedError names the changes)
+    if check_output(output, "activations", hashed, stage="collect", overwrite=overwrite).state == "current":
         return CollectSummary(output, len(refs), {}, up_to_date=True)
     if overwrite and output.exists():
         output.unlink()

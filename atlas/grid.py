@@ -36,8 +36,8 @@ from atlas.checks import SettingError, at_least, available_memory
 from atlas.checks import sizes as check_sizes
 from atlas.store.activations import ActivationsFile
 from atlas.store.cells import CellLevel, write_cells
-from atlas.store.common import is_current
 from atlas.store.layout import read_layout, read_rows
+from atlas.store.lineage import check_output, require_current
 
 log = logging.getLogger(__name__)
 
@@ -471,8 +471,12 @@ def grid_file(
     passes over the activations (means, then examples), every level at once; memory is one
     chunk plus the per-cell accumulators.
 
-    Skipped when ``cells_path`` is complete for the same settings and inputs; ``overrides``
-    replace fields of ``settings`` (e.g. ``grid_file(a, l, c, sizes=(10, 20))``).
+    Skipped when ``cells_path`` is complete for the same settings and inputs, made again when an
+    input changed since; cells of other settings are kept and
+    :class:`~atlas.store.common.SettingsChangedError` names the changes, unless ``overwrite``. A
+    layout made from activations that changed since is refused
+    (:class:`~atlas.store.common.StaleInputError`: run reduce first). ``overrides`` replace fields
+    of ``settings`` (e.g. ``grid_file(a, l, c, sizes=(10, 20))``).
 
     Raises a :class:`~atlas.checks.SettingError` (key ``sizes``) before any work when the levels
     would need more memory than the machine has (:func:`grid_memory_bytes`), and an
@@ -483,6 +487,7 @@ def grid_file(
     settings = dataclasses.replace(settings or GridSettings(), **overrides)
     cells_path = Path(cells_path)
     layout = read_layout(layout_path)
+    require_current(layout_path)
     with ActivationsFile(activations_path) as acts:
         layer = acts.layer(layout.layer)
         class_index = None
@@ -492,9 +497,14 @@ def grid_file(
             class_index = resolve_class(settings.class_filter)
         full = dict(settings.hashed(), class_filter=class_index, layer=layer,
                     layout_settings_hash=layout.attrs.get("settings_hash"))
-        if not overwrite and is_current(cells_path, "cells", full):
+        inputs = {"activations": activations_path, "layout": layout_path}
+        found = check_output(cells_path, "cells", full, stage="grid", inputs=inputs,
+                             input_keys=("layout_settings_hash",), overwrite=overwrite)
+        if found.state == "current":
             log.info("%s is complete and current; skipping grid", cells_path)
             return GridSummary(cells_path, up_to_date=True)
+        if found.state == "stale":
+            log.warning("%s: %s; binning again", cells_path, "; ".join(found.reasons))
 
         rows = np.flatnonzero(layout.valid)
         if class_index is not None:
@@ -593,7 +603,7 @@ def grid_file(
         write_cells(cells_path, out, full, {
             "model": acts.model, "layer": layer, "source": str(Path(activations_path)),
             "layout": str(Path(layout_path)), "n_rows": n,
-        })
+        }, inputs=inputs)
     summary.seconds = time.perf_counter() - t0
     return summary
 

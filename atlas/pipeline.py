@@ -5,6 +5,13 @@ directory holds ``activations.h5``, ``layout.h5``, ``cells.h5``, ...). A stage w
 complete for the same settings is skipped by the stage itself; an interrupted stage resumes.
 A failure names the command that resumes the run.
 
+When settings change: a stage whose output was made with other settings (a changed key of the
+config, or a changed default) stops the run before it touches anything, with
+:class:`~atlas.store.common.SettingsChangedError` naming each changed key (old -> new) and the
+ways forward. ``overwrite=True`` (``atlas run CONFIG --overwrite``) replaces such outputs; the
+stages after one then rebuild from it, as their inputs changed. There is deliberately no config
+key for it: left in a config, it would discard finished work on every later run.
+
 With a scheduler (``[run] scheduler`` or ``scheduler=``), collect and reduce's placement run on
 Dask distributed (:mod:`atlas.distributed`); the connection (or local cluster) is made when the
 first of them has work and shared by both. Grid, render and tiles run in this process.
@@ -21,6 +28,8 @@ from pathlib import Path
 
 from atlas.config import PipelineConfig, load_config
 from atlas.distributed import Scheduler
+from atlas.store.common import SettingsChangedError, StaleInputError
+from atlas.store.lineage import keep_or_replace
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +37,11 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[PipelineConfig, bool, Scheduler | None], str]  # returns a one-line summary
+    # (config, progress, scheduler, overwrite) -> a one-line summary
+    run: Callable[[PipelineConfig, bool, Scheduler | None, bool], str]
 
 
-def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.collect import collect
 
     c = cfg.collect
@@ -47,26 +57,28 @@ def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -
         workers=None if c.workers < 0 else c.workers,
         progress=progress,
         scheduler=scheduler,
+        overwrite=overwrite,
     )
     return summary.describe()
 
 
-def _reduce(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+def _reduce(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.reduce import reduce_file
 
     d = cfg.run_dir
     return reduce_file(d / "activations.h5", d / "layout.h5", cfg.reduce, progress=progress,
-                       scheduler=scheduler).describe()
+                       scheduler=scheduler, overwrite=overwrite).describe()
 
 
-def _grid(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+def _grid(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.grid import grid_file
 
     d = cfg.run_dir
-    return grid_file(d / "activations.h5", d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress).describe()
+    return grid_file(d / "activations.h5", d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress,
+                     overwrite=overwrite).describe()
 
 
-def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.models import load_model
     from atlas.render import render_cells
 
@@ -78,22 +90,22 @@ def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) ->
         icon_size=r.icon_size, steps=r.steps, attempts=r.attempts, batch_size=r.batch_size, lr=r.lr,
         cossim_pow=r.cossim_pow, whiten=True if r.whiten else None, device=cfg.run.device, seed=r.seed, progress=progress,
         icon_view=r.icon_view, precision=r.precision, border_prior=r.border_prior,
-        objective=r.objective,
+        objective=r.objective, overwrite=overwrite,
     ).describe()
 
 
-def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.tiles import build_tiles
 
     d, t = cfg.run_dir, cfg.tiles
     return build_tiles(
         d / "cells.h5", d / "icons.h5", d / "tiles", activations_path=d / "activations.h5", tile_size=t.tile_size,
         density_scaling=t.density_scaling, tile_format=t.format, examples_per_cell=t.examples,
-        title=t.title or None, progress=progress,
+        title=t.title or None, progress=progress, overwrite=overwrite,
     ).describe()
 
 
-def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -> str:
+def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.models import load_model
     from atlas.subatlas import class_atlas, comparison_atlas
 
@@ -102,8 +114,10 @@ def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None) -
         return "no class atlases configured ([classes] names, compare)"
     model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
                        device=cfg.run.device)
-    done = [class_atlas(cfg.run_dir, n, model, c, device=cfg.run.device, progress=progress) for n in c.names]
-    done += [comparison_atlas(cfg.run_dir, a, b, model, c, device=cfg.run.device, progress=progress)
+    done = [class_atlas(cfg.run_dir, n, model, c, device=cfg.run.device, progress=progress, overwrite=overwrite)
+            for n in c.names]
+    done += [comparison_atlas(cfg.run_dir, a, b, model, c, device=cfg.run.device, progress=progress,
+                              overwrite=overwrite)
              for a, b in c.compare]
     return "; ".join(s.describe() for s in done)
 
@@ -122,6 +136,20 @@ def stage_names() -> list[str]:
     return [s.name for s in STAGES]
 
 
+#: Settings whose config key is not ``[stage] name``.
+_CONFIG_KEYS = {
+    "collect": {"model": "[model] name", "weights": "[model] weights", "random_init": "[model] random_init",
+                "source": "[collect] source"},
+    "render": {"transforms": "[render] icon_view"},
+    "tiles": {"tile_format": "[tiles] format", "examples_per_cell": "[tiles] examples"},
+}
+
+
+def _config_keys(stage: str, changes: dict) -> dict[str, str]:
+    special = _CONFIG_KEYS.get(stage, {})
+    return {k: special.get(k, f"[{stage}] {k.removeprefix(stage + '.')}") for k in changes}
+
+
 def run_pipeline(
     config: str | os.PathLike | PipelineConfig,
     *,
@@ -130,13 +158,17 @@ def run_pipeline(
     progress: bool = True,
     report: Callable[[str, str], None] | None = None,
     scheduler: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, str]:
     """Run the stages of ``config`` (a path or a loaded config); returns each stage's summary.
 
     ``only`` runs that stage alone, ``start`` that stage and every one after it; giving both is
     an error. ``report(stage, summary)`` is called after each stage (the CLI prints it). ``scheduler``
     (a Dask scheduler address, ``"local"`` or ``"local:N"``) replaces the config's
-    ``[run] scheduler``.
+    ``[run] scheduler``. A stage whose output was made with other settings raises
+    :class:`~atlas.store.common.SettingsChangedError` (nothing touched; the message names the
+    changed keys), unless ``overwrite``: then that output is replaced and the later stages
+    follow. Outputs of unchanged settings are kept either way.
     """
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     names = stage_names()
@@ -157,7 +189,12 @@ def run_pipeline(
         for stage in todo:
             log.info("stage %s", stage.name)
             try:
-                summaries[stage.name] = stage.run(cfg, progress, sched)
+                summaries[stage.name] = keep_or_replace(
+                    lambda again, stage=stage: stage.run(cfg, progress, sched, again), overwrite)
+            except SettingsChangedError as e:
+                raise e.for_config(cfg.path, _config_keys(stage.name, e.changes)) from None
+            except StaleInputError:
+                raise
             except BaseException:
                 resume = f"atlas run {shlex.quote(str(cfg.path))} --from {stage.name}"
                 log.error("stage %s did not finish; resume with: %s", stage.name, resume)

@@ -31,7 +31,10 @@ notebooks' ``render_icons``.
 
 Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
-and a complete file is left alone.
+and a complete file is left alone. Levels are kept by their cells: a grid level added later
+(or one left out with ``levels``) is added to the file, a level whose cells changed is
+rendered again, and the others keep their icons. Other render settings are refused
+(:class:`~atlas.store.common.SettingsChangedError`) unless ``overwrite``.
 
 Size: an 80 px icon reaches the model as 78 px after the icon transforms (a 16 px gray pad, then
 the paper's jitters, zoom and rotation; the paper's renderer pads 2 px and shows the model
@@ -76,12 +79,13 @@ from atlas.models import AtlasModel, resolve_device
 from atlas.precision import PRECISIONS
 from atlas.optvis import Objective, directions, evaluate, fft_image, icon_transforms, render_vis, to_uint8
 from atlas.optvis.transform import Transform, apply
-from atlas.store.cells import cells_attrs, read_cells
+from atlas.store.cells import cells_attrs, level_digest, read_cells
 from atlas.optvis.objectives import whitening_from_covariance
 from atlas.optvis.priors import border_penalty
 from atlas.store.activations import ActivationsFile
 from atlas.store.common import is_current
-from atlas.store.icons import KIND, IconsFile
+from atlas.store.icons import KIND, IconsFile, check_settings
+from atlas.store.lineage import compare_input, recorded_inputs, require_current, root_attrs
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -472,7 +476,12 @@ def render_cells(
     Args:
         cells_path: a complete ``cells.h5`` of the grid stage.
         icons_path: where to write (layout: :mod:`atlas.store.icons`); resumed when it holds a
-            render with the same settings, started over when the settings or cells changed.
+            render with the same settings, keeping the icons of every level whose cells are
+            unchanged (a level new to the grid is added, one whose cells changed is rendered
+            again). A render with other settings is left as it is and
+            :class:`~atlas.store.common.SettingsChangedError` names the changes, unless
+            ``overwrite``; cells made from a layout that changed since raise
+            :class:`~atlas.store.common.StaleInputError` (run grid first).
         model: the model the cells were collected from (checked against ``cells.h5``); with a
             ``scheduler``, a name or :class:`atlas.distributed.ModelSpec` that every worker loads.
         levels: grid sizes to render now (default all); the file always has rows for all.
@@ -494,7 +503,7 @@ def render_cells(
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...; the model is moved there.
         seed: base seed of every cell's generator (see :func:`cell_generator`).
         progress: show a tqdm bar (icons/s).
-        overwrite: start over even if ``icons_path`` could be resumed.
+        overwrite: start over even if ``icons_path`` could be resumed or holds other settings.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the optimization's model passes
             under ``torch.autocast`` (part of the settings hash when not fp32).
         border_prior: weight of the frame prior (:func:`atlas.optvis.priors.border_penalty`,
@@ -529,6 +538,7 @@ def render_cells(
         raise ValueError(f"render_cells needs an AtlasModel here (got {type(model).__name__}); a model name or "
                          "ModelSpec is for scheduler=...")
     cattrs = cells_attrs(cells_path)
+    require_current(cells_path)  # cells made from a layout that changed since: StaleInputError (run grid)
     if cattrs.get("model") and cattrs["model"] != model.name:
         raise ValueError(f"{cells_path} was collected with model {cattrs['model']!r} but the model given is "
                          f"{model.name!r}; render with --model {cattrs['model']}")
@@ -557,9 +567,13 @@ def render_cells(
         settings["border_prior"] = float(border_prior)
     icons_path = Path(icons_path)
     total = {s: len(all_levels[s]) for s in wanted}
-    if not overwrite and is_current(icons_path, KIND, settings):
-        log.info("%s is complete and current; skipping render", icons_path)
-        return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
+    found = None if overwrite else root_attrs(icons_path)
+    if found is not None and found.get("kind") == KIND:
+        check_settings(icons_path, settings)  # other settings: SettingsChangedError, nothing touched
+        recorded = (recorded_inputs(found) or {}).get("cells")
+        if is_current(icons_path, KIND, settings) and compare_input(recorded, root_attrs(cells_path)) != "changed":
+            log.info("%s is complete and current; skipping render", icons_path)
+            return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
 
     dev = resolve_device(device) if model_spec is None else torch.device("cpu")
     if model_spec is None and model.device != dev:
@@ -569,8 +583,9 @@ def render_cells(
                  attempts=int(attempts), lr=float(lr), cossim_pow=float(cossim_pow), seed=int(seed),
                  whiten=whiten is not None, transforms=", ".join(repr(t) for t in transforms),
                  cells_settings_hash=settings["cells_settings_hash"])
+    digests = {s: level_digest(lv.cell_id, lv.direction) for s, lv in all_levels.items()}
     store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, icon_size, settings,
-                              attrs, overwrite=overwrite)
+                              attrs, digests=digests, inputs={"cells": cells_path}, overwrite=overwrite)
     work = _batches(store, wanted, {s: len(all_levels[s]) for s in wanted}, batch_size)
     n_work = sum(len(rows) for _, rows in work)
     summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)

@@ -32,6 +32,7 @@ from atlas.grid import check_grid_sizes
 from atlas.models import AtlasModel
 from atlas.reduce.placement import REFINE_EPOCHS
 from atlas.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, DEFAULT_LR, check_render_settings
+from atlas.store.lineage import keep_or_replace
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,12 @@ def compare_folder(run_dir: str | os.PathLike, class_a: str, class_b: str) -> Pa
 
 
 def class_atlas(run_dir: str | os.PathLike, name: str, model: AtlasModel, settings: SubAtlasSettings | None = None,
-                *, device: str = "auto", progress: bool = True) -> SubAtlasSummary:
-    """The class atlas of ``name`` in ``RUN/classes/<name>/`` (see the module docstring)."""
+                *, device: str = "auto", progress: bool = True, overwrite: bool = False) -> SubAtlasSummary:
+    """The class atlas of ``name`` in ``RUN/classes/<name>/`` (see the module docstring).
+
+    A file of the class atlas made with other settings stops it
+    (:class:`~atlas.store.common.SettingsChangedError`, nothing touched) unless ``overwrite``,
+    which replaces just those files (the later ones follow them)."""
     from atlas.reduce import ReduceSettings, reduce_file, resolve_class
 
     settings = settings or SubAtlasSettings()
@@ -130,17 +135,19 @@ def class_atlas(run_dir: str | os.PathLike, name: str, model: AtlasModel, settin
     label = _name_of(model, index)
     folder = class_folder(run_dir, label)
     folder.mkdir(parents=True, exist_ok=True)
-    reduce_file(run_dir / "activations.h5", folder / "layout.h5",
-                ReduceSettings(class_filter=str(index), class_top_n=settings.class_top_n,
-                               sample_size=settings.sample_size, refine_epochs=settings.refine_epochs),
-                progress=progress)
-    return _finish(run_dir, folder, model, settings, f"Class atlas: {label}", t0, device=device, progress=progress)
+    reduce_settings = ReduceSettings(class_filter=str(index), class_top_n=settings.class_top_n,
+                                     sample_size=settings.sample_size, refine_epochs=settings.refine_epochs)
+    keep_or_replace(lambda again: reduce_file(run_dir / "activations.h5", folder / "layout.h5", reduce_settings,
+                                              progress=progress, overwrite=again), overwrite)
+    return _finish(run_dir, folder, model, settings, f"Class atlas: {label}", t0, device=device, progress=progress,
+                   overwrite=overwrite)
 
 
 def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, model: AtlasModel,
                      settings: SubAtlasSettings | None = None, *, device: str = "auto",
-                     progress: bool = True) -> SubAtlasSummary:
-    """The comparison atlas of ``class_a`` (right) and ``class_b`` (left) in ``RUN/compare/<a>--<b>/``."""
+                     progress: bool = True, overwrite: bool = False) -> SubAtlasSummary:
+    """The comparison atlas of ``class_a`` (right) and ``class_b`` (left) in ``RUN/compare/<a>--<b>/``
+    (``overwrite`` as in :func:`class_atlas`)."""
     from atlas.reduce import comparison_file, resolve_class
 
     settings = settings or SubAtlasSettings()
@@ -149,9 +156,11 @@ def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, mod
     a, b = resolve_class(class_a), resolve_class(class_b)
     folder = compare_folder(run_dir, _name_of(model, a), _name_of(model, b))
     folder.mkdir(parents=True, exist_ok=True)
-    comparison_file(run_dir / "activations.h5", folder / "layout.h5", a, b, top_n=settings.class_top_n)
+    keep_or_replace(lambda again: comparison_file(run_dir / "activations.h5", folder / "layout.h5", a, b,
+                                                  top_n=settings.class_top_n, overwrite=again), overwrite)
     title = f"Comparison: {_name_of(model, b)} (left) vs {_name_of(model, a)} (right); x = attribution difference"
-    return _finish(run_dir, folder, model, settings, title, t0, device=device, progress=progress)
+    return _finish(run_dir, folder, model, settings, title, t0, device=device, progress=progress,
+                   overwrite=overwrite)
 
 
 def _name_of(model: AtlasModel, index: int) -> str:
@@ -161,22 +170,26 @@ def _name_of(model: AtlasModel, index: int) -> str:
 
 
 def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSettings, title: str,
-            t0: float, *, device: str, progress: bool) -> SubAtlasSummary:
-    """Grid, render and tile a sub-atlas whose ``layout.h5`` is written."""
+            t0: float, *, device: str, progress: bool, overwrite: bool = False) -> SubAtlasSummary:
+    """Grid, render and tile a sub-atlas whose ``layout.h5`` is written (``overwrite``: replace
+    the outputs made with other settings)."""
     from atlas.grid import GridSettings, grid_file
     from atlas.render import render_cells
     from atlas.store.layout import read_layout
     from atlas.tiles import build_tiles
 
-    grid = grid_file(run_dir / "activations.h5", folder / "layout.h5", folder / "cells.h5",
-                     GridSettings(sizes=settings.sizes, min_count=settings.min_count), progress=progress,
-                     allow_empty=True)  # a class too small for the grid gives empty levels, not an error
-    rendered = render_cells(folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size,
-                            steps=settings.steps, batch_size=settings.batch_size, device=device, progress=progress,
-                            objective=settings.objective, icon_view=settings.icon_view, lr=settings.lr)
-    tiles = build_tiles(folder / "cells.h5", folder / "icons.h5", folder / "tiles",
-                        activations_path=run_dir / "activations.h5", title=title, progress=progress,
-                        class_names=model.class_names)
+    grid_settings = GridSettings(sizes=settings.sizes, min_count=settings.min_count)
+    grid = keep_or_replace(lambda again: grid_file(
+        run_dir / "activations.h5", folder / "layout.h5", folder / "cells.h5", grid_settings, progress=progress,
+        allow_empty=True,  # a class too small for the grid gives empty levels, not an error
+        overwrite=again), overwrite)
+    rendered = keep_or_replace(lambda again: render_cells(
+        folder / "cells.h5", folder / "icons.h5", model, icon_size=settings.icon_size, steps=settings.steps,
+        batch_size=settings.batch_size, device=device, progress=progress, objective=settings.objective,
+        icon_view=settings.icon_view, lr=settings.lr, overwrite=again), overwrite)
+    tiles = keep_or_replace(lambda again: build_tiles(
+        folder / "cells.h5", folder / "icons.h5", folder / "tiles", activations_path=run_dir / "activations.h5",
+        title=title, progress=progress, class_names=model.class_names, overwrite=again), overwrite)
     rows = int(read_layout(folder / "layout.h5").valid.sum())
     # the cells' hash holds the layout's, so a rewritten layout is never "current" here
     current = grid.up_to_date and rendered.up_to_date and not (tiles.tiles_written or tiles.metadata_written)

@@ -31,7 +31,7 @@ from atlas.reduce import (
     select_class_rows,
 )
 from atlas.store.activations import ActivationsFile
-from atlas.store.common import ArtifactError
+from atlas.store.common import ArtifactError, SettingsChangedError
 from atlas.store.layout import NONFINITE, PLACED, ZERO, model_path, read_layout
 
 LAYER = "mixed4c"
@@ -389,11 +389,15 @@ def test_comparison_file_is_a_layout_the_grid_reads(acts_file: Path, tmp_path: P
     np.testing.assert_allclose(lay.xy[lay.valid & (tc[rows, 0] == 2), 0], 0.0)
     grid_file(acts_file, out, tmp_path / "cells.h5", sizes=(4,), min_count=1, progress=False)
     assert read_cells(tmp_path / "cells.h5")[4].count.sum() == lay.valid.sum()
-    # the same comparison again leaves the finished file alone; other settings rewrite it
+    # the same comparison again leaves the finished file alone; other settings are refused
+    # (nothing touched) unless overwrite
     stamp = out.stat().st_mtime_ns
     comparison_file(acts_file, out, "goldfish", 2, top_n=0, n_neighbors=10)
     assert out.stat().st_mtime_ns == stamp
-    comparison_file(acts_file, out, "goldfish", 2, top_n=0, n_neighbors=9)
+    with pytest.raises(SettingsChangedError, match="n_neighbors: 10 -> 9"):
+        comparison_file(acts_file, out, "goldfish", 2, top_n=0, n_neighbors=9)
+    assert out.stat().st_mtime_ns == stamp
+    comparison_file(acts_file, out, "goldfish", 2, top_n=0, n_neighbors=9, overwrite=True)
     assert out.stat().st_mtime_ns != stamp
 
 

@@ -6,6 +6,7 @@ Most tests use a tiny model and a small fake ``cells.h5`` (:func:`write_fake_cel
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -18,7 +19,8 @@ from atlas import render as render_mod
 from atlas.models import capture, load_model
 from atlas.optvis import icon_transforms
 from atlas.render import cell_generator, render_cells
-from atlas.store.cells import CellLevel, write_cells
+from atlas.store.cells import CellLevel, read_cells, write_cells
+from atlas.store.common import SettingsChangedError
 from atlas.store.icons import IconsFile, read_icons
 
 
@@ -133,14 +135,25 @@ def test_levels_can_be_rendered_one_at_a_time(tmp_path, tiny):
     np.testing.assert_array_equal(read_icons(out)[4].icons, before)  # kept, not rendered again
 
 
-def test_changed_settings_or_cells_start_over(tmp_path, tiny):
-    cells = write_fake_cells(tmp_path / "cells.h5", {2: 2})
+def test_changed_settings_are_refused_and_changed_cells_render_again(tmp_path, tiny):
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 2, 3: 2})
     out = tmp_path / "icons.h5"
     render_cells(cells, out, tiny, **FAST)
-    steps = render_cells(cells, out, tiny, **{**FAST, "steps": 7})
-    assert steps.rendered == {2: 2} and not steps.up_to_date
-    write_fake_cells(cells, {2: 2}, seed=1)
-    assert render_cells(cells, out, tiny, **{**FAST, "steps": 7}).rendered == {2: 2}
+    before = out.read_bytes()
+    with pytest.raises(SettingsChangedError, match=r"steps: 6 -> 7.*--overwrite") as e:
+        render_cells(cells, out, tiny, **{**FAST, "steps": 7})
+    assert e.value.changes == {"steps": (6, 7)} and out.read_bytes() == before
+    steps = render_cells(cells, out, tiny, **{**FAST, "steps": 7}, overwrite=True)
+    assert steps.rendered == {2: 2, 3: 2} and not steps.up_to_date
+    # grid 2 gets other directions, grid 3 stays the same: only grid 2 is rendered again
+    kept = read_icons(out)[3].icons
+    old = read_cells(cells)
+    changed = dataclasses.replace(old[2], direction=old[2].direction[::-1].copy())
+    write_cells(cells, [changed, old[3]], settings={"fake": 1, "sizes": [2, 3]},
+                attrs={"model": "Tiny", "layer": "relu2", "source": ""})
+    again = render_cells(cells, out, tiny, **{**FAST, "steps": 7})
+    assert again.rendered == {2: 2, 3: 0} and again.complete
+    np.testing.assert_array_equal(read_icons(out)[3].icons, kept)
 
 
 def test_best_of_k_keeps_the_highest_objective(tmp_path, tiny):

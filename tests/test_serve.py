@@ -448,7 +448,7 @@ def test_rebuilt_tiles_are_picked_up(tmp_path):
         _s, before = get_json(server, "/api/runs")
         etag = request(server, "GET", "/data/tiles/0/0/0.jpg")[1]["etag"]
         build_tiles(run.cells, run.icons, tmp_path / "run" / "tiles", tile_size=64, progress=False,
-                    background="#101010")
+                    background="#101010", overwrite=True)
         assert request(server, "GET", "/data/tiles/0/0/0.jpg", {"If-None-Match": etag})[0] == 200
         _s, cell_before = get_json(server, "/api/class?name=pizza&level=8")
         assert _s == 200

@@ -204,7 +204,8 @@ def test_a_class_too_small_for_its_grid_still_gives_an_atlas(run: Path, model, t
 
     a, _ = two_classes
     empty = SubAtlasSettings(sizes=(2, 3), min_count=10**6, class_top_n=40, icon_size=64, steps=2, batch_size=8)
-    s = class_atlas(run, str(a), model, empty, device="cpu", progress=False)
+    # overwrite: the class atlas that earlier tests built in the shared run has other settings
+    s = class_atlas(run, str(a), model, empty, device="cpu", progress=False, overwrite=True)
     assert s.icons == 0
     assert all(len(level.cell_id) == 0 for level in read_icons(s.folder / "icons.h5").values())
     assert (s.folder / "tiles" / "manifest.json").is_file()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from atlas.store.common import SettingsChangedError
 from atlas.tiles import TilesError, build_tiles, density_scale, plan_pyramid, read_manifest
 from atlasfixture import BLOB_CLASSES, icon_color, mark_done, write_fake_run
 
@@ -230,10 +231,15 @@ def test_incremental_rebuild_redraws_only_affected_tiles(run):
     assert all(c["done"] for c in doc["cells"] if c["id"] in set(ids.tolist()))
 
 
-def test_changed_drawing_settings_redraw_everything(run):
+def test_changed_drawing_settings_are_refused_or_redraw_everything_with_overwrite(run):
     tiles = run.dir / "tiles"
     build_tiles(run.cells, run.icons, tiles, **SMALL)
-    summary = build_tiles(run.cells, run.icons, tiles, **{**SMALL, "background": "#000000"})
+    manifest = (tiles / "manifest.json").read_bytes()
+    with pytest.raises(SettingsChangedError, match="background: '#f4f3ef' -> '#000000'") as e:
+        build_tiles(run.cells, run.icons, tiles, **{**SMALL, "background": "#000000"})
+    assert e.value.changes == {"background": ("#f4f3ef", "#000000")}
+    assert (tiles / "manifest.json").read_bytes() == manifest
+    summary = build_tiles(run.cells, run.icons, tiles, **{**SMALL, "background": "#000000"}, overwrite=True)
     assert summary.tiles_written == summary.tiles_total
     assert _pixel(tiles, 0, 0, 0) == (0, 0, 0)
 

@@ -11,9 +11,9 @@ import numpy as np
 from atlas.reduce.bounds import normalize_layout
 from atlas.reduce.estimator import AtlasUMAP
 from atlas.store.activations import ActivationsFile
-from atlas.store.common import is_current
 from atlas.store.layout import KIND as LAYOUT_KIND
 from atlas.store.layout import NONFINITE, PLACED, LayoutWriter, read_rows
+from atlas.store.lineage import check_output
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def comparison_file(
     n_neighbors: int = 20,
     min_dist: float = 0.01,
     random_state: int | None = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write a ``layout.h5`` of the two-class comparison layout, ready for :func:`atlas.grid.grid_file`.
 
@@ -131,7 +132,9 @@ def comparison_file(
     from :func:`comparison_layout`, with each row's attribution to A and B taken from
     ``attribution/full`` when collected, else from its top-k (:func:`class_attribution`).
     Left as it is when ``layout_path`` is already a complete comparison with the same settings
-    over the same activations; otherwise (re)written whole (the data are tens of thousands of rows).
+    over the same activations; written whole (the data are tens of thousands of rows) when there
+    is none or its activations changed since. A comparison of other settings is kept and
+    :class:`~atlas.store.common.SettingsChangedError` names the changes, unless ``overwrite``.
     """
     a_idx, b_idx = resolve_class(class_a), resolve_class(class_b)
     if a_idx == b_idx:
@@ -141,7 +144,10 @@ def comparison_file(
         settings = {"compare": [a_idx, b_idx], "top_n": top_n, "n_neighbors": n_neighbors, "min_dist": min_dist,
                     "random_state": random_state, "layer": layer,
                     "source_settings_hash": str(acts.attrs.get("settings_hash", ""))}
-        if is_current(layout_path, LAYOUT_KIND, settings):
+        found = check_output(layout_path, LAYOUT_KIND, settings, stage="compare",
+                             inputs={"activations": activations_path}, input_keys=("source_settings_hash",),
+                             overwrite=overwrite)
+        if found.state == "current":
             log.info("%s is complete and current; keeping it", layout_path)
             return Path(layout_path)
         rows = np.union1d(select_class_rows(acts, layer, a_idx, top_n), select_class_rows(acts, layer, b_idx, top_n))
@@ -164,7 +170,7 @@ def comparison_file(
             "model": acts.model, "layer": layer, "source": str(Path(activations_path)),
             "source_settings_hash": str(acts.attrs.get("settings_hash", "")), "class_index": a_idx,
             "class_name": f"{class_a} vs {class_b}", "compare_class_index": b_idx,
-        }) as w:
+        }, inputs={"activations": activations_path}) as w:
             ok = np.flatnonzero(status == PLACED)
             w.write_fit(rows[ok], xy[ok], rows[ok], xy[ok], 0)
             w.write_rows(0, xy, status)

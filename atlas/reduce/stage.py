@@ -23,8 +23,9 @@ from atlas.reduce.classes import resolve_class, select_class_rows
 from atlas.reduce.estimator import AtlasUMAP
 from atlas.reduce.placement import REFINE_EPOCHS, KnnBackend, KNNPlacer, LayoutOptimizer, Placement
 from atlas.store.activations import ActivationsFile
-from atlas.store.common import ArtifactError, settings_hash
+from atlas.store.common import settings_hash
 from atlas.store.layout import NONFINITE, PLACED, ZERO, LayoutWriter, model_path, read_layout, read_rows
+from atlas.store.lineage import check_output
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -243,10 +244,11 @@ def reduce_file(
        marked complete.
 
     Skipped when ``layout_path`` is complete for the same settings and input; resumed when it is
-    a partial file of the same settings (a partial file of other settings is refused unless
-    ``overwrite``). ``overrides`` replace fields of ``settings``, e.g.
-    ``reduce_file(a, l, class_filter="tabby cat")``. ``on_chunk(rows_done, rows_total)`` is
-    called after each commit (raise from it to stop early).
+    a partial file of the same settings; made again when its input (``activations.h5``) changed
+    since. A file (finished or partial) of other settings is kept and
+    :class:`~atlas.store.common.SettingsChangedError` names the changes, unless ``overwrite``.
+    ``overrides`` replace fields of ``settings``, e.g. ``reduce_file(a, l, class_filter="tabby cat")``.
+    ``on_chunk(rows_done, rows_total)`` is called after each commit (raise from it to stop early).
 
     ``scheduler`` runs the placement chunks on Dask distributed instead of local threads: a
     scheduler address, ``"local[:N]"``, an :class:`atlas.distributed.Scheduler` or a
@@ -264,18 +266,16 @@ def reduce_file(
         full = dict(settings.hashed(), layer=layer, class_index=class_idx,
                     source_settings_hash=str(acts.attrs.get("settings_hash", "")))
         digest = settings_hash(full)
-        found = LayoutWriter.probe(layout_path)
-        if found is not None and not overwrite and found.get("settings_hash") == digest:
-            if found.get("complete"):
-                log.info("%s is complete and current; skipping reduce", layout_path)
-                summary.up_to_date = True
-                return summary
-        elif found is not None and not overwrite and not found.get("complete"):
-            raise ArtifactError(
-                f"{layout_path} holds a partial reduce made with other settings (hash {found.get('settings_hash')}, "
-                f"now {digest}). Rerun with the old settings to finish it, or overwrite it (--overwrite)."
-            )
-        resume = found is not None and not overwrite and found.get("settings_hash") == digest
+        # other settings than the file's: SettingsChangedError (nothing touched) unless overwrite
+        found = check_output(layout_path, "layout", full, stage="reduce", inputs={"activations": activations_path},
+                             input_keys=("source_settings_hash",), overwrite=overwrite)
+        if found.state == "current":
+            log.info("%s is complete and current; skipping reduce", layout_path)
+            summary.up_to_date = True
+            return summary
+        if found.state == "stale":
+            log.warning("%s: %s; laying it out again", layout_path, "; ".join(found.reasons))
+        resume = found.state == "partial"
         pkl = model_path(layout_path)
         est: AtlasUMAP | None = None
         if resume:
@@ -303,7 +303,7 @@ def reduce_file(
                 "class_index": -1 if class_idx is None else class_idx,
                 "class_name": "" if settings.class_filter is None else str(settings.class_filter),
                 "model_file": pkl.name,
-            }, chunk_rows=settings.chunk_rows)
+            }, chunk_rows=settings.chunk_rows, inputs={"activations": activations_path})
         try:
             if est is None:
                 tf = time.perf_counter()

@@ -1,4 +1,10 @@
-"""The atlases a server serves: tiles folders (with an ``atlas-tiles`` manifest) below a folder."""
+"""The atlases a server serves: tiles folders (with an ``atlas-tiles`` manifest) below a folder.
+
+Each one carries ``warnings``: what is out of date about it (an input rebuilt since its tiles
+were drawn, or cells made from a layout laid out again since; see
+:func:`atlas.tiles.metadata.manifest_warnings`). ``/api/runs`` lists them and the viewer shows
+them; the server logs them when it starts.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from atlas.tiles import MANIFEST_KIND
+from atlas.tiles.metadata import manifest_warnings
 
 MAX_SCAN_DEPTH = 4
 
@@ -23,6 +30,7 @@ class Run:
     manifest: dict[str, Any]
     mtime_ns: int
     name: str  # the run's name: its folder's, see run_name()
+    warnings: tuple[str, ...] = ()  # what is out of date (atlas.tiles.metadata.manifest_warnings)
 
     def describe(self) -> dict[str, Any]:
         m = self.manifest
@@ -37,6 +45,7 @@ class Run:
             "build": m.get("build", ""),
             "levels": [lv.get("size") for lv in m.get("levels", [])],
             "base": data_url(self.id, "/data/"),
+            "warnings": list(self.warnings),
         }
 
 
@@ -86,7 +95,8 @@ def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
                     rel = real.relative_to(root).as_posix()
                     if rel == ".":  # the served folder is itself a tiles folder
                         rel = root.name if root.name and not root.name.startswith(".") else "atlas"
-                    runs[rel] = Run(rel, real, manifest, manifest_path.stat().st_mtime_ns, run_name(root, real))
+                    runs[rel] = Run(rel, real, manifest, manifest_path.stat().st_mtime_ns, run_name(root, real),
+                                    tuple(manifest_warnings(real, manifest)))
                 return
         if depth >= max_depth:
             return

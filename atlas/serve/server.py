@@ -383,6 +383,9 @@ def serve(
     runs = server.runs()
     log.info("serving %d atlas%s from %s at %s (Ctrl-C to stop)", len(runs), "es" if len(runs) != 1 else "",
              server.root, server.url)
+    for run_id, run in runs.items():
+        for warning in run.warnings:
+            log.warning("atlas %s is out of date: %s", run_id, warning)
     if ready is not None:
         ready(server)
     if open_browser:

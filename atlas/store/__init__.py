@@ -5,8 +5,16 @@
 - :mod:`atlas.store.cells`: ``cells.h5`` (grid)
 - :mod:`atlas.store.icons`: ``icons.h5`` (render)
 - :mod:`atlas.store.channel_icons`: channel-icon caches (``atlas channels``)
+- :mod:`atlas.store.lineage`: what each artifact was made from, and whether that changed since
 """
 
-from atlas.store.common import ATLAS_VERSION, ArtifactError, is_current, settings_hash
+from atlas.store.common import (
+    ATLAS_VERSION,
+    ArtifactError,
+    SettingsChangedError,
+    StaleInputError,
+    is_current,
+    settings_hash,
+)
 
-__all__ = ["ATLAS_VERSION", "ArtifactError", "is_current", "settings_hash"]
+__all__ = ["ATLAS_VERSION", "ArtifactError", "SettingsChangedError", "StaleInputError", "is_current", "settings_hash"]

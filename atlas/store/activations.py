@@ -5,7 +5,8 @@ Layout (``N_img`` images in the source, ``N`` rows of a layer, ``C`` channels, `
 
     /                       attrs: atlas_version, kind="activations", model, layers (list),
                                    source, n_images, n_skipped, top_k, settings_json,
-                                   settings_hash, complete (bool)
+                                   settings_hash, artifact_id (see atlas.store.lineage),
+                                   complete (bool)
     /images/key             (N_img,)   utf-8   path of each image (or "shard.tar::member"); a file
                                                name that is not UTF-8 is stored as its own bytes
                                                (read back by :func:`decode_key`)
@@ -47,11 +48,14 @@ import numpy as np
 from atlas.store.common import (
     STRING_DTYPE,
     ArtifactError,
+    SettingsChangedError,
     atomic_h5,
     open_artifact,
+    settings_diff,
     settings_hash,
     stamp,
 )
+from atlas.store.lineage import ID_ATTR, new_id
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +95,11 @@ class PartStore:
         if self.dir.exists() and overwrite:
             shutil.rmtree(self.dir)
         if meta.exists():
-            found = json.loads(meta.read_text()).get("settings_hash")
+            doc = json.loads(meta.read_text())
+            found = doc.get("settings_hash")
             if found != self.hash:
-                raise ArtifactError(
-                    f"{self.dir} holds a partial collect made with other settings (hash {found}, "
-                    f"now {self.hash}). Rerun with the old settings to finish it, or pass --overwrite "
-                    f"to discard it."
-                )
+                changes = settings_diff(doc.get("settings", {}), self.settings) or {"settings_hash": (found, self.hash)}
+                raise SettingsChangedError(self.dir, "collect", changes, partial=True)
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = meta.with_suffix(".tmp")
@@ -218,6 +220,7 @@ def finalize(
         st = img.create_dataset("status", data=status)
         st.attrs["reasons"] = json.dumps(dict(reasons))
         out.attrs["n_skipped"] = int((status != 0).sum())
+        out.attrs[ID_ATTR] = new_id()
         out.attrs["complete"] = True
     parts.remove()
     return n_rows

@@ -6,7 +6,8 @@ Layout (``M`` kept cells of a level, sorted by ``cell_id``; ``C`` channels; ``k`
     /                         attrs: atlas_version, kind="cells", model, layer, source (path of
                                      activations.h5), layout (path of layout.h5),
                                      settings_json, settings_hash, complete (bool),
-                                     sizes (list of int), n_rows (rows binned)
+                                     sizes (list of int), n_rows (rows binned),
+                                     inputs_json, artifact_id (see atlas.store.lineage)
     /levels/<size>            attrs: size, min_count, n_cells (M), n_rows (rows in kept cells),
                                      n_dropped_rows (rows in cells below min_count)
     /levels/<size>/cell_id        (M,)    int32    iy * size + ix (row-major; y grows downward)
@@ -28,6 +29,7 @@ absent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -37,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from atlas.store.common import atomic_h5, open_artifact, stamp
+from atlas.store.lineage import ID_ATTR, new_id, record_inputs
 
 KIND = "cells"
 
@@ -74,15 +77,28 @@ class CellLevel:
         return len(self.cell_id)
 
 
+def level_digest(cell_id: np.ndarray, direction: np.ndarray) -> str:
+    """A hash of what a level's icons are rendered from: its cell ids and their directions."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in (np.asarray(cell_id, np.int32), np.asarray(direction, np.float32)):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def write_cells(
     path: str | os.PathLike,
     levels: Sequence[CellLevel],
     settings: Mapping[str, Any],
     attrs: Mapping[str, Any],
+    inputs: Mapping[str, str | os.PathLike] | None = None,
 ) -> None:
-    """Write a complete ``cells.h5`` atomically (``attrs`` adds e.g. model, layer, source)."""
+    """Write a complete ``cells.h5`` atomically (``attrs`` adds e.g. model, layer, source;
+    ``inputs`` ({name: path}) are recorded, see :mod:`atlas.store.lineage`)."""
     with atomic_h5(path) as f:
         stamp(f, KIND, settings, **attrs)
+        record_inputs(f, path, inputs or {})
+        f.attrs[ID_ATTR] = new_id()
         f.attrs["sizes"] = [int(lv.size) for lv in levels]
         f.attrs["complete"] = False
         for lv in levels:
@@ -120,4 +136,4 @@ def cells_attrs(path: str | os.PathLike) -> dict[str, Any]:
     return attrs
 
 
-__all__ = ["KIND", "CellLevel", "cells_attrs", "read_cells", "write_cells"]
+__all__ = ["KIND", "CellLevel", "cells_attrs", "level_digest", "read_cells", "write_cells"]

@@ -7,8 +7,11 @@ side)::
                                      cells.h5), cells_settings_hash, sizes (list of int),
                                      icon_size (S), steps, attempts, lr, cossim_pow, seed,
                                      whiten (bool), transforms (text), settings_json,
-                                     settings_hash, complete (bool)
-    /levels/<size>            attrs: size, n_cells (M), n_done
+                                     settings_hash, inputs_json, artifact_id (see
+                                     atlas.store.lineage; a new id after every batch),
+                                     complete (bool)
+    /levels/<size>            attrs: size, n_cells (M), n_done, cells_digest (of the cells the
+                                     level is rendered from, atlas.store.cells.level_digest)
     /levels/<size>/cell_id    (M,)        int32    copied from cells.h5 (iy * size + ix)
     /levels/<size>/icons      (M, S, S, 3) uint8   RGB icon; zeros until done
     /levels/<size>/done       (M,)        bool     True once the row's icon is written
@@ -35,9 +38,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from atlas.store.common import ArtifactError, read_settings, settings_hash, stamp
+from atlas.store.common import ArtifactError, SettingsChangedError, read_settings, settings_diff, settings_hash, stamp
+from atlas.store.lineage import ID_ATTR, new_id, record_inputs
 
-__all__ = ["KIND", "IconLevel", "IconsFile", "icons_settings", "read_icons"]
+__all__ = ["KIND", "IconLevel", "IconsFile", "check_settings", "icons_settings", "read_icons"]
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +64,14 @@ class IconLevel:
 
 
 class IconsFile:
-    """Writer of ``icons.h5`` that resumes a render made with the same settings.
+    """Writer of ``icons.h5`` that keeps the icons still valid.
 
-    ``IconsFile.prepare(path, levels, icon_size, settings, attrs)`` creates the file, or keeps an
-    existing one whose ``settings_hash`` and cell ids match (so its done rows are kept), or
-    starts over when they do not (logged).
+    ``IconsFile.prepare(path, levels, icon_size, settings, attrs, digests=...)`` creates the file,
+    or opens an existing one made with the same settings and keeps every level whose cells are
+    the same (``cells_digest``, see :func:`atlas.store.cells.level_digest`): levels new to the
+    grid are added, levels whose cells changed are emptied for rendering again, levels the grid
+    no longer has are dropped. A file of other settings is left as it is and
+    :class:`~atlas.store.common.SettingsChangedError` names the changes, unless ``overwrite``.
     """
 
     def __init__(self, path: Path, icon_size: int):
@@ -80,15 +87,20 @@ class IconsFile:
         settings: Mapping[str, Any],
         attrs: Mapping[str, Any],
         *,
+        digests: Mapping[int, str] | None = None,
+        inputs: Mapping[str, str | os.PathLike] | None = None,
         overwrite: bool = False,
     ) -> IconsFile:
-        """Open ``path`` for rendering ``levels`` ({size: cell_id (M,)}) with ``settings``."""
+        """Open ``path`` for rendering ``levels`` ({size: cell_id (M,)}) with ``settings``;
+        ``digests`` ({size: digest of the level's cells}) decide which rendered levels are kept,
+        ``inputs`` ({name: path}, the cells) are recorded."""
         path = Path(path)
-        want = settings_hash(settings)
+        digests = dict(digests or {})
         if path.exists() and not overwrite:
-            reason = _mismatch(path, levels, icon_size, want)
+            reason = _unusable(path)
             if reason is None:
-                log.info("resuming the render in %s", path)
+                check_settings(path, settings)
+                cls._update(path, levels, icon_size, settings, attrs, digests, inputs or {})
                 return cls(path, icon_size)
             log.warning("%s: %s; rendering all icons again", path, reason)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,23 +111,58 @@ class IconsFile:
                 f.attrs["sizes"] = [int(s) for s in levels]
                 f.attrs["icon_size"] = int(icon_size)
                 f.attrs["complete"] = False
+                record_inputs(f, path, inputs or {})
+                f.attrs[ID_ATTR] = new_id()
                 for size, cell_id in levels.items():
-                    m, s = len(cell_id), icon_size
-                    g = f.create_group(f"levels/{size}")
-                    g.attrs.update(size=int(size), n_cells=m, n_done=0)
-                    g.create_dataset("cell_id", data=np.asarray(cell_id, np.int32))
-                    # a level that kept no cell is an empty dataset (HDF5 chunks cannot exceed it)
-                    packed = dict(chunks=(min(m, 16), s, s, 3), compression="gzip", compression_opts=1) if m else {}
-                    ds = g.create_dataset("icons", shape=(m, s, s, 3), dtype=np.uint8, fillvalue=0, **packed)
-                    ds.attrs["meaning"] = "RGB icon of each cell, rows aligned with cells.h5; zeros until done"
-                    g.create_dataset("done", data=np.zeros(m, bool))
-                    g.create_dataset("objective", data=np.full(m, np.nan, np.float32))
-                    g.create_dataset("cossim", data=np.full(m, np.nan, np.float32))
+                    _create_level(f, size, cell_id, icon_size, digests.get(size))
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
         return cls(path, icon_size)
+
+    @staticmethod
+    def _update(path: Path, levels: Mapping[int, np.ndarray], icon_size: int, settings: Mapping[str, Any],
+                attrs: Mapping[str, Any], digests: Mapping[int, str], inputs: Mapping[str, str | os.PathLike]) -> None:
+        """Keep the levels of an existing file (same settings) whose cells are unchanged; add,
+        empty or drop the others; record the settings and inputs of now."""
+        with h5py.File(path, "r+") as f:
+            old_cells = read_settings(f).get("cells_settings_hash")
+            same_cells = old_cells is not None and old_cells == settings.get("cells_settings_hash")
+            changed = False
+            for size, cell_id in levels.items():
+                key = f"levels/{size}"
+                if key in f:
+                    g = f[key]
+                    digest = g.attrs.get("cells_digest")
+                    if digest is not None:
+                        keep = digest == digests.get(size)
+                    else:  # an older version's file: the same cells if they had the same hash and ids
+                        keep = same_cells and np.array_equal(g["cell_id"][:], np.asarray(cell_id, np.int32))
+                    if keep and g["icons"].shape[1:] == (icon_size, icon_size, 3):
+                        if digest is None and size in digests:
+                            g.attrs["cells_digest"] = digests[size]
+                        continue
+                    log.info("%s: the cells of grid %d changed since its icons were rendered; rendering them again",
+                             path, size)
+                    del f[key]
+                else:
+                    log.info("%s: adding grid %d", path, size)
+                _create_level(f, size, cell_id, icon_size, digests.get(size))
+                changed = True
+            for key in list(f["levels"]) if "levels" in f else []:
+                if int(key) not in levels:
+                    log.info("%s: dropping grid %s (no longer in the cells)", path, key)
+                    del f[f"levels/{key}"]
+                    changed = True
+            stamp(f, KIND, settings, **attrs)
+            f.attrs["sizes"] = [int(s) for s in levels]
+            f.attrs["icon_size"] = int(icon_size)
+            f.attrs["complete"] = all(bool(f[f"levels/{s}/done"][:].all()) for s in levels)
+            record_inputs(f, path, inputs)
+            if changed or ID_ATTR not in f.attrs:
+                f.attrs[ID_ATTR] = new_id()
+        log.info("resuming the render in %s", path)
 
     def pending(self, size: int) -> np.ndarray:
         """Row indices (ascending) of level ``size`` whose icon is not done yet."""
@@ -139,6 +186,7 @@ class IconsFile:
             done = g["done"]
             done[rows] = True
             g.attrs["n_done"] = int(done[:].sum())
+            f.attrs[ID_ATTR] = new_id()  # other icons: what was made from this file is out of date
             f.flush()
 
     def finish(self) -> bool:
@@ -149,20 +197,46 @@ class IconsFile:
         return complete
 
 
-def _mismatch(path: Path, levels: Mapping[int, np.ndarray], icon_size: int, want_hash: str) -> str | None:
-    """Why an existing file cannot be resumed, or None when it can."""
+def _create_level(f: h5py.File, size: int, cell_id: np.ndarray, icon_size: int, digest: str | None) -> None:
+    m, s = len(cell_id), icon_size
+    g = f.create_group(f"levels/{size}")
+    g.attrs.update(size=int(size), n_cells=m, n_done=0)
+    if digest is not None:
+        g.attrs["cells_digest"] = digest
+    g.create_dataset("cell_id", data=np.asarray(cell_id, np.int32))
+    # a level that kept no cell is an empty dataset (HDF5 chunks cannot exceed it)
+    packed = dict(chunks=(min(m, 16), s, s, 3), compression="gzip", compression_opts=1) if m else {}
+    ds = g.create_dataset("icons", shape=(m, s, s, 3), dtype=np.uint8, fillvalue=0, **packed)
+    ds.attrs["meaning"] = "RGB icon of each cell, rows aligned with cells.h5; zeros until done"
+    g.create_dataset("done", data=np.zeros(m, bool))
+    g.create_dataset("objective", data=np.full(m, np.nan, np.float32))
+    g.create_dataset("cossim", data=np.full(m, np.nan, np.float32))
+
+
+#: Entries of the render settings that describe the input (the cells), not the rendering.
+INPUT_KEYS = ("cells_settings_hash",)
+
+
+def check_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+    """Raise :class:`SettingsChangedError` when the icons at ``path`` were rendered with other
+    settings than ``settings`` (the cells they were rendered from aside)."""
+    with h5py.File(path, "r") as f:
+        if f.attrs.get("settings_hash") == settings_hash(settings):
+            return
+        changes = settings_diff(read_settings(f), settings, ignore=INPUT_KEYS)
+        complete = bool(f.attrs.get("complete", False))
+    if changes:
+        raise SettingsChangedError(path, "render", changes, partial=not complete)
+
+
+def _unusable(path: Path) -> str | None:
+    """Why an existing file cannot be kept at all, or None when it can."""
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("kind") != KIND:
                 return f"it holds {f.attrs.get('kind')!r}, not icons"
-            if f.attrs.get("settings_hash") != want_hash:
-                return "it was rendered with other settings or from other cells"
-            if int(f.attrs.get("icon_size", -1)) != icon_size:
-                return "its icon size differs"
-            for size, cell_id in levels.items():
-                key = f"levels/{size}"
-                if key not in f or not np.array_equal(f[f"{key}/cell_id"][:], np.asarray(cell_id, np.int32)):
-                    return f"its grid {size} has other cells"
+            if "levels" not in f:
+                return "it holds no levels"
     except OSError as e:
         return f"it cannot be read ({e})"
     return None

@@ -9,7 +9,8 @@ Layout (``M`` laid-out rows: all ``N`` rows of the layer, or the rows a class fi
                                  n_rows_done (committed rows of raw_xy/status),
                                  n_placed, n_nonfinite, n_zero, n_fit, n_fit_duplicates,
                                  norm_lo (2,), norm_hi (2,)  (see atlas.reduce.normalize_layout),
-                                 class_index (int, -1 = every row), class_name (str)
+                                 class_index (int, -1 = every row), class_name (str),
+                                 inputs_json, artifact_id (see atlas.store.lineage)
     /row_ids              (M,)   int64    row of the layer that each layout row is
                                           (``arange(N)`` for a full atlas)
     /raw_xy               (M, 2) float32  UMAP coordinates before normalisation; NaN where
@@ -47,6 +48,7 @@ import h5py
 import numpy as np
 
 from atlas.store.common import ArtifactError, open_artifact, stamp
+from atlas.store.lineage import ID_ATTR, INPUTS_ATTR, input_record, new_id
 
 log = logging.getLogger(__name__)
 
@@ -168,12 +170,16 @@ class LayoutWriter:
         settings: Mapping[str, Any],
         attrs: Mapping[str, Any],
         chunk_rows: int = 16384,
+        inputs: Mapping[str, str | os.PathLike] | None = None,
     ) -> LayoutWriter:
-        """A fresh file for ``len(row_ids)`` rows (any old file at ``path`` is replaced)."""
+        """A fresh file for ``len(row_ids)`` rows (any old file at ``path`` is replaced);
+        ``inputs`` ({name: path}, e.g. the activations) are recorded (:mod:`atlas.store.lineage`)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        recorded = {name: input_record(p, path) for name, p in (inputs or {}).items()}
         f = h5py.File(path, "w")
         stamp(f, KIND, settings, **attrs)
+        f.attrs[INPUTS_ATTR] = json.dumps(recorded, sort_keys=True)
         m = len(row_ids)
         f.attrs.update(complete=False, n_rows=m, n_rows_done=0)
         chunk = max(1, min(chunk_rows, m))
@@ -271,6 +277,7 @@ class LayoutWriter:
             "n_zero": int((status == ZERO).sum()),
         }
         self.f.attrs.update(norm_lo=np.asarray(lo, np.float64), norm_hi=np.asarray(hi, np.float64), **counts)
+        self.f.attrs[ID_ATTR] = new_id()
         self.f.flush()
         self.f.attrs["complete"] = True
         self.f.flush()

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from atlas.store.common import SettingsChangedError, settings_diff
+from atlas.store.lineage import input_record, require_current
 from atlas.tiles.files import write_atomic
 from atlas.tiles.hashing import array_digest
 from atlas.tiles.inputs import read_cells, read_icons
@@ -83,6 +85,7 @@ def build_tiles(
     thumb_size: int = 64,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
+    overwrite: bool = False,
 ) -> TilesSummary:
     """Draw the tile pyramid of an atlas and write its metadata (see the module docstring).
 
@@ -98,6 +101,13 @@ def build_tiles(
         progress: show tqdm progress bars.
         class_names: names of the model's classes (default: the 1000 ImageNet classes).
         title: a title for the viewer (default: ``model · layer``).
+        overwrite: redraw a pyramid that was drawn with other settings; without it such a
+            pyramid is left as it is and :class:`~atlas.store.common.SettingsChangedError` names
+            the changed settings.
+
+    Cells or icons made from inputs that changed since (e.g. cells binned from a layout that
+    was laid out again later) are refused with :class:`~atlas.store.common.StaleInputError`,
+    naming the stage to run first.
 
     Returns:
         A :class:`TilesSummary`; ``tiles_written`` counts the tiles (re)drawn by this call.
@@ -110,6 +120,9 @@ def build_tiles(
     )
     cells_path, icons_path, out = Path(cells_path), Path(icons_path), Path(out_dir)
     check_out_dir(out)
+    drawing = json.loads(json.dumps(asdict(settings), default=str))
+    if not overwrite:
+        check_drawing_settings(out, drawing)
     cattrs, levels = read_cells(cells_path)
     if class_names is None:
         from atlas.resources import imagenet_class_names
@@ -118,6 +131,7 @@ def build_tiles(
     class_names = list(class_names)
     if not icons_path.is_file():
         raise TilesError(f"{icons_path} does not exist; run the render stage (`atlas render`) first")
+    require_current(cells_path, icons_path)  # a stale chain: StaleInputError naming the stage to run first
     out.mkdir(parents=True, exist_ok=True)
 
     icon_ds, icon_size, icons_hash = read_icons(icons_path, cells_path, levels)
@@ -133,6 +147,7 @@ def build_tiles(
             log.info("drawing settings or cells changed since the last build; redrawing every tile")
         clear_pyramid(out)
         state = {"global": global_hash}
+    state["settings"] = drawing
     plans = plan_tiles(pyr, settings, levels, state.get("tiles", {}), int(global_hash, 16) & 0x7FFFFFFFFFFFFFFF)
     written = draw_tiles(out, pyr, settings, plans, icon_ds, state, progress)
     sprites_written = write_sprites(out, levels, icon_ds, icon_size, state, int(global_hash[:8], 16))
@@ -181,11 +196,13 @@ def build_tiles(
         "levels": level_entries,
         "thumbs": thumbs is not None,
         "thumb_size": settings.thumb_size,
+        "settings": drawing,
         "inputs": {
             "cells": {"settings_hash": str(cattrs.get("settings_hash", "")),
-                      "settings_json": str(cattrs.get("settings_json", ""))},
-            "icons": {"settings_hash": icons_hash, "icon_size": icon_size},
-            "activations": acts_info,
+                      "settings_json": str(cattrs.get("settings_json", "")),
+                      **_record(cells_path, out)},
+            "icons": {"settings_hash": icons_hash, "icon_size": icon_size, **_record(icons_path, out)},
+            "activations": None if acts_info is None else {**acts_info, **_record(Path(activations_path), out)},
         },
         "classes": class_names,
     }
@@ -201,4 +218,25 @@ def build_tiles(
     return summary
 
 
-__all__ = ["build_tiles", "TilesSummary"]
+def _record(path: Path, out: Path) -> dict[str, str | None]:
+    """Where an input is (relative to the tiles folder) and its identity (:mod:`atlas.store.lineage`)."""
+    rec = input_record(path, out / "manifest.json")
+    return {"path": rec["path"], "id": rec["id"]}
+
+
+def check_drawing_settings(out: Path, drawing: dict) -> None:
+    """Raise :class:`SettingsChangedError` when the pyramid in ``out`` was drawn with other settings
+    (a pyramid of an older version, which did not record them, is redrawn as before)."""
+    recorded = load_state(out).get("settings")
+    if recorded is None:
+        try:
+            recorded = json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("settings")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    if isinstance(recorded, dict):
+        changes = settings_diff(recorded, drawing)
+        if changes:
+            raise SettingsChangedError(out, "tiles", changes)
+
+
+__all__ = ["build_tiles", "check_drawing_settings", "TilesSummary"]

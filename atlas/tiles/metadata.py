@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from atlas.tiles.inputs import Level
 from atlas.tiles.pyramid import Pyramid
 from atlas.tiles.settings import MANIFEST_KIND, TilesError, TileSettings
 from atlas.tiles.thumbs import thumb_url
+
+log = logging.getLogger("atlas.tiles")
 
 
 def round_sig(values: np.ndarray, digits: int = 4) -> list[float]:
@@ -128,4 +131,42 @@ def read_manifest(tiles_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-__all__ = ["icon_ref", "read_manifest", "region_files", "round_sig", "sprite_cells", "write_metadata"]
+def manifest_warnings(tiles_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[str]:
+    """What is out of date about a built pyramid: inputs (cells, icons, activations) that changed
+    since it was built, and inputs made from files that changed since them (see
+    :mod:`atlas.store.lineage`). Manifests of older versions record no identities; their run
+    folder's files are then compared by settings hash."""
+    from atlas.store.lineage import chain_problems, compare_input, root_attrs
+
+    tiles_dir = Path(tiles_dir)
+    inputs = manifest.get("inputs") if isinstance(manifest.get("inputs"), dict) else {}
+    out: list[str] = []
+    found: list[Path] = []
+    for name in ("cells", "icons", "activations"):
+        entry = inputs.get(name)
+        if not isinstance(entry, dict):
+            continue
+        recorded = isinstance(entry.get("path"), str)
+        path = tiles_dir / entry["path"] if recorded else tiles_dir.parent / f"{name}.h5"
+        if not path.is_file():
+            path = tiles_dir.parent / path.name
+        now = root_attrs(path)
+        if now is None:
+            continue
+        found.append(path)
+        if recorded:
+            state = compare_input({"id": entry.get("id"), "settings_hash": entry.get("settings_hash")}, now)
+        else:
+            state = compare_input(None, now, entry.get("settings_hash"))
+        if state == "changed":
+            out.append(f"{path.name} changed since these tiles were built; run `atlas tiles` again")
+    for path in found:
+        problems, unknown = chain_problems(path)
+        out += [p for p in problems if p not in out]
+        for u in unknown:  # older files: the stages warn when they read them; the viewer does not nag
+            log.debug("%s", u)
+    return out
+
+
+__all__ = ["icon_ref", "manifest_warnings", "read_manifest", "region_files", "round_sig", "sprite_cells",
+           "write_metadata"]

@@ -703,6 +703,10 @@
     document.title = `${m.title} — Activation Atlas`;
     $('title').textContent = 'Activation Atlas';
     $('subtitle').textContent = [run.name, m.model, m.layer].filter(Boolean).join(' · ');
+    // inputs rebuilt since these tiles were drawn (the server's check): say so, with the details on hover
+    const warnings = run.warnings || [];
+    $('subtitle').title = warnings.join('\n');
+    if (warnings.length) $('subtitle').textContent += ' · out of date';
     document.documentElement.style.setProperty('--bg', m.background);
     $('run-select').value = run.id;
 
@@ -738,7 +742,7 @@
 
   function setupRuns() {
     const select = $('run-select');
-    select.replaceChildren(...state.runs.map((r) => el('option', { value: r.id, text: r.label + (r.complete ? '' : ' (rendering)') })));
+    select.replaceChildren(...state.runs.map((r) => el('option', { value: r.id, text: r.label + (r.complete ? '' : ' (rendering)') + ((r.warnings || []).length ? ' (out of date)' : '') })));
     $('run-picker').hidden = state.runs.length < 2;
     select.addEventListener('change', () => {
       const run = state.runs.find((r) => r.id === select.value);
