@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas.models import AtlasModel, capture
+from atlas.models import AtlasModel, capture, finishing_order
 
 log = logging.getLogger(__name__)
 
@@ -157,21 +157,8 @@ def last_spatial_layer(model: AtlasModel) -> str:
     cached = _LAST_SPATIAL.get(model)
     if cached is not None:
         return cached
-    finished: list[str] = []
-    handles = []
-    for name, m in model.net.named_modules():
-        if name and not isinstance(m, nn.Dropout):
-            handles.append(m.register_forward_hook(
-                lambda _m, _inp, out, name=name: finished.append(name)
-                if torch.is_tensor(out) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1 else None))
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(1, 3, model.input_size, model.input_size, generator=gen).to(model.device)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    finished = finishing_order(
+        model, keep=lambda out: torch.is_tensor(out) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1)
     if not finished:
         raise ValueError(f"model {model.name!r} has no spatial (N, C, h, w) layer, so Grad-CAM has no default layer; "
                          "pass layer= (a spatial layer, see `atlas layers MODEL --spatial`)")

@@ -211,12 +211,13 @@ def collect(
     t0 = time.perf_counter()
     if isinstance(source, str):
         source = resolve_source(source)
+    model_spec = None
+    if scheduler is not None or isinstance(model, ModelSpec):  # a model argument workers cannot load fails first
+        model_spec = ModelSpec.of(model, weights=weights, random_init=random_init, device=device)
     src = open_source(source)  # an empty or missing source fails here, before the model loads
     check_source_name(str(src.root))
     refs = src.refs()
-    model_spec = None
-    if scheduler is not None or isinstance(model, ModelSpec):
-        model_spec = ModelSpec.of(model, weights=weights, random_init=random_init, device=device)
+    if model_spec is not None:
         weights, random_init = model_spec.weights, model_spec.random_init
         # in a distributed run the workers load the model; here it only gives the layer shapes and
         # the image transform, which do not depend on the weights

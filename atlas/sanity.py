@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from atlas.models import AtlasModel
+from atlas.models import AtlasModel, finishing_order
 
 __all__ = ["RandomizationResult", "cascading_randomization", "randomized_copy", "rank_correlation", "top_down_layers"]
 
@@ -38,16 +38,8 @@ def top_down_layers(model: AtlasModel) -> list[str]:
     """The top-level modules of ``model.net`` that hold parameters, in the reverse of the order
     in which they finish a forward pass: the classifier first (``fc``, ``inception5b``,
     ``inception5a``, ... for InceptionV1)."""
-    finished: list[str] = []
-    handles = [m.register_forward_hook(lambda _m, _i, _o, name=name: finished.append(name))
-               for name, m in model.net.named_children() if any(True for _ in m.parameters())]
-    x = torch.zeros(1, 3, model.input_size, model.input_size, device=model.device)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    finished = finishing_order(
+        model, [(name, m) for name, m in model.net.named_children() if any(True for _ in m.parameters())])
     seen: list[str] = []
     for name in reversed(finished):
         if name not in seen:

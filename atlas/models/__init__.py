@@ -9,6 +9,7 @@ from atlas.models.zoo import (
     capture,
     check_device,
     check_model_spec,
+    finishing_order,
     load_model,
     resolve_device,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "capture",
     "check_device",
     "check_model_spec",
+    "finishing_order",
     "load_model",
     "resolve_device",
 ]

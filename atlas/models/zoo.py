@@ -188,6 +188,30 @@ def capture(model: AtlasModel, layers: Sequence[str], detach: bool = False) -> I
             h.remove()
 
 
+def finishing_order(model: AtlasModel, modules: Sequence[tuple[str, nn.Module]] | None = None,
+                    keep: Callable[[object], bool] | None = None) -> list[str]:
+    """Names of ``modules`` (default: every named module of ``model.net`` but dropout) in the
+    order their forward pass finishes on a seeded random image (a block finishes after its
+    parts; a module that runs twice is listed twice), keeping those whose output passes
+    ``keep``. How :func:`atlas.attribution.last_spatial_layer` and the sanity check's
+    top-down layer order read a network's structure from the network itself."""
+    if modules is None:
+        modules = [(n, m) for n, m in model.net.named_modules() if n and not isinstance(m, nn.Dropout)]
+    finished: list[str] = []
+    handles = [m.register_forward_hook(
+        lambda _m, _inp, out, name=name: finished.append(name) if keep is None or keep(out) else None)
+        for name, m in modules]
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, model.input_size, model.input_size, generator=gen).to(model.device)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return finished
+
+
 def _resolve_inceptionv1_weights(weights: str | os.PathLike | None) -> Path:
     if weights is not None:
         path, origin = Path(weights).expanduser(), "the weights you gave"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import numpy as np
 
 ATLAS_VERSION = "0.1.0"
 STRING_DTYPE = h5py.string_dtype("utf-8")
@@ -74,6 +75,18 @@ class SettingsChangedError(ArtifactError):
 
 class StaleInputError(ArtifactError):
     """A stage's input was made from files that changed since: its stage must run again first."""
+
+
+def plain_attr(v: Any) -> Any:
+    """An HDF5 attribute as a plain Python value (arrays as lists, numpy scalars as numbers,
+    bytes as text), e.g. for JSON."""
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
 
 
 def _show(value: Any, width: int = 60) -> str:

@@ -47,7 +47,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from atlas.store.common import ArtifactError, open_artifact, stamp
+from atlas.store.common import ArtifactError, open_artifact, plain_attr, stamp
 from atlas.store.lineage import ID_ATTR, INPUTS_ATTR, input_record, new_id
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def read_layout(path: str | os.PathLike) -> Layout:
             valid=f["valid"][:],
             status=f["status"][:],
             row_ids=f["row_ids"][:],
-            attrs={k: _plain(v) for k, v in f.attrs.items()},
+            attrs={k: plain_attr(v) for k, v in f.attrs.items()},
         )
 
 
@@ -138,16 +138,6 @@ def read_rows(dataset: h5py.Dataset, ids: np.ndarray, block_rows: int = 65536) -
             out[i:j] = dataset[window]
         i = j
     return out
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode()
-    return v
 
 
 class LayoutWriter:
@@ -205,7 +195,7 @@ class LayoutWriter:
             with h5py.File(path, "r") as f:
                 if f.attrs.get("kind") != KIND:
                     return None
-                return {k: _plain(v) for k, v in f.attrs.items()}
+                return {k: plain_attr(v) for k, v in f.attrs.items()}
         except OSError as e:
             log.warning("%s is unreadable (%s); it will be rebuilt", path, e)
             return None

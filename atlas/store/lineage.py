@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import h5py
-import numpy as np
 
-from atlas.store.common import SettingsChangedError, StaleInputError, settings_diff, settings_hash
+from atlas.store.common import SettingsChangedError, StaleInputError, plain_attr, settings_diff, settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +69,12 @@ def root_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
     for attempt in range(20):
         try:
             with h5py.File(path, "r") as f:
-                return {k: _plain(v) for k, v in f.attrs.items()}
+                return {k: plain_attr(v) for k, v in f.attrs.items()}
         except OSError as e:  # a writer holding the lock (a render mid-batch): wait a moment
             if "lock" not in str(e).lower() or attempt == 19:
                 return None
             time.sleep(0.1)
     return None
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode()
-    return v
 
 
 def input_record(path: str | os.PathLike, owner: str | os.PathLike) -> dict[str, Any]:
