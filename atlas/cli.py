@@ -81,7 +81,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from atlas.collect import CollectSettings, collect
+    from atlas.stages.collect.stage import CollectSettings, collect
 
     settings = CollectSettings(
         layers=tuple(args.layer or ["inception4c"]),
@@ -122,8 +122,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.attribution import METHODS
-    from atlas.explain import ALL_METHODS, DEFAULT_METHODS, evaluate_methods, explain_figure, explain_photo
+    from atlas.tools.attribution import METHODS
+    from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, evaluate_methods, explain_figure, explain_photo
     from atlas.models import load_model
 
     if args.methods in (None, "default"):
@@ -161,7 +161,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                       gradcam_layer=args.gradcam_layer, ig_steps=args.ig_steps, smooth=args.smoothgrad, **extra)
     placement = None
     if args.atlas:
-        from atlas.explain import place_on_atlas
+        from atlas.tools.explain import place_on_atlas
 
         placement = place_on_atlas(e, args.atlas, level=args.level, class_names=model.class_names)
     out = explain_figure(e, args.out or Path(args.photo).stem + "-explain.png", model.class_names, placement)
@@ -173,7 +173,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if placement is not None:
         print(placement.describe())
         if (Path(args.atlas) / "tiles" / "manifest.json").is_file():
-            from atlas.explain import write_overlay
+            from atlas.tools.explain import write_overlay
 
             ov = write_overlay(e, placement, name=args.overlay_name)
             print(f"wrote the viewer overlay {ov}: `atlas serve {args.atlas}` and tick "
@@ -186,7 +186,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_adversarial(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.adversarial import describe_eps, eps_from_cli, list_photos, run_adversarial
+    from atlas.tools.adversarial import describe_eps, eps_from_cli, list_photos, run_adversarial
     from atlas.models import load_model
 
     budgets = [eps_from_cli(v, args.norm) for v in args.eps]
@@ -206,7 +206,7 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
 
 
 def cmd_fool(args: argparse.Namespace) -> int:
-    from atlas.fooling import fooling_gallery, fooling_images
+    from atlas.tools.fooling import fooling_gallery, fooling_images
     from atlas.models import load_model
 
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
@@ -235,7 +235,7 @@ def _run_file(run_dir: str | None, explicit: str | None, name: str) -> str:
 def cmd_attack(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.attack import AttackSettings, run_attack
+    from atlas.tools.attack import AttackSettings, run_attack
     from atlas.models import load_model
 
     settings = AttackSettings(
@@ -262,7 +262,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_reduce(args: argparse.Namespace) -> int:
-    from atlas.reduce import ReduceSettings, reduce_file
+    from atlas.stages.reduce import ReduceSettings, reduce_file
 
     settings = ReduceSettings(
         n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric, whiten=args.whiten,
@@ -278,7 +278,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 
 
 def _subatlas_settings(args: argparse.Namespace):
-    from atlas.subatlas import SubAtlasSettings
+    from atlas.stages.classes import SubAtlasSettings
 
     return SubAtlasSettings(sizes=args.sizes, min_count=args.min_count,
                             class_top_n=args.class_top_n, icon_size=args.icon_size, steps=args.steps,
@@ -287,7 +287,7 @@ def _subatlas_settings(args: argparse.Namespace):
 
 def cmd_classes(args: argparse.Namespace) -> int:
     from atlas.models import load_model
-    from atlas.subatlas import class_atlas
+    from atlas.stages.classes import class_atlas
 
     settings = _subatlas_settings(args)
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
@@ -300,7 +300,7 @@ def cmd_classes(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from atlas.models import load_model
-    from atlas.subatlas import comparison_atlas
+    from atlas.stages.classes import comparison_atlas
 
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     summary = comparison_atlas(args.run_dir, args.class_a, args.class_b, model, _subatlas_settings(args),
@@ -312,7 +312,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from atlas.grid import GridSettings, grid_file
+    from atlas.stages.grid import GridSettings, grid_file
 
     settings = GridSettings(sizes=args.sizes, min_count=args.min_count,
                             top_k=args.top_k, n_examples=args.examples, class_filter=args.class_filter,
@@ -327,12 +327,12 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from atlas.models import load_model
-    from atlas.render import render_cells
+    from atlas.stages.render import render_cells
 
     cells = _run_file(args.run_dir, args.cells, "cells.h5")
     out = _run_file(args.run_dir, args.output, "icons.h5")
     if args.scheduler:
-        from atlas.distributed import ModelSpec
+        from atlas.runtime.distributed import ModelSpec
 
         model = ModelSpec.of(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     else:
@@ -380,7 +380,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
 
 def cmd_style(args: argparse.Namespace) -> int:
     from atlas.models import load_model
-    from atlas.optvis.style import style_transfer
+    from atlas.optvis.neural_style import style_transfer
 
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     layers = tuple(v for v in args.style_layers.split(",") if v)
@@ -397,7 +397,7 @@ def cmd_style(args: argparse.Namespace) -> int:
 def cmd_channels(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.channels import channel_view, channels_figure, publish_channel_view, write_channels_html
+    from atlas.tools.channels import channel_view, channels_figure, publish_channel_view, write_channels_html
     from atlas.models import load_model
 
     if args.top < 1:
@@ -423,7 +423,7 @@ def cmd_channels(args: argparse.Namespace) -> int:
 def cmd_tiles(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.tiles import build_tiles
+    from atlas.stages.tiles import build_tiles
 
     cells = _run_file(args.run_dir, args.cells, "cells.h5")
     icons = _run_file(args.run_dir, args.icons, "icons.h5")
@@ -444,7 +444,7 @@ def cmd_tiles(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from atlas.serve import serve
+    from atlas.web.serve import serve
 
     serve(args.run_dir, host=args.host, port=args.port, open_browser=args.open,
           ready=lambda server: print(f"serving {args.run_dir} at {server.url} (Ctrl-C stops)", flush=True))
@@ -452,7 +452,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from atlas.export import export_site
+    from atlas.web.export import export_site
 
     print(export_site(args.run_dir, args.out_dir, overwrite=args.overwrite).describe())
     return 0

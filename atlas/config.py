@@ -16,7 +16,7 @@ A config names a run directory, a model and each stage's settings::
     [collect]
     source = "images/"                 # folder, list file, .tar shards (glob), or "imagenette"
     layers = ["inception4c"]
-    ...                                # any field of atlas.collect.CollectSettings, plus
+    ...                                # any field of atlas.stages.collect.stage.CollectSettings, plus
                                        # batch_size and workers
 
 Unknown sections or keys, wrong types and bad values raise :class:`ConfigError` naming the
@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from atlas.checks import SettingError
-from atlas.collect import CollectSettings, check_loader
-from atlas.grid import GridSettings
+from atlas.stages.collect.stage import CollectSettings, check_loader
+from atlas.stages.grid import GridSettings
 from atlas.models import ModelError, check_device, check_model_spec
-from atlas.reduce import ReduceSettings
-from atlas.render import check_render_settings
-from atlas.subatlas import SubAtlasSettings
-from atlas.tiles import TileSettings
+from atlas.stages.reduce import ReduceSettings
+from atlas.stages.render import check_render_settings
+from atlas.stages.classes import SubAtlasSettings
+from atlas.stages.tiles import TileSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -57,7 +57,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class RunSection:
     """``scheduler``: empty (stages run in this process), a Dask scheduler address
-    (``tcp://HOST:8786``), or ``local`` / ``local:N`` (see :mod:`atlas.distributed`)."""
+    (``tcp://HOST:8786``), or ``local`` / ``local:N`` (see :mod:`atlas.runtime.distributed`)."""
 
     dir: str = "runs/default"
     device: str = "auto"
@@ -93,7 +93,7 @@ class CollectSection:
 
 @dataclass(frozen=True)
 class RenderSection:
-    """Settings of :func:`atlas.render.render_cells` (``levels`` empty = every grid level)."""
+    """Settings of :func:`atlas.stages.render.render_cells` (``levels`` empty = every grid level)."""
 
     levels: tuple[int, ...] = ()
     icon_size: int = 80
@@ -118,7 +118,7 @@ class RenderSection:
 
 @dataclass(frozen=True)
 class TilesSection:
-    """Settings of :func:`atlas.tiles.build_tiles`."""
+    """Settings of :func:`atlas.stages.tiles.build_tiles`."""
 
     tile_size: int = 256
     density_scaling: bool = False
@@ -237,7 +237,7 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
             raise ConfigError(f"{path}: unknown section [{name}].{hint} Allowed: {', '.join(sections)}")
     run = _build(RunSection, raw.get("run", {}), "run", path)
     if run.scheduler:
-        from atlas.distributed import parse_scheduler
+        from atlas.runtime.distributed import parse_scheduler
 
         try:
             parse_scheduler(run.scheduler)

@@ -13,7 +13,7 @@ stages after one then rebuild from it, as their inputs changed. There is deliber
 key for it: left in a config, it would discard finished work on every later run.
 
 With a scheduler (``[run] scheduler`` or ``scheduler=``), collect and reduce's placement run on
-Dask distributed (:mod:`atlas.distributed`); the connection (or local cluster) is made when the
+Dask distributed (:mod:`atlas.runtime.distributed`); the connection (or local cluster) is made when the
 first of them has work and shared by both. Grid, render and tiles run in this process.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.config import PipelineConfig, load_config
-from atlas.distributed import Scheduler
+from atlas.runtime.distributed import Scheduler
 from atlas.store.common import SettingsChangedError, StaleInputError
 from atlas.store.lineage import keep_or_replace
 
@@ -42,7 +42,7 @@ class Stage:
 
 
 def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
-    from atlas.collect import collect
+    from atlas.stages.collect.stage import collect
 
     c = cfg.collect
     summary = collect(
@@ -63,7 +63,7 @@ def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, o
 
 
 def _reduce(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
-    from atlas.reduce import reduce_file
+    from atlas.stages.reduce import reduce_file
 
     d = cfg.run_dir
     return reduce_file(d / "activations.h5", d / "layout.h5", cfg.reduce, progress=progress,
@@ -71,7 +71,7 @@ def _reduce(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, ov
 
 
 def _grid(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
-    from atlas.grid import grid_file
+    from atlas.stages.grid import grid_file
 
     d = cfg.run_dir
     return grid_file(d / "activations.h5", d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress,
@@ -80,7 +80,7 @@ def _grid(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, over
 
 def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.models import load_model
-    from atlas.render import render_cells
+    from atlas.stages.render import render_cells
 
     r = cfg.render
     model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
@@ -95,7 +95,7 @@ def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, ov
 
 
 def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
-    from atlas.tiles import build_tiles
+    from atlas.stages.tiles import build_tiles
 
     d, t = cfg.run_dir, cfg.tiles
     return build_tiles(
@@ -107,7 +107,7 @@ def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, ove
 
 def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.models import load_model
-    from atlas.subatlas import class_atlas, comparison_atlas
+    from atlas.stages.classes import class_atlas, comparison_atlas
 
     c = cfg.classes
     if not c.names and not c.compare:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from atlas.models import load_model
-from atlas.rows import attributed_slots, candidate_attribution
+from atlas.stages.collect.rows import attributed_slots, candidate_attribution
 
 EXTS = {".jpg", ".jpeg", ".png"}
 

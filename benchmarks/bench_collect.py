@@ -4,7 +4,7 @@
 
 - ``naive``: one image at a time, decoded in the main thread at full resolution, default memory
   format, batch of one -- the same rows and attribution as collect computes.
-- ``atlas``: :func:`atlas.collect.collect` with its defaults (DataLoader decode workers with
+- ``atlas``: :func:`atlas.stages.collect.stage.collect` with its defaults (DataLoader decode workers with
   JPEG draft decoding, batches of 32, channels-last), writing a real ``activations.h5``.
 - ``--memory-scales 1000,10000`` runs collect over the photos repeated to that many images
   (a list file) and reports peak resident memory of the whole process tree for each.
@@ -31,7 +31,7 @@ import psutil
 import torch
 from PIL import Image
 
-from atlas.collect import CollectSettings, collect, compute_rows, layer_specs
+from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs
 from atlas.models import load_model
 
 

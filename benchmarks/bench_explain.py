@@ -31,8 +31,8 @@ import torch
 
 import numpy as np
 
-from atlas.attribution import last_spatial_layer
-from atlas.explain import ALL_METHODS, DEFAULT_METHODS, MethodScores, MethodSettings, evaluate_methods
+from atlas.tools.attribution import last_spatial_layer
+from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, MethodScores, MethodSettings, evaluate_methods
 from atlas.models import load_model
 
 

@@ -3,8 +3,8 @@
 Renders the icons of ``--cells`` cells of one grid level of a run (evenly spaced over the
 level's kept cells) with
 
-- ``atlas``: the render stage's defaults (:func:`atlas.render.render_directions`);
-- ``atlas-VIEW``: another ``icon_view`` (:data:`atlas.render.ICON_VIEWS`): ``whole`` (16 px gray
+- ``atlas``: the render stage's defaults (:func:`atlas.stages.render.render_directions`);
+- ``atlas-VIEW``: another ``icon_view`` (:data:`atlas.stages.render.ICON_VIEWS`): ``whole`` (16 px gray
   pad, the model sees 78 px), ``wide`` (8 px, 62 px), ``notebooks`` (the paper notebooks' 2 px
   white pad and 50 px window, the default before this benchmark); ``-mean`` / ``-center``
   the icon objective read on the activation averaged over positions (the default) or at the
@@ -49,7 +49,7 @@ from PIL import Image, ImageDraw
 
 from atlas import optvis
 from atlas.models import AtlasModel, capture, load_model
-from atlas.render import (DEFAULT_COSSIM_POW, DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, ICON_VIEWS, _icon_cossim,
+from atlas.stages.render import (DEFAULT_COSSIM_POW, DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, ICON_VIEWS, _icon_cossim,
                           cell_generator,
                           icon_view_transforms, render_directions)
 from atlas.store.cells import cells_attrs, read_cells

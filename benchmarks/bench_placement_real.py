@@ -12,7 +12,7 @@ three ways with the same fitted model, timing each:
 - ``umap``: ``UMAP.transform`` (umap-learn's own placement).
 
 The run's saved placer searches neighbours with UMAP's NNDescent index; ``--ivf`` adds the
-placer that a fit makes now (``knn_backend="auto"``: :class:`atlas.reduce.placement.IVFIndex`,
+placer that a fit makes now (``knn_backend="auto"``: :class:`atlas.stages.reduce.placement.IVFIndex`,
 inverted lists over the 64 leading principal axes with exact re-ranking), built from the same
 fitted rows and layout. Its build, once per fit like UMAP's own index, is timed on its own line.
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.manifold import trustworthiness
 
-from atlas.reduce import load_placer
-from atlas.reduce.placement import KNNPlacer
+from atlas.stages.reduce import load_placer
+from atlas.stages.reduce.placement import KNNPlacer
 from atlas.store.activations import ActivationsFile
 from atlas.store.layout import read_fit, read_layout, read_rows
 

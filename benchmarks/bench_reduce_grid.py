@@ -5,8 +5,8 @@ Writes an ``activations.h5`` of ``--rows`` rows x ``--channels`` float16 channel
 ReLU'd, like post-ReLU conv activations), with top-10 class attribution per row, a few
 duplicate, all-zero and NaN rows. Then, in one run:
 
-1. reduce: UMAP fit on ``--sample`` rows + knn placement of the rest (``atlas.reduce.reduce_file``);
-2. grid: four zoom levels (``atlas.grid.grid_file``);
+1. reduce: UMAP fit on ``--sample`` rows + knn placement of the rest (``atlas.stages.reduce.reduce_file``);
+2. grid: four zoom levels (``atlas.stages.grid.grid_file``);
 3. the grid means against a naive per-cell mask loop (Lucid's ``bin_laid_out_activations``
    style, O(cells x rows)) on the same rows held in memory (or on ``--naive-rows`` rows,
    extrapolated linearly to all rows, which flatters the loop: more rows also keep more cells);
@@ -38,8 +38,8 @@ import h5py
 import numpy as np
 import psutil
 
-from atlas.grid import cell_means, grid_cells, grid_file
-from atlas.reduce import reduce_file
+from atlas.stages.grid import cell_means, grid_cells, grid_file
+from atlas.stages.reduce import reduce_file
 from atlas.store.layout import model_path, read_layout, read_rows
 
 LAYER = "inception4c"

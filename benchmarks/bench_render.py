@@ -32,7 +32,7 @@ import torch
 
 from atlas import optvis
 from atlas.models import load_model, resolve_device
-from atlas.render import DEFAULT_COSSIM_POW, cell_generator
+from atlas.stages.render import DEFAULT_COSSIM_POW, cell_generator
 
 LAYER = "inception4c"
 

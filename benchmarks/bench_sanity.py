@@ -7,7 +7,7 @@
 Takes every ``len(photos) / limit``-th photo, re-initialises the real InceptionV1 from the top
 (fc, then inception5b, inception5a, ... down to ``--depth`` layers) and prints, per method, the
 mean Spearman rank correlation of |map| between the randomised and the trained model at each
-depth, and from which depth the method passes (correlation below 0.5). See ``atlas.sanity``.
+depth, and from which depth the method passes (correlation below 0.5). See ``atlas.tools.sanity``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from atlas.explain import ALL_METHODS, DEFAULT_METHODS
+from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS
 from atlas.models import load_model
-from atlas.sanity import cascading_randomization
+from atlas.tools.sanity import cascading_randomization
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,7 @@ def small_inceptionv1():
 
 def warm_worker(spec) -> int:
     """Load the model on a worker (its import and load time stay out of the timed runs)."""
-    from atlas.distributed import worker_model
+    from atlas.runtime.distributed import worker_model
 
     return worker_model(spec)[1]
 
@@ -181,8 +181,8 @@ def cmd_workers(args: argparse.Namespace) -> dict:
     import torch
     from distributed import Client, LocalCluster
 
-    from atlas.collect import CollectSettings, collect
-    from atlas.distributed import ModelSpec, local_cluster
+    from atlas.stages.collect.stage import CollectSettings, collect
+    from atlas.runtime.distributed import ModelSpec, local_cluster
 
     torch.set_num_threads(1)
     _setup_model_env(args.weights, args.size)
@@ -260,7 +260,7 @@ def per_image_costs(photos: list[Path], args: argparse.Namespace) -> dict:
     compute per image with attribution (the real cost) and without it (one plain forward)."""
     import torch
 
-    from atlas.collect import CollectSettings, compute_rows, layer_specs
+    from atlas.stages.collect.stage import CollectSettings, compute_rows, layer_specs
     from atlas.data import ImageDataset, open_source
     from atlas.models import load_model
 
@@ -334,8 +334,8 @@ def cmd_stage_size(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
     from bench_reduce_grid import write_synthetic
 
-    from atlas.grid import grid_file
-    from atlas.reduce import reduce_file
+    from atlas.stages.grid import grid_file
+    from atlas.stages.reduce import reduce_file
     from atlas.store.layout import model_path
 
     logging.basicConfig(level=logging.WARNING)
@@ -351,7 +351,7 @@ def cmd_stage_size(args: argparse.Namespace) -> None:
     sample = min(args.sample, args.rows)
     scheduler = None
     if args.scheduler:
-        from atlas.distributed import Scheduler
+        from atlas.runtime.distributed import Scheduler
 
         scheduler = Scheduler(args.scheduler)
         scheduler.client()
@@ -381,9 +381,9 @@ def cmd_stage_size(args: argparse.Namespace) -> None:
 def cmd_collect_scaling(args: argparse.Namespace) -> dict:
     from distributed import Client
 
-    import atlas.collect as collect_mod
-    from atlas.collect import CollectSettings, collect
-    from atlas.distributed import ModelSpec, local_cluster
+    import atlas.stages.collect.stage as collect_mod
+    from atlas.stages.collect.stage import CollectSettings, collect
+    from atlas.runtime.distributed import ModelSpec, local_cluster
 
     _setup_model_env(args.weights, args.size)
     work = Path(args.workdir)

@@ -5,7 +5,7 @@
 Builds a synthetic pyramid (grids 20/40/80, 64 px icons: a few hundred JPEG tiles), then for
 each server, started in its own process on a loopback port:
 
-- ``atlas``: :func:`atlas.serve.serve` (ThreadingHTTPServer, HTTP/1.1 keep-alive, in-memory
+- ``atlas``: :func:`atlas.web.serve.serve` (ThreadingHTTPServer, HTTP/1.1 keep-alive, in-memory
   cache of small files, ETag);
 - ``atlas-304``: the same, every request revalidating with ``If-None-Match`` (a browser reload);
 - ``http.server``: ``python -m http.server`` (ThreadingHTTPServer + SimpleHTTPRequestHandler,
@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tiles import write_synthetic  # noqa: E402
 
-from atlas.tiles import build_tiles  # noqa: E402
+from atlas.stages.tiles import build_tiles  # noqa: E402
 
 
 def free_port() -> int:
@@ -139,7 +139,7 @@ def main() -> None:
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         servers = {
-            "atlas": ([sys.executable, "-c", "import sys; from atlas.serve import serve; "
+            "atlas": ([sys.executable, "-c", "import sys; from atlas.web.serve import serve; "
                        "serve(sys.argv[1], port=int(sys.argv[2]))", str(run)], "/data/tiles/"),
             "atlas-304": (None, "/data/tiles/"),
             "http.server": ([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "--directory",

@@ -6,7 +6,7 @@ For each atlas (the paper's four grids 20/40/80/160, and a single 160 x 160 grid
 synthetic ``cells.h5`` and ``icons.h5`` (``fill`` of each grid's cells occupied, icons with a
 pattern so JPEG encoding does real work; 90 % of the icons rendered), then times:
 
-- ``full``: the first :func:`atlas.tiles.build_tiles` (every tile, icon sprite and metadata file);
+- ``full``: the first :func:`atlas.stages.tiles.build_tiles` (every tile, icon sprite and metadata file);
 - ``noop``: the same call again (hashing only: nothing changed, nothing is written);
 - ``incremental``: after 1 % more cells of the finest grid are marked rendered;
 - ``complete``: after all remaining cells are rendered.
@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from atlas.tiles import build_tiles
+from atlas.stages.tiles import build_tiles
 
 
 def write_synthetic(folder: Path, sizes: list[int], icon_size: int, fill: float, done: float, seed: int = 0) -> None:

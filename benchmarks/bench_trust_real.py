@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.manifold import trustworthiness
 
-from atlas.collect import CollectSettings, collect
-from atlas.reduce import AtlasUMAP
+from atlas.stages.collect.stage import CollectSettings, collect
+from atlas.stages.reduce import AtlasUMAP
 from atlas.store.activations import ActivationsFile
 
 

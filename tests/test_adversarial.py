@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from atlas.adversarial import attack_photos, fgsm, list_photos, perturbation_norm, pgd, run_adversarial
+from atlas.tools.adversarial import attack_photos, fgsm, list_photos, perturbation_norm, pgd, run_adversarial
 from atlas.models import load_model
 
 S = 8
@@ -143,7 +143,7 @@ def test_figure_places_both_images_on_a_tiny_atlas(tiny_run, photo_dir, tmp_path
 
 @pytest.mark.usefixtures("one_thread")
 def test_pgd_flips_a_real_photo_to_a_chosen_target_at_4_over_255(inceptionv1, sample_paths):
-    from atlas.explain import load_photo
+    from atlas.tools.explain import load_photo
 
     x = load_photo(sample_paths[1], inceptionv1)  # goldfish
     target = inceptionv1.class_names.index("toaster")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from atlas.attack import (
+from atlas.tools.attack import (
     CORNERS,
     AttackSettings,
     comparison_cells,
@@ -92,7 +92,7 @@ def model():
 
 
 def test_comparison_rows_are_the_per_position_attribution(model, tiny_run):
-    from atlas.explain import load_photo
+    from atlas.tools.explain import load_photo
 
     x = torch.cat([load_photo(tiny_run.parent / "photos" / f"p{i}.jpg", model) for i in range(2)])
     rows = comparison_rows(model, "inception4c", x, source=3, target=7, batch_size=1)
@@ -107,9 +107,9 @@ def test_comparison_rows_are_the_per_position_attribution(model, tiny_run):
 
 
 def test_comparison_cells_score_the_rows_placed_on_the_atlas(model, tiny_run):
-    from atlas.explain import load_photo
-    from atlas.grid import grid_cells
-    from atlas.reduce import project
+    from atlas.tools.explain import load_photo
+    from atlas.stages.grid import grid_cells
+    from atlas.stages.reduce import project
 
     x = torch.cat([load_photo(tiny_run.parent / "photos" / f"p{i}.jpg", model) for i in range(3)])
     rows = comparison_rows(model, "inception4c", x, source=3, target=7)
@@ -131,7 +131,7 @@ def test_comparison_cells_score_the_rows_placed_on_the_atlas(model, tiny_run):
 
 def test_run_attack_end_to_end_writes_report_and_figures(model, tiny_run, tmp_path):
     photos = tiny_run.parent / "photos"
-    from atlas.explain import load_photo
+    from atlas.tools.explain import load_photo
 
     with torch.no_grad():
         source = int(model(load_photo(photos / "p0.jpg", model)).argmax())
@@ -174,7 +174,7 @@ def test_wilson_interval_matches_known_values():
 
 
 def test_example_patches_crop_the_view_around_the_best_position(model, tiny_run):
-    from atlas.attack import Candidate, ComparisonRows
+    from atlas.tools.attack import Candidate, ComparisonRows
 
     views = torch.zeros(2, 3, 224, 224)
     views[1, :, 0:112, 112:224] = 1.0  # view 1: the top-right quadrant is white

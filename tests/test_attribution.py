@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas.attribution import (
+from atlas.tools.attribution import (
     deletion_insertion,
     grad_cam,
     guided_backprop,
@@ -144,7 +144,7 @@ class TwoReLUNet(nn.Module):
 
 
 def test_deconvnet_ignores_the_forward_mask_and_differs_from_guided_backprop():
-    from atlas.attribution import _modified_relus, deconvnet
+    from atlas.tools.attribution import _modified_relus, deconvnet
 
     model = load_model(TwoReLUNet(), input_size=2)
     x = torch.tensor([0.5, 0.5, -0.5]).view(1, 3, 1, 1).expand(1, 3, 2, 2).clone()
@@ -177,7 +177,7 @@ class LinearOnFeatures(nn.Module):
 
 
 def test_grad_cam_pp_closed_form_and_where_it_differs_from_grad_cam():
-    from atlas.attribution import grad_cam_pp
+    from atlas.tools.attribution import grad_cam_pp
 
     v = torch.tensor([[[1.0, -1.0], [-1.0, -1.0]], [[0.5, 0.5], [0.5, 0.5]]])[None]
     model = load_model(LinearOnFeatures(v), input_size=2)
@@ -207,7 +207,7 @@ class GapNet(nn.Module):
 
 
 def test_cam_mean_plus_bias_is_the_logit_on_a_tiny_gap_linear_model():
-    from atlas.attribution import cam, find_gap_linear_head
+    from atlas.tools.attribution import cam, find_gap_linear_head
 
     torch.manual_seed(0)
     model = load_model(GapNet(), input_size=8)
@@ -245,7 +245,7 @@ class RegionSum(nn.Module):
 
 
 def test_occlusion_is_the_mean_drop_of_the_covering_patches():
-    from atlas.attribution import occlusion
+    from atlas.tools.attribution import occlusion
 
     model = load_model(RegionSum(), input_size=8)
     x = torch.ones(1, 3, 8, 8)
@@ -277,7 +277,7 @@ class LeftContrast(nn.Module):
 
 
 def test_igos_mask_deletes_the_region_the_class_depends_on():
-    from atlas.attribution import igos
+    from atlas.tools.attribution import igos
 
     model = load_model(LeftContrast(), input_size=8)
     x = ((torch.arange(8)[:, None] + torch.arange(8)[None]) % 2).float().expand(1, 3, 8, 8).clone()
@@ -300,14 +300,14 @@ def test_igos_mask_deletes_the_region_the_class_depends_on():
 
 @pytest.fixture(scope="module")
 def snorkel(inceptionv1, sample_dir):
-    from atlas.explain import load_photo
+    from atlas.tools.explain import load_photo
 
     return load_photo(sample_dir / "n04251144_snorkel.JPEG", inceptionv1)
 
 
 @pytest.mark.shared
 def test_cam_identity_on_the_real_inceptionv1(inceptionv1, snorkel, one_thread):
-    from atlas.attribution import cam, find_gap_linear_head
+    from atlas.tools.attribution import cam, find_gap_linear_head
 
     head = find_gap_linear_head(inceptionv1)
     assert head.layer == "inception5b" and head.linear == "fc" and head.weight.shape == (1000, 1024)
@@ -324,8 +324,8 @@ def test_cam_identity_on_the_real_inceptionv1(inceptionv1, snorkel, one_thread):
 def test_new_methods_find_the_snorkel_on_a_real_photo(inceptionv1, snorkel, method, one_thread):
     """Keeping the top fifth of a map's pixels (the rest blurred) keeps more of p(snorkel) than
     keeping its bottom fifth (both small: a fifth of a photo rarely convinces the model)."""
-    from atlas.attribution import _gaussian_blur, deconvnet, grad_cam_pp, igos, occlusion
-    from atlas.attribution import cam as cam_fn
+    from atlas.tools.attribution import _gaussian_blur, deconvnet, grad_cam_pp, igos, occlusion
+    from atlas.tools.attribution import cam as cam_fn
 
     fns = {"deconvnet": deconvnet, "grad_cam_pp": grad_cam_pp, "cam": cam_fn,
            "occlusion": lambda m, x, t: occlusion(m, x, t, patch=32, stride=32),
@@ -347,7 +347,7 @@ def test_new_methods_find_the_snorkel_on_a_real_photo(inceptionv1, snorkel, meth
 
 def test_last_spatial_layer_is_the_last_convolutional_layer():
     """Grad-CAM's default layer (Selvaraju et al.: the last convolutional layer), found from the model."""
-    from atlas.attribution import last_spatial_layer
+    from atlas.tools.attribution import last_spatial_layer
 
     class Stack(nn.Module):  # conv -> relu -> conv -> relu -> global pool -> linear
         def __init__(self):
@@ -380,6 +380,6 @@ def test_last_spatial_layer_is_the_last_convolutional_layer():
 
 @pytest.mark.parametrize("arch, layer", [("resnet18", "layer4"), ("googlenet", "inception5b")])
 def test_last_spatial_layer_of_torchvision_models(arch, layer):
-    from atlas.attribution import last_spatial_layer
+    from atlas.tools.attribution import last_spatial_layer
 
     assert last_spatial_layer(load_model(f"torchvision:{arch}", random_init=True)) == layer

@@ -21,8 +21,8 @@ import torch
 captum_attr = pytest.importorskip(
     "captum.attr", reason="captum is not installed; it comes with the test extra: pip install -e '.[test]'")
 
-from atlas import attribution as attr  # noqa: E402
-from atlas.explain import layer_position_attribution, load_photo  # noqa: E402
+from atlas.tools import attribution as attr  # noqa: E402
+from atlas.tools.explain import layer_position_attribution, load_photo  # noqa: E402
 
 pytestmark = [
     pytest.mark.shared,

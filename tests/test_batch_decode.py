@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import imagegen
-from atlas.batch_decode import (
+from atlas.stages.collect.batch_decode import (
     EncodedImageDataset,
     autocast,
     collate_encoded,
@@ -25,10 +25,10 @@ from atlas.batch_decode import (
     resize_crop,
     resolve_decode,
 )
-from atlas.collect import CollectSettings, collect
+from atlas.stages.collect.stage import CollectSettings, collect
 from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image, open_source
 from atlas.models import ImageTransform, load_model
-from atlas.rows import capture_until_last
+from atlas.stages.collect.rows import capture_until_last
 from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from tinynet import Tiny
 
-import atlas.channels as channels_mod
-from atlas.channels import (
+import atlas.tools.channels as channels_mod
+from atlas.tools.channels import (
     channel_cache_path,
     channel_view,
     channels_figure,

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from atlas.collect import CollectSettings, collect, compute_rows, layer_specs, sample_positions
+from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs, sample_positions
 from atlas.data import SKIP_REASONS, EmptySourceError
 from atlas.models import load_model
 from atlas.store.activations import ActivationsFile, parts_dir_for
@@ -287,7 +287,7 @@ def test_real_photos_attribution_points_to_the_label(inceptionv1, sample_dir, tm
 def test_real_photos_candidate_attribution_equals_per_position_forward_mode(inceptionv1, sample_paths):
     """On real photos and the real InceptionV1, every position's attribution to the candidate
     classes from the batched backward passes equals today's per-position forward-mode values."""
-    from atlas.rows import attributed_slots, candidate_attribution
+    from atlas.stages.collect.rows import attributed_slots, candidate_attribution
 
     paths = sample_paths[::250]  # 4 photos of different classes
     x = torch.stack([inceptionv1.image_transform(Image.open(p)) for p in paths])
@@ -319,7 +319,7 @@ def _save_png(path: bytes | str | Path, seed: int = 0) -> bytes:
 def test_a_file_name_that_is_not_utf8_is_stored_losslessly(tmp_path, tiny_model):
     """Names are bytes on Linux: one that is not UTF-8 is collected like any other, and the key read
     back from activations.h5 opens the same file (collect, the thumbnails' reader)."""
-    from atlas.tiles.thumbs import ImageReader
+    from atlas.stages.tiles.thumbs import ImageReader
 
     photos = tmp_path / "photos"
     write_photos(photos, 3)

@@ -27,13 +27,13 @@ import torch
 from distributed import Client, LocalCluster
 
 import imagegen
-from atlas.collect import CollectSettings, collect
+from atlas.stages.collect.stage import CollectSettings, collect
 from atlas.config import ConfigError, load_config
 from atlas.data import open_source
-from atlas.distributed import BlockJob, ModelSpec, SchedulerError, collect_block, keys_digest, parse_scheduler
+from atlas.runtime.distributed import BlockJob, ModelSpec, SchedulerError, collect_block, keys_digest, parse_scheduler
 from atlas.models import AtlasModel, load_model
 from atlas.pipeline import run_pipeline
-from atlas.reduce import reduce_file
+from atlas.stages.reduce import reduce_file
 from atlas.store.activations import ActivationsFile, parts_dir_for
 from atlas.store.layout import read_layout
 from tinynet import Tiny
@@ -82,9 +82,9 @@ def assert_same_rows(a: Path, b: Path) -> None:
 
 
 def _cached_models() -> list[str]:
-    import atlas.distributed
+    import atlas.runtime.distributed
 
-    return sorted(str(spec.factory or spec.name) for spec in atlas.distributed._MODELS)
+    return sorted(str(spec.factory or spec.name) for spec in atlas.runtime.distributed._MODELS)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_block_task_is_idempotent(tmp_path):
 
 
 def _specs(s: CollectSettings):
-    from atlas.collect import layer_specs
+    from atlas.stages.collect.stage import layer_specs
 
     return tuple(layer_specs(tiny_model(), s.layers))
 

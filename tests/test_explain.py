@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atlas.explain import ALL_METHODS, DEFAULT_METHODS, explain_figure, explain_photo, layer_position_attribution
+from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, explain_figure, explain_photo, layer_position_attribution
 from atlas.models import load_model
 
 
@@ -65,7 +65,7 @@ def test_layer_attribution_sums_like_the_gradient_times_input(model, photo):
     """sum over positions of h . dlogit/dh equals the full-layer gradient x input."""
     import torch
 
-    from atlas.explain import load_photo
+    from atlas.tools.explain import load_photo
 
     x = load_photo(photo, model)
     a, vecs = layer_position_attribution(model, x, 3, "inception4c")
@@ -124,7 +124,7 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
 
 
 def test_evaluate_scores_the_new_methods_with_per_photo_values(model, tmp_path):
-    from atlas.explain import evaluate_methods
+    from atlas.tools.explain import evaluate_methods
 
     rng = np.random.default_rng(2)
     paths = []
@@ -149,7 +149,7 @@ def test_evaluate_scores_the_new_methods_with_per_photo_values(model, tmp_path):
 @pytest.fixture(scope="module")
 def placed(tiny_run, model):
     """A photo of the tiny run explained and placed on that run's atlas (same random-init model)."""
-    from atlas.explain import place_on_atlas
+    from atlas.tools.explain import place_on_atlas
 
     photo = tiny_run.parent / "photos" / "p3.jpg"
     e = explain_photo(model, photo, methods=("saliency",))
@@ -192,7 +192,7 @@ def test_placement_puts_the_collected_positions_where_the_atlas_has_them(tiny_ru
 def test_overlay_file_and_figure_panel(tiny_run, placed, tmp_path):
     import json
 
-    from atlas.explain import write_overlay
+    from atlas.tools.explain import write_overlay
 
     e, pl = placed
     out = write_overlay(e, pl, name="my photo!")
@@ -213,7 +213,7 @@ def test_overlay_file_and_figure_panel(tiny_run, placed, tmp_path):
 
 
 def test_placement_on_an_atlas_of_another_layer_is_refused(tiny_run, model, photo):
-    from atlas.explain import place_on_atlas
+    from atlas.tools.explain import place_on_atlas
 
     e = explain_photo(model, photo, methods=("saliency",), layer="inception4d")
     with pytest.raises(ValueError, match="made at layer 'inception4c'.*--layer inception4c"):

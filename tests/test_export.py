@@ -19,9 +19,9 @@ from types import SimpleNamespace
 import pytest
 
 from atlas.cli import main
-from atlas.export import export_site
-from atlas.serve import make_server
-from atlas.tiles import build_tiles
+from atlas.web.export import export_site
+from atlas.web.serve import make_server
+from atlas.stages.tiles import build_tiles
 from atlasfixture import write_fake_run
 from test_viewer import Page, browser  # noqa: F401 (browser is a fixture)
 
@@ -83,7 +83,7 @@ def test_export_writes_every_file_the_viewer_reads(site, run):
 
 def test_exported_pages_carry_the_csp(site, run, tmp_path):
     """A static host sends no headers: each page holds the policy `atlas serve` sends, first in its head."""
-    from atlas.serve.files import CSP, CSP_META
+    from atlas.web.serve.files import CSP, CSP_META
 
     assert CSP_META == CSP.replace("; frame-ancestors 'none'", "")
     tag = f'<meta http-equiv="Content-Security-Policy" content="{CSP_META}">'

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.fooling import class_log_prob, fooling_gallery, fooling_images, score_images
+from atlas.tools.fooling import class_log_prob, fooling_gallery, fooling_images, score_images
 from atlas.models import load_model
 from atlas.optvis import LOGITS
 

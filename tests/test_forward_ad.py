@@ -1,4 +1,4 @@
-"""Forward-mode AD through :mod:`atlas.forward_ad`: right tangents, and no TorchScript warning."""
+"""Forward-mode AD through :mod:`atlas.runtime.forward_ad`: right tangents, and no TorchScript warning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from atlas.forward_ad import dual_level
+from atlas.runtime.forward_ad import dual_level
 
 
 def test_dual_level_gives_the_jacobian_vector_product():
@@ -24,7 +24,7 @@ def test_first_forward_ad_use_warns_nothing():
     # deprecated torch.jit.script; every warning is an error here
     code = (
         "import torch, torch.autograd.forward_ad as fwAD\n"
-        "from atlas.forward_ad import dual_level\n"
+        "from atlas.runtime.forward_ad import dual_level\n"
         "with torch.no_grad(), dual_level():\n"
         "    y = torch.nn.functional.relu(fwAD.make_dual(torch.ones(3), torch.ones(3)))\n"
         "    assert fwAD.unpack_dual(y).tangent.sum().item() == 3.0\n"

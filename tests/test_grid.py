@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_reduce import LAYER, write_activations
 
-from atlas.grid import (
+from atlas.stages.grid import (
     GridSettings,
     cell_attribution,
     cell_coords,
@@ -258,7 +258,7 @@ def test_the_command_prints_no_traceback_for_a_grid_beyond_memory(run: dict) -> 
 
 
 def test_a_grid_bigger_than_the_available_memory_is_refused_with_an_estimate(run: dict, monkeypatch) -> None:
-    import atlas.grid as grid_mod
+    import atlas.stages.grid as grid_mod
 
     monkeypatch.setattr(grid_mod, "available_memory", lambda: 64 << 20)
     with pytest.raises(ValueError, match="MiB") as e:

@@ -88,7 +88,7 @@ def test_collect_with_another_top_k_stops_and_keeps_the_file(run: Path, capsys) 
 
 
 def test_reduce_with_another_setting_stops_and_keeps_layout_and_model(run: Path, capsys) -> None:
-    from atlas.reduce import ReduceSettings, reduce_file
+    from atlas.stages.reduce import ReduceSettings, reduce_file
 
     before = snapshot(run)
     with pytest.raises(SettingsChangedError) as e:
@@ -102,7 +102,7 @@ def test_reduce_with_another_setting_stops_and_keeps_layout_and_model(run: Path,
 
 
 def test_grid_with_another_setting_stops_and_keeps_the_cells(run: Path) -> None:
-    from atlas.grid import grid_file
+    from atlas.stages.grid import grid_file
 
     before = snapshot(run)
     with pytest.raises(SettingsChangedError) as e:
@@ -113,7 +113,7 @@ def test_grid_with_another_setting_stops_and_keeps_the_cells(run: Path) -> None:
 
 
 def test_render_with_other_steps_stops_and_keeps_every_icon(run: Path, model, capsys) -> None:
-    from atlas.render import render_cells
+    from atlas.stages.render import render_cells
 
     before = snapshot(run)
     with pytest.raises(SettingsChangedError) as e:
@@ -129,8 +129,8 @@ def test_render_with_other_steps_stops_and_keeps_every_icon(run: Path, model, ca
 
 
 def test_render_adds_a_new_grid_level_and_keeps_the_old_icons(run: Path, model) -> None:
-    from atlas.grid import grid_file
-    from atlas.render import render_cells
+    from atlas.stages.grid import grid_file
+    from atlas.stages.render import render_cells
     from atlas.store.icons import read_icons
 
     old = read_icons(run / "icons.h5")
@@ -149,7 +149,7 @@ def test_render_adds_a_new_grid_level_and_keeps_the_old_icons(run: Path, model) 
 
 
 def test_tiles_with_another_tile_size_stop_and_keep_the_pyramid(run: Path, capsys) -> None:
-    from atlas.tiles import build_tiles
+    from atlas.stages.tiles import build_tiles
 
     before = snapshot(run)
     with pytest.raises(SettingsChangedError) as e:
@@ -194,10 +194,10 @@ def test_run_with_one_changed_key_stops_before_redoing_anything(run: Path, capsy
 
 
 def test_a_changed_layout_makes_render_and_tiles_stale(run: Path, model) -> None:
-    from atlas.reduce import ReduceSettings, reduce_file
-    from atlas.render import render_cells
-    from atlas.serve.runs import find_runs
-    from atlas.tiles import build_tiles
+    from atlas.stages.reduce import ReduceSettings, reduce_file
+    from atlas.stages.render import render_cells
+    from atlas.web.serve.runs import find_runs
+    from atlas.stages.tiles import build_tiles
 
     reduce_file(run / "activations.h5", run / "layout.h5", ReduceSettings(n_neighbors=7), progress=False,
                 overwrite=True)
@@ -210,7 +210,7 @@ def test_a_changed_layout_makes_render_and_tiles_stale(run: Path, model) -> None
     warnings = only.describe()["warnings"]
     assert warnings and any("layout.h5" in w for w in warnings)
     # following the chain down makes every stage current again
-    from atlas.grid import grid_file
+    from atlas.stages.grid import grid_file
 
     assert not grid_file(run / "activations.h5", run / "layout.h5", run / "cells.h5", sizes=(2, 4), min_count=1,
                          progress=False).up_to_date
@@ -226,7 +226,7 @@ def test_files_of_an_older_version_stay_readable(run: Path, model) -> None:
     """Artifacts without the recorded inputs are "unknown": a warning, not a crash."""
     import h5py
 
-    from atlas.render import render_cells
+    from atlas.stages.render import render_cells
 
     for name in ("activations.h5", "layout.h5", "cells.h5", "icons.h5"):
         with h5py.File(run / name, "r+") as f:

@@ -322,7 +322,7 @@ def test_render_vis_raises_the_objective_and_is_deterministic(tiny):
 
 def test_batched_directions_equal_images_rendered_one_at_a_time(tiny):
     """Equal up to float rounding over a few steps; on a deep model Adam amplifies the rounding
-    differences of batched convolutions over hundreds of steps (see :mod:`atlas.render`)."""
+    differences of batched convolutions over hundreds of steps (see :mod:`atlas.stages.render`)."""
     vecs = torch.rand(3, 4, generator=torch.Generator().manual_seed(5))
     kw = dict(steps=15, transforms=optvis.standard_transforms())
     g3 = gens(3, 7)  # one generator per image drives its start and its transforms

@@ -53,8 +53,8 @@ def test_wheel_holds_the_viewer_and_the_data(wheel):
         (meta_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
         meta = email.parser.Parser().parsestr(z.read(meta_name).decode())
         entry_points = z.read(meta_name.replace("METADATA", "entry_points.txt")).decode()
-    for path in ("atlas/viewer/index.html", "atlas/viewer/atlas.js", "atlas/viewer/atlas.css",
-                 "atlas/viewer/vendor/leaflet/leaflet.js", "atlas/viewer/vendor/leaflet/leaflet.css",
+    for path in ("atlas/web/viewer/index.html", "atlas/web/viewer/atlas.js", "atlas/web/viewer/atlas.css",
+                 "atlas/web/viewer/vendor/leaflet/leaflet.js", "atlas/web/viewer/vendor/leaflet/leaflet.css",
                  "atlas/resources/data/imagenet_classes.tsv", "atlas/resources/data/README.md",
                  "atlas/resources/data/natural_spectrum.npy"):
         assert path in names, f"the wheel lacks {path}"
@@ -76,7 +76,7 @@ def test_installed_wheel_runs_the_atlas_command(wheel, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ATLAS_INCEPTIONV1_WEIGHTS")}
     env["OMP_NUM_THREADS"] = "1"
     where = _run([str(py), "-c",
-                  "import atlas, atlas.resources as r, atlas.serve as s; from importlib import resources; "
+                  "import atlas, atlas.resources as r, atlas.web.serve as s; from importlib import resources; "
                   "d = resources.files('atlas.resources') / 'data'; "
                   "print(atlas.__file__); print(d); print(s.VIEWER_DIR); print(len(r.imagenet_class_names()))"],
                  cwd=tmp_path, env=env).split()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sklearn.manifold import trustworthiness
 
-from atlas.reduce import (
+from atlas.stages.reduce import (
     AtlasUMAP,
     ReduceSettings,
     apply_bounds,
@@ -259,7 +259,7 @@ def test_reduce_file_counts_and_places_odd_rows(layout_file: tuple[Path, object]
 
 def test_reduce_warns_naming_nonfinite_rows(acts_file: Path, tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="atlas.reduce"):
+    with caplog.at_level(logging.WARNING, logger="atlas.stages.reduce"):
         reduce_file(acts_file, tmp_path / "layout.h5", **SMALL)
     assert "3 rows have NaN/inf activations and were skipped (layer rows [3, 17, 40])" in caplog.text
 
@@ -374,7 +374,7 @@ def test_comparison_layout_axes(data: tuple[np.ndarray, np.ndarray]) -> None:
 
 
 def test_comparison_file_is_a_layout_the_grid_reads(acts_file: Path, tmp_path: Path) -> None:
-    from atlas.grid import grid_file
+    from atlas.stages.grid import grid_file
     from atlas.store.cells import read_cells
 
     out = comparison_file(acts_file, tmp_path / "compare.h5", "goldfish", 2, top_n=0, n_neighbors=10)
@@ -406,7 +406,7 @@ def test_refine_pulls_rows_to_their_neighbours_and_is_deterministic() -> None:
     started beside the cluster of their neighbours are pulled into it; the fitted embedding is
     not moved; the same seed gives the same positions. (UMAP's attraction fades with distance,
     which is why the start matters and refinement starts from the kNN median.)"""
-    from atlas.reduce.placement import LayoutOptimizer, refine_positions
+    from atlas.stages.reduce.placement import LayoutOptimizer, refine_positions
 
     rng = np.random.default_rng(0)
     emb = np.concatenate([rng.normal(0, 0.3, (200, 2)), rng.normal(0, 0.3, (200, 2)) + [10, 0]]).astype(np.float32)
@@ -456,7 +456,7 @@ def ivf_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 
 def test_auto_backend_searches_large_fits_with_the_ivf_index(ivf_case) -> None:
-    from atlas.reduce.placement import BRUTE_MAX_FIT, KNNPlacer, LayoutOptimizer
+    from atlas.stages.reduce.placement import BRUTE_MAX_FIT, KNNPlacer, LayoutOptimizer
 
     data, emb, labels, q, qlab = ivf_case
     assert len(data) > BRUTE_MAX_FIT
@@ -489,7 +489,7 @@ def test_auto_backend_searches_large_fits_with_the_ivf_index(ivf_case) -> None:
 def test_ivf_placer_pickles_and_older_placers_keep_their_backend(ivf_case) -> None:
     import pickle
 
-    from atlas.reduce.placement import KNNPlacer
+    from atlas.stages.reduce.placement import KNNPlacer
 
     data, emb, _, q, _ = ivf_case
     placer = KNNPlacer(data, emb, backend="ivf")
@@ -505,7 +505,7 @@ def test_ivf_placer_pickles_and_older_placers_keep_their_backend(ivf_case) -> No
 
 
 def test_ivf_backend_euclidean_and_metric_check(ivf_case) -> None:
-    from atlas.reduce.placement import KNNPlacer
+    from atlas.stages.reduce.placement import KNNPlacer
 
     data, emb, _, q, _ = ivf_case
     placer = KNNPlacer(data * 3, emb, metric="euclidean", backend="ivf")

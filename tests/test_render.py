@@ -15,10 +15,10 @@ import pytest
 import torch
 from tinynet import Tiny
 
-from atlas import render as render_mod
+from atlas.stages import render as render_mod
 from atlas.models import capture, load_model
 from atlas.optvis import icon_transforms
-from atlas.render import cell_generator, render_cells
+from atlas.stages.render import cell_generator, render_cells
 from atlas.store.cells import CellLevel, read_cells, write_cells
 from atlas.store.common import SettingsChangedError
 from atlas.store.icons import IconsFile, read_icons
@@ -178,7 +178,7 @@ def write_fake_activations(path: Path, acts: np.ndarray, layer: str = "relu2") -
 
 def test_whitening_from_activations_streams_the_inverse_covariance(tmp_path, tiny):
     from atlas.optvis import whitening_matrix
-    from atlas.render import whitening_from_activations
+    from atlas.stages.render import whitening_from_activations
 
     acts = np.abs(np.random.default_rng(0).normal(size=(1000, 4))).astype(np.float16)
     path = write_fake_activations(tmp_path / "activations.h5", acts)
@@ -272,7 +272,7 @@ def test_icons_point_along_their_cell_direction_more_than_member_photos(tmp_path
 
 def test_icon_views_show_the_model_the_documented_window(tmp_path, tiny):
     from atlas.optvis.transform import apply
-    from atlas.render import icon_view_transforms
+    from atlas.stages.render import icon_view_transforms
 
     x = torch.rand(2, 3, 80, 80)
     assert apply(icon_view_transforms("whole"), x, torch.Generator()).shape[-1] == 78
@@ -289,7 +289,7 @@ def test_icon_objective_setting_keeps_center_renders_current_and_checks_its_valu
     """``objective="center"`` hashes as renders made before the setting existed (so an
     existing icons.h5, such as the real-1m run's, stays current); ``"mean"`` is another render;
     anything else is refused by name."""
-    from atlas.render import render_settings
+    from atlas.stages.render import render_settings
 
     kw = dict(icon_size=80, steps=8, attempts=1, lr=0.05, cossim_pow=4.0, seed=0, whiten=None, transforms=[])
     before = render_settings("h", "m", "inception4c", **kw)

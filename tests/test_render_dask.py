@@ -19,10 +19,10 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from atlas import render as render_mod
-from atlas.distributed import ModelSpec, worker_device
+from atlas.stages import render as render_mod
+from atlas.runtime.distributed import ModelSpec, worker_device
 from atlas.models import AtlasModel, load_model
-from atlas.render import IconBatch, compile_model, render_cells, render_icon_batch
+from atlas.stages.render import IconBatch, compile_model, render_cells, render_icon_batch
 from atlas.store.icons import read_icons
 from test_render import write_fake_cells
 from tinynet import Tiny
@@ -140,7 +140,7 @@ def test_compile_runs_or_falls_back_with_a_log_line(monkeypatch, caplog):
         raise RuntimeError("no C++ compiler found")
 
     monkeypatch.setattr(torch.nn.Module, "compile", broken)
-    with caplog.at_level(logging.WARNING, logger="atlas.render"):
+    with caplog.at_level(logging.WARNING, logger="atlas.stages.render"):
         fallback = compile_model(model, "relu2", icon_size=40)
     assert fallback is model
     assert "torch.compile(backend='inductor') failed (RuntimeError: no C++ compiler found)" in caplog.text

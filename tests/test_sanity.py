@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from atlas.models import load_model
-from atlas.sanity import cascading_randomization, randomized_copy, rank_correlation, top_down_layers
+from atlas.tools.sanity import cascading_randomization, randomized_copy, rank_correlation, top_down_layers
 
 
 class Small(nn.Module):

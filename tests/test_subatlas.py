@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from atlas.models import load_model
-from atlas.reduce import class_attribution, resolve_class, select_class_rows
+from atlas.stages.reduce import class_attribution, resolve_class, select_class_rows
 from atlas.store.activations import ActivationsFile
 from atlas.store.layout import read_layout
-from atlas.subatlas import SubAtlasSettings, class_atlas, class_folder, compare_folder, comparison_atlas, slug
+from atlas.stages.classes import SubAtlasSettings, class_atlas, class_folder, compare_folder, comparison_atlas, slug
 
 SMALL = SubAtlasSettings(sizes=(2, 3), min_count=1, class_top_n=40, icon_size=64, steps=2, batch_size=8)
 
@@ -90,7 +90,7 @@ def test_comparison_atlas_puts_rows_by_attribution_difference(run: Path, model, 
 
 
 def test_served_atlas_list_names_the_sub_atlases(run: Path, model, two_classes) -> None:
-    from atlas.serve import find_runs
+    from atlas.web.serve import find_runs
 
     a, b = two_classes
     class_atlas(run, str(a), model, SMALL, device="cpu", progress=False)
@@ -137,7 +137,7 @@ class_top_n = 40
 
 @pytest.mark.browser
 def test_viewer_switches_to_a_class_atlas_and_a_comparison(run: Path, model, two_classes, tmp_path: Path) -> None:
-    from atlas.serve import make_server
+    from atlas.web.serve import make_server
     from test_viewer import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
 
     a, b = two_classes
@@ -183,7 +183,7 @@ def test_the_run_s_own_atlas_is_listed_before_its_class_atlases(run: Path, model
     import json
     import urllib.request
 
-    from atlas.serve import make_server
+    from atlas.web.serve import make_server
 
     a, _ = two_classes
     class_atlas(run, str(a), model, SMALL, device="cpu", progress=False)

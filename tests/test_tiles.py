@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from atlas.store.common import SettingsChangedError
-from atlas.tiles import TilesError, build_tiles, density_scale, plan_pyramid, read_manifest
+from atlas.stages.tiles import TilesError, build_tiles, density_scale, plan_pyramid, read_manifest
 from atlasfixture import BLOB_CLASSES, icon_color, mark_done, write_fake_run
 
 # sizes 4/8/16, 16 px icons drawn 1:1, 64 px tiles, margin 8 px: hand-checkable numbers
@@ -166,9 +166,9 @@ def test_metadata_split_into_regions(tmp_path):
     manifest = read_manifest(tmp_path / "tiles")
     # default regions hold 40 x 40 cells: a 16 grid fits one file
     assert [lv["regions"] for lv in manifest["levels"]] == [[[0, 0]], [[0, 0]]]
-    from atlas.tiles import TileSettings
-    from atlas.tiles.inputs import read_cells
-    from atlas.tiles.metadata import region_files
+    from atlas.stages.tiles import TileSettings
+    from atlas.stages.tiles.inputs import read_cells
+    from atlas.stages.tiles.metadata import region_files
 
     _attrs, levels = read_cells(run.cells)
     level16 = levels[1]

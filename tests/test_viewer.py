@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from atlas.serve import make_server
-from atlas.tiles import build_tiles
+from atlas.web.serve import make_server
+from atlas.stages.tiles import build_tiles
 from atlasfixture import write_fake_run
 
 pytestmark = pytest.mark.browser
@@ -348,7 +348,7 @@ def test_run_picker_switches_atlas(vpage):
 @pytest.fixture(scope="module")
 def explained_site(tiny_run):
     """`atlas serve` over a real (tiny) run with one photo placed by `atlas explain --atlas`."""
-    from atlas.explain import explain_photo, place_on_atlas, write_overlay
+    from atlas.tools.explain import explain_photo, place_on_atlas, write_overlay
     from atlas.models import load_model
 
     model = load_model("inceptionv1", random_init=True)
@@ -408,7 +408,7 @@ def test_channel_view_is_listed_and_opens_from_the_viewer(browser, tiny_run, tmp
     import torch
     from tinynet import Tiny
 
-    from atlas.channels import channel_view, publish_channel_view
+    from atlas.tools.channels import channel_view, publish_channel_view
     from atlas.models import load_model
 
     run = tmp_path / "run"

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from atlas.serve import make_server
+from atlas.web.serve import make_server
 from test_viewer import Page, browser  # noqa: F401 (browser is a fixture)
 
 pytestmark = pytest.mark.browser
@@ -63,8 +63,8 @@ def hostile_root(tiny_run, tmp_path_factory):
     import torch
     from tinynet import Tiny
 
-    from atlas.channels import channel_view, publish_channel_view
-    from atlas.explain import explain_photo, place_on_atlas, write_overlay
+    from atlas.tools.channels import channel_view, publish_channel_view
+    from atlas.tools.explain import explain_photo, place_on_atlas, write_overlay
     from atlas.models import load_model
 
     root = tmp_path_factory.mktemp("hostile")
@@ -110,7 +110,7 @@ def served(hostile_root):
 @pytest.fixture(scope="module")
 def exported(hostile_root, tmp_path_factory):
     """The export, hosted by ``python -m http.server`` (no security headers of its own)."""
-    from atlas.export import export_site
+    from atlas.web.export import export_site
 
     out = tmp_path_factory.mktemp("hostile-site") / "site"
     export_site(hostile_root.root, out)

@@ -193,7 +193,7 @@ def finishing_order(model: AtlasModel, modules: Sequence[tuple[str, nn.Module]] 
     """Names of ``modules`` (default: every named module of ``model.net`` but dropout) in the
     order their forward pass finishes on a seeded random image (a block finishes after its
     parts; a module that runs twice is listed twice), keeping those whose output passes
-    ``keep``. How :func:`atlas.attribution.last_spatial_layer` and the sanity check's
+    ``keep``. How :func:`atlas.tools.attribution.last_spatial_layer` and the sanity check's
     top-down layer order read a network's structure from the network itself."""
     if modules is None:
         modules = [(n, m) for n, m in model.net.named_modules() if n and not isinstance(m, nn.Dropout)]

@@ -15,7 +15,7 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.objectives`: objectives with an algebra, one value per image.
 - :mod:`atlas.optvis.optimize`: :func:`render_vis` and PNG helpers.
 - :mod:`atlas.optvis.dream`: DeepDream of a photo with octaves and jitter (``atlas dream``).
-- :mod:`atlas.optvis.style`: style transfer's content and Gram-matrix style objectives (``atlas style``).
+- :mod:`atlas.optvis.neural_style`: style transfer's content and Gram-matrix style objectives (``atlas style``).
 - :mod:`atlas.optvis.vis`: :func:`visualize`, text spec -> PNG (``atlas vis``).
 """
 
@@ -50,7 +50,7 @@ from atlas.optvis.param import (
     make_image,
     pixel_image,
 )
-from atlas.optvis.style import content, gram_matrix, style, style_targets
+from atlas.optvis.neural_style import content, gram_matrix, style, style_targets
 from atlas.optvis.transform import (
     Transform,
     icon_transforms,

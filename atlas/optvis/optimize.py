@@ -18,7 +18,7 @@ Lucid's loop, with these choices made explicit:
   for ``inception4c``).
 - On the CPU the model gets channels-last tensors (faster oneDNN convolutions and pooling).
 - ``precision="bf16"``/``"fp16"`` runs the model's passes of the optimization steps under
-  ``torch.autocast`` (:mod:`atlas.precision`); the parameterization, the optimizer and the
+  ``torch.autocast`` (:mod:`atlas.runtime.precision`); the parameterization, the optimizer and the
   final measured objective stay float32.
 """
 
@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlas.models import AtlasModel, capture, resolve_device
-from atlas.precision import autocast, check_precision
+from atlas.runtime.precision import autocast, check_precision
 from atlas.optvis.objectives import LOGITS, Objective
 from atlas.optvis.param import Generators, fft_image, per_item_generators
 from atlas.optvis.relu import redirected_relu

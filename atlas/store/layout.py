@@ -8,7 +8,7 @@ Layout (``M`` laid-out rows: all ``N`` rows of the layer, or the rows a class fi
                                  settings_hash, complete (bool), n_rows (M),
                                  n_rows_done (committed rows of raw_xy/status),
                                  n_placed, n_nonfinite, n_zero, n_fit, n_fit_duplicates,
-                                 norm_lo (2,), norm_hi (2,)  (see atlas.reduce.normalize_layout),
+                                 norm_lo (2,), norm_hi (2,)  (see atlas.stages.reduce.normalize_layout),
                                  class_index (int, -1 = every row), class_name (str),
                                  inputs_json, artifact_id (see atlas.store.lineage)
     /row_ids              (M,)   int64    row of the layer that each layout row is
@@ -31,7 +31,7 @@ Crash safety: ``raw_xy`` and ``status`` are written chunk by chunk and ``n_rows_
 only after the rows below it are flushed, so a killed reduce resumes from ``n_rows_done``.
 The fitted model is pickled beside the file (:func:`model_path`) before placement starts, so a
 resume never refits; without the pickle, the fit rows and their embedding in ``/fit`` are
-enough to place new rows by nearest neighbours (:func:`atlas.reduce.load_placer`).
+enough to place new rows by nearest neighbours (:func:`atlas.stages.reduce.load_placer`).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from PIL import Image
 
 from atlas import optvis
 from atlas.models import capture, load_model
-from atlas.render import cell_generator, render_directions
+from atlas.stages.render import cell_generator, render_directions
 
 OUT = Path(__file__).resolve().parent
 LAYER = "inception4c"

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from atlas.models import load_model
 from atlas.optvis import to_uint8
 from atlas.optvis.dream import dream, read_image, resize_image
-from atlas.optvis.style import style_transfer
+from atlas.optvis.neural_style import style_transfer
 
 OUT = Path(__file__).resolve().parent
 log = logging.getLogger("gallery")
@@ -79,7 +79,7 @@ def style_figure(model, paths: dict[str, Path], size: int = 224, steps: int = 20
 
 def channels_figure_real(model, paths: dict[str, Path], cache: Path) -> None:
     """Top 16 inception4c channels of the golden retriever photo (64 px icons, 96 steps, cached)."""
-    from atlas.channels import channel_view, channels_figure
+    from atlas.tools.channels import channel_view, channels_figure
 
     view = channel_view(model, paths["golden_retriever"], "inception4c", top=16, cache_dir=cache, device="cpu")
     channels_figure(view, OUT / "channels_view_golden_retriever.png", top=16, cols=4, size=80)

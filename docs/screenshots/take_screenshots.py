@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from playwright.sync_api import sync_playwright
 
-from atlas.serve import make_server
+from atlas.web.serve import make_server
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run",
         "--disable-component-update", "--disable-sync"]

@@ -1,0 +1,723 @@
+"""Scale-out on Dask distributed: collect as one task per block of images, reduce's placement chunks.
+
+A *scheduler* is named by a string:
+
+- ``"tcp://HOST:PORT"`` (or any Dask address): an existing scheduler. Start one with
+  ``dask scheduler`` (it prints its address, by default ``tcp://HOST:8786``) and workers on
+  every machine with ``dask worker tcp://HOST:8786 --nthreads 1`` (one worker per GPU).
+- ``"local"`` or ``"local:N"``: a :class:`distributed.LocalCluster` of ``N`` worker processes
+  (default: one per CPU core), one thread each, started for the run and closed after it.
+
+Collect (:func:`run_collect_blocks`): the images are cut into the blocks collect already
+commits one at a time (``block_size`` images each); each missing block is one Dask task
+(:func:`collect_block`) that decodes its images, runs the model and writes the block's part
+file ``<output>.parts/part-XXXXXXXX.h5`` atomically (write to a temporary name, then rename),
+exactly as the in-process collect does. The client joins the parts at the end with the same
+:func:`atlas.store.activations.finalize`. Hence:
+
+- a task is idempotent: running a block twice rewrites the same rows into the same part, so a
+  worker killed mid-task (whose task Dask reschedules on another worker), or killed after
+  writing its part but before reporting, neither loses nor duplicates rows;
+- an interrupted distributed run resumes like an in-process one (and either kind can finish
+  the other's partial run: the parts are the same);
+- the run directory must be on a filesystem that the client and every worker see at the same
+  path; a worker that cannot see it fails its task with an error that says so.
+
+Render (:func:`run_render_batches`): each batch of cells the in-process render would optimize
+together (:class:`atlas.stages.render.IconBatch`) is one task (:func:`render_task`); a worker renders
+it on its own device and returns the icons (a few hundred KB), and the client writes every
+finished batch into ``icons.h5`` (only :mod:`atlas.store` opens HDF5). A worker lost mid-run
+costs the batches it held, which Dask runs again on another worker; each task's result is
+written once, and a batch's icons depend only on the batch, so nothing is missing or doubled.
+With ``device="auto"`` on a machine with several GPUs, the worker named ``k`` (a
+``LocalCluster`` names its workers 0, 1, ...) uses GPU ``k mod n_gpus``; remote workers started
+one per GPU (``CUDA_VISIBLE_DEVICES``) see only their own.
+
+Workers load the model themselves from a small :class:`ModelSpec` (a name, or a
+``"module:function"`` factory) and keep it per worker process (:func:`worker_model`); sources
+given by path are opened once per worker process too. Only block numbers, settings and a
+digest of each block's image keys travel with the tasks; rows never pass through the
+scheduler.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import importlib
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:  # distributed, torch and the data modules are imported where they are used
+    from distributed import Client, LocalCluster
+
+    from atlas.stages.collect.rows import CollectSettings
+    from atlas.data import ImageSource
+    from atlas.models import AtlasModel
+    from atlas.store.activations import LayerSpec
+
+log = logging.getLogger(__name__)
+
+#: How to start a scheduler and workers; appended to connection errors.
+HOW_TO_START = (
+    "Start a scheduler with `dask scheduler` (it prints its address, by default tcp://HOST:8786) and "
+    "at least one worker with `dask worker tcp://HOST:8786 --nthreads 1`, or use scheduler \"local:N\" "
+    "for N worker processes on this machine."
+)
+
+_LOCAL = re.compile(r"local(?::(\d+))?")
+
+
+class SchedulerError(ValueError):
+    """A scheduler that cannot be used: a bad spec, an address nobody answers, no workers."""
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+
+def parse_scheduler(spec: str) -> tuple[str, int | None]:
+    """Check a scheduler spec: ``("local", n_workers or None)`` or ``("address", None)``.
+
+    Raises :class:`SchedulerError` for anything else, saying which forms are accepted.
+    """
+    text = spec.strip()
+    m = _LOCAL.fullmatch(text)
+    if m:
+        n = int(m.group(1)) if m.group(1) else None
+        if n is not None and n < 1:
+            raise SchedulerError(f"scheduler {spec!r}: the number of local workers must be at least 1, e.g. local:2")
+        return "local", n
+    host, port = _host_port(text)
+    if host is None or port is None:
+        raise SchedulerError(
+            f"scheduler {spec!r} is neither \"local\", \"local:N\" nor a scheduler address such as "
+            f"tcp://HOST:8786. {HOW_TO_START}"
+        )
+    return "address", None
+
+
+def _host_port(address: str) -> tuple[str | None, int | None]:
+    """``(host, port)`` of ``tcp://HOST:PORT``, ``tls://HOST:PORT`` or ``HOST:PORT``, else Nones."""
+    if "://" not in address:
+        address = "tcp://" + address
+    try:
+        parts = urlsplit(address)
+        return parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        return None, None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast, and clearly, when nothing listens at a TCP scheduler address."""
+    scheme = address.split("://", 1)[0] if "://" in address else "tcp"
+    host, port = _host_port(address)
+    if scheme not in ("tcp", "tls") or host is None or port is None:
+        return  # other transports (inproc, ucx, ...) are left to Dask
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise SchedulerError(f"cannot reach the Dask scheduler at {address} ({e}). {HOW_TO_START}") from e
+
+
+def connect(
+    spec: str, *, timeout: float = 10.0, worker_timeout: float = 120.0
+) -> tuple[Client, LocalCluster | None]:
+    """A :class:`distributed.Client` for ``spec`` (and the cluster it started, for ``local``).
+
+    Args:
+        spec: ``"local"``, ``"local:N"`` or a scheduler address (see the module docstring).
+        timeout: seconds to wait for the scheduler to answer.
+        worker_timeout: seconds to wait for the first worker of a remote scheduler.
+
+    Raises:
+        SchedulerError: the spec is malformed, nothing answers at the address, or the
+            scheduler has no worker after ``worker_timeout`` seconds; the message says how to
+            start a scheduler and workers.
+    """
+    from distributed import Client
+
+    kind, n = parse_scheduler(spec)
+    dask_log = logging.getLogger("distributed")
+    if dask_log.level in (logging.NOTSET, logging.INFO) and not log.isEnabledFor(logging.DEBUG):
+        # Dask logs every connection and worker (de)registration at INFO (its default level),
+        # which drowns the progress bars; with debug logging (`atlas -v`) it stays as it is.
+        dask_log.setLevel(logging.WARNING)
+    if kind == "local":
+        cluster = local_cluster(n or os.cpu_count() or 1)
+        try:
+            return Client(cluster), cluster
+        except BaseException:
+            cluster.close()
+            raise
+    address = spec.strip()
+    _probe(address, timeout)
+    try:
+        client = Client(address, timeout=f"{timeout}s")
+    except Exception as e:  # OSError, TimeoutError, or whatever a non-Dask listener provokes
+        raise SchedulerError(
+            f"cannot connect to a Dask scheduler at {address} within {timeout:g} s ({type(e).__name__}: {e}). "
+            f"{HOW_TO_START}"
+        ) from e
+    if not client.scheduler_info().get("workers"):
+        log.info("waiting up to %.0f s for a worker to join the scheduler at %s", worker_timeout, address)
+        try:
+            client.wait_for_workers(1, timeout=worker_timeout)
+        except Exception as e:  # TimeoutError (its type moved between Dask versions)
+            client.close()
+            raise SchedulerError(
+                f"the Dask scheduler at {address} has no worker after {worker_timeout:g} s; start one with "
+                f"`dask worker {address} --nthreads 1` on each machine (one per GPU)."
+            ) from e
+    return client, None
+
+
+def local_cluster(n_workers: int) -> LocalCluster:
+    """A :class:`distributed.LocalCluster` of ``n_workers`` processes with one thread each.
+
+    Dask starts worker processes with OMP/MKL/OpenBLAS at one thread (so N workers do not
+    oversubscribe N cores) and with ``MALLOC_TRIM_THRESHOLD_=65536``; the latter is left out
+    here: it makes glibc hand freed memory back to the system eagerly, and the model's
+    activations are allocated and freed every batch; with it, collect took 1.5x the CPU time
+    per image (InceptionV1 at 112 px, one thread: 69 vs 46 ms; benchmarks/README.md).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    log.info("starting a local Dask cluster of %d worker processes", n_workers)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+
+
+class Scheduler:
+    """A scheduler spec, connected on first use and shared by the stages of a run.
+
+    >>> with Scheduler("local:2") as sched:          # doctest: +SKIP
+    ...     collect(src, out, "inceptionv1", scheduler=sched)
+    ...     reduce_file(out, layout, scheduler=sched)  # same cluster, started once
+    """
+
+    def __init__(self, spec: str, *, timeout: float = 10.0, worker_timeout: float = 120.0):
+        parse_scheduler(spec)  # fail early on a malformed spec
+        self.spec = spec
+        self.timeout = timeout
+        self.worker_timeout = worker_timeout
+        self._client: Client | None = None
+        self._cluster: LocalCluster | None = None
+
+    def client(self) -> Client:
+        """The connected client (connecting, or starting the local cluster, on the first call)."""
+        if self._client is None:
+            self._client, self._cluster = connect(self.spec, timeout=self.timeout,
+                                                  worker_timeout=self.worker_timeout)
+        return self._client
+
+    def close(self) -> None:
+        """Disconnect, and stop the local cluster if this object started one."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Scheduler({self.spec!r}, connected={self._client is not None})"
+
+
+@contextmanager
+def client_for(scheduler: str | Scheduler | Client) -> Iterator[Client]:
+    """A client for a spec string, a :class:`Scheduler` or a client; closes only what it opened."""
+    from distributed import Client
+
+    if isinstance(scheduler, Client):
+        yield scheduler
+    elif isinstance(scheduler, Scheduler):
+        yield scheduler.client()
+    elif isinstance(scheduler, str):
+        with Scheduler(scheduler) as sched:
+            yield sched.client()
+    else:
+        raise TypeError(f"scheduler must be a spec string, an atlas.runtime.distributed.Scheduler or a distributed.Client, "
+                        f"not {type(scheduler).__name__}")
+
+
+def worker_slots(client: Client) -> int:
+    """Threads across the cluster's workers (at least 1): how many tasks run at once."""
+    return max(1, sum(client.nthreads().values()))
+
+
+# --------------------------------------------------------------------------- models on workers
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads the model itself, instead of receiving a pickled one.
+
+    Attributes:
+        name: a spec of :func:`atlas.models.load_model` (``"inceptionv1"``, ``"torchvision:NAME"``).
+        weights: a weight file; it must exist at this path on every worker.
+        random_init: seeded random weights (the same in every process).
+        device: where workers run the model: ``"auto"`` (a worker's GPU when it has one).
+        factory: ``"package.module:function"``, a function without arguments that returns an
+            :class:`~atlas.models.AtlasModel` (or an ``nn.Module`` for :func:`load_model`), for
+            models that have no name; the module must be importable on every worker.
+            ``name`` is then ignored.
+    """
+
+    name: str = "inceptionv1"
+    weights: str | None = None
+    random_init: bool = False
+    device: str = "auto"
+    factory: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.factory is not None and not re.fullmatch(r"[\w.]+:[\w.]+", self.factory):
+            raise ValueError(f"factory {self.factory!r} must read 'package.module:function'")
+        if self.weights is not None:  # workers may run elsewhere: no relative paths
+            object.__setattr__(self, "weights", os.path.abspath(os.path.expanduser(str(self.weights))))
+
+    @classmethod
+    def of(
+        cls,
+        model: Any,
+        *,
+        weights: str | os.PathLike | None = None,
+        random_init: bool = False,
+        device: Any = "auto",
+    ) -> ModelSpec:
+        """The spec of collect's ``model`` argument: a name (with ``weights``, ``random_init``,
+        ``device``) or a spec (``device`` replaces its own unless ``"auto"``).
+
+        A model object cannot be loaded by a worker, so it is refused with the alternatives.
+        """
+        if isinstance(model, ModelSpec):
+            return model if str(device) == "auto" else dataclasses.replace(model, device=str(device))
+        if isinstance(model, str):
+            return cls(model, None if weights is None else os.fspath(weights), random_init, str(device))
+        raise ValueError(
+            f"a distributed collect needs a model that each worker loads itself, not a {type(model).__name__} "
+            "object: give a name such as 'inceptionv1' or 'torchvision:resnet50' (with weights=...), or "
+            "atlas.runtime.distributed.ModelSpec(factory='package.module:function') for a model built by your own code"
+        )
+
+    def for_shapes(self) -> ModelSpec:
+        """The same architecture without reading weights: layer shapes and the image transform
+        (what the client needs) do not depend on them."""
+        return self if self.factory is not None else dataclasses.replace(self, weights=None, random_init=True)
+
+    def load(self, device: str | None = None) -> AtlasModel:
+        """Build the model on ``device`` (default: :attr:`device`), in eval mode without gradients."""
+        from atlas.models import load_model
+
+        device = self.device if device is None else device
+        if self.factory is None:
+            return load_model(self.name, weights=self.weights, random_init=self.random_init, device=device)
+        module_name, _, attr = self.factory.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ValueError(f"model factory {self.factory!r}: cannot import {module_name!r} here ({e}); "
+                             "it must be importable on the client and on every worker") from e
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return load_model(obj(), device=device)
+
+
+_MODELS: dict[ModelSpec, tuple[AtlasModel, int]] = {}
+_SOURCES: dict[Any, ImageSource] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def worker_model(spec: ModelSpec) -> tuple[AtlasModel, int]:
+    """``(model, n_classes)`` for ``spec``, loaded once per process and kept.
+
+    The model is the channels-last copy collect runs (the same numbers as the in-process path).
+    """
+    with _CACHE_LOCK:
+        if spec not in _MODELS:
+            import torch
+
+            t0 = time.perf_counter()
+            model = spec.load(worker_device(spec.device)).to(memory_format=torch.channels_last)
+            size = model.input_size
+            with torch.no_grad():
+                n_classes = int(model(torch.zeros(1, 3, size, size, device=model.device)).shape[1])
+            _MODELS[spec] = (model, n_classes)
+            log.info("worker %d loaded %s in %.1f s", os.getpid(), spec, time.perf_counter() - t0)
+        return _MODELS[spec]
+
+
+def worker_source(spec: str | tuple[str, ...] | ImageSource) -> ImageSource:
+    """An image source from a path spec, opened once per process and kept; sources pass through."""
+    from atlas.data import ImageSource, open_source
+
+    if isinstance(spec, ImageSource):
+        return spec
+    with _CACHE_LOCK:
+        if spec not in _SOURCES:
+            _SOURCES[spec] = open_source(list(spec) if isinstance(spec, tuple) else spec)
+        return _SOURCES[spec]
+
+
+def portable_source(source: Any) -> str | tuple[str, ...] | None:
+    """The source as absolute path(s) that a worker can open itself, or None for a source object."""
+    from atlas.data import ImageSource
+
+    if isinstance(source, ImageSource):
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.abspath(os.path.expanduser(os.fspath(source)))
+    return tuple(os.path.abspath(os.path.expanduser(os.fspath(s))) for s in source)
+
+
+def keys_digest(keys: Sequence[str]) -> str:
+    """A short digest of image keys, so that a worker can check it sees the client's images."""
+    h = hashlib.sha1()
+    for k in keys:
+        h.update(k.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- collect tasks
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """One collect task: block ``block`` of the source, images ``[start, stop)``.
+
+    Attributes:
+        output: absolute path of ``activations.h5``; the part goes to ``<output>.parts/``.
+        parts_settings: the hashed collect settings (they name the parts folder's owner).
+        keys_digest: :func:`keys_digest` of the block's image keys as the client sees them.
+        decode_threads: threads decoding images ahead of the model inside the task.
+        decode: ``"auto"``, ``"cpu"`` or ``"gpu"`` (:func:`atlas.stages.collect.batch_decode.resolve_decode`
+            on the worker's device).
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (:func:`atlas.stages.collect.batch_decode.autocast`).
+    """
+
+    output: str
+    parts_settings: Mapping[str, Any]
+    model: ModelSpec
+    n_images: int
+    block: int
+    start: int
+    stop: int
+    keys_digest: str
+    settings: CollectSettings
+    specs: tuple[LayerSpec, ...]
+    batch_size: int
+    decode_threads: int = 1
+    decode: str = "auto"
+    precision: str = "fp32"
+
+
+@dataclass
+class BlockResult:
+    """What a task reports: images done, skipped images by reason, rows per layer, its worker."""
+
+    block: int
+    images: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    worker: str = ""
+
+
+def _decoded(dataset: Any, threads: int, ahead: int) -> Iterator[Any]:
+    """``dataset[i]`` for every i in order, decoded by ``threads`` threads at most ``ahead`` items ahead."""
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="atlas-decode") as pool:
+        pending: list[Future] = []
+        nxt = 0
+        while nxt < len(dataset) or pending:
+            while nxt < len(dataset) and len(pending) < ahead:
+                pending.append(pool.submit(dataset.__getitem__, nxt))
+                nxt += 1
+            yield pending.pop(0).result()
+
+
+def collect_block(job: BlockJob, source: str | tuple[str, ...] | ImageSource) -> BlockResult:
+    """The Dask task of one block: decode, compute rows, write the block's part file atomically.
+
+    Runs on a worker. The model comes from :func:`worker_model` and the source from
+    :func:`worker_source` (both kept per process). Idempotent: the part is a pure function of
+    the job, written under a temporary name and renamed into place.
+    """
+    import json
+
+    import torch
+
+    from atlas.stages.collect.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
+    from atlas.stages.collect.rows import buffer_batch, commit_block, compute_rows
+    from atlas.data import SKIP_REASONS, ImageDataset
+    from atlas.store.activations import PartStore
+
+    t0 = time.perf_counter()
+    parts = PartStore(job.output, job.parts_settings)
+    meta = parts.dir / "settings.json"
+    where = f"worker {socket.gethostname()} (pid {os.getpid()})"
+    if not meta.is_file():
+        raise FileNotFoundError(
+            f"{where} cannot see {meta}: the run directory must be on a filesystem shared by the client and "
+            f"every worker, at the same path"
+        )
+    found = json.loads(meta.read_text()).get("settings_hash")
+    if found != parts.hash:
+        raise ValueError(f"{parts.dir} now belongs to other collect settings (hash {found}, this task {parts.hash}); "
+                         "another collect overwrote the run while this one was running")
+    src = worker_source(source)
+    refs = src.refs()
+    if len(refs) != job.n_images or keys_digest([r.key for r in refs[job.start:job.stop]]) != job.keys_digest:
+        raise ValueError(
+            f"{where} sees {len(refs)} images in {src.root}, or other images in block {job.block}, than the client "
+            f"({job.n_images} images): the source must be the same files, at the same path, on every machine"
+        )
+    model, n_classes = worker_model(job.model)
+    dev = model.device
+    on_device = resolve_decode(job.decode, dev, model.image_transform) == "gpu"
+    kind = EncodedImageDataset if on_device else ImageDataset
+    dataset = kind(src, model.image_transform, indices=range(job.start, job.stop))
+    collate = dataset.collate_fn
+    reason_names = {code: name for name, code in SKIP_REASONS.items()}
+    skipped: Counter[str] = Counter()
+    buffers: dict[int, dict] = {}
+    batch: list[Any] = []
+    items = _decoded(dataset, job.decode_threads, ahead=2 * job.batch_size)
+    for k, item in enumerate(items, start=1):
+        batch.append(item)
+        if len(batch) < job.batch_size and k < len(dataset):
+            continue
+        if on_device:
+            all_idx, jpegs, decoded, failures = collate(batch)
+            imgs, ok_idx, bad = decode_batch(jpegs, decoded, model.image_transform, dev)
+            failures = [*failures, *bad]
+        else:
+            all_idx, imgs, ok_idx, failures = collate(batch)
+        batch = []
+        rows = None
+        if len(ok_idx):
+            imgs = imgs.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            with autocast(job.precision, dev):
+                rows = compute_rows(model, imgs, ok_idx.tolist(), job.specs, job.settings,
+                                    labels=[refs[i].label for i in ok_idx.tolist()])
+        status = {int(i): 0 for i in all_idx.tolist()}
+        for i, code in failures:
+            status[int(i)] = int(code)
+            skipped[reason_names.get(int(code), str(code))] += 1
+        buffer_batch(buffers, rows, status, job.settings.block_size)
+    buf = buffers[job.block]
+    commit_block(parts, job.block, buf, job.specs, job.settings, n_classes)
+    n_rows = {layer: sum(len(r[layer]["image_index"]) for r in buf["rows"]) for layer in (s.name for s in job.specs)}
+    return BlockResult(job.block, job.stop - job.start, dict(skipped), n_rows, time.perf_counter() - t0,
+                       f"{socket.gethostname()}:{os.getpid()}")
+
+
+def run_collect_blocks(
+    client: Client,
+    jobs: Sequence[BlockJob],
+    source: str | tuple[str, ...] | ImageSource,
+    *,
+    progress: bool = True,
+    desc: str = "collect",
+    retries: int = 1,
+    on_block: Callable[[BlockResult], None] | None = None,
+) -> list[BlockResult]:
+    """Run the blocks as Dask tasks; a progress bar advances as blocks finish.
+
+    ``source`` is a path spec every worker opens itself, or an :class:`ImageSource`, which is
+    then sent to each worker once (scattered), not with every task. ``retries`` re-runs a task
+    that raised (a flaky network filesystem); a task whose worker died is rescheduled by Dask
+    anyway. ``on_block(result)`` is called in the client as each block finishes.
+
+    Raises the first task error after cancelling the rest; finished blocks stay on disk, so the
+    same call resumes.
+    """
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    from atlas.data import ImageSource
+    from atlas.store.common import settings_hash
+
+    if not jobs:
+        return []
+    arg: Any = client.scatter(source, broadcast=False, hash=False) if isinstance(source, ImageSource) else source
+    run = f"{settings_hash(jobs[0].parts_settings)}-{uuid.uuid4().hex[:8]}"
+    futures = {
+        client.submit(collect_block, job, arg, key=f"atlas-collect-{run}-{job.block:08d}", retries=retries): job
+        for job in jobs
+    }
+    results: list[BlockResult] = []
+    bar = tqdm(total=sum(j.stop - j.start for j in jobs), unit="img", desc=desc, disable=not progress,
+               dynamic_ncols=True)
+    try:
+        for fut in as_completed(futures):
+            job = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as e:
+                from distributed import KilledWorker
+
+                if isinstance(e, KilledWorker):
+                    raise RuntimeError(
+                        f"collect block {job.block} (images {job.start}..{job.stop - 1}) killed every worker that "
+                        f"ran it (out of memory? try a smaller batch_size); finished blocks are kept, rerun to resume"
+                    ) from e
+                log.error("collect block %d (images %d..%d) failed on a Dask worker: %s; finished blocks are kept, "
+                          "rerun to resume", job.block, job.start, job.stop - 1, e)
+                raise
+            results.append(result)
+            bar.update(result.images)
+            bar.set_postfix(skipped=sum(sum(r.skipped.values()) for r in results), refresh=False)
+            if on_block is not None:
+                on_block(result)
+            fut.release()
+    finally:
+        bar.close()
+        client.cancel([f for f in futures if not f.done()])
+    return results
+
+
+# --------------------------------------------------------------------------- render tasks
+
+
+_RENDER_MODELS: dict[ModelSpec, AtlasModel] = {}
+
+
+def worker_device(device: str) -> str:
+    """The device a Dask worker runs on: ``device``, except that ``"auto"`` on a worker named by
+    an integer ``k`` on a machine with several GPUs is ``cuda:{k mod n_gpus}`` (one worker per GPU)."""
+    if device != "auto":
+        return device
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n <= 1:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not inside a worker
+        return device
+    return f"cuda:{int(name) % n}" if isinstance(name, int) or str(name).isdigit() else device
+
+
+def worker_render_model(spec: ModelSpec) -> AtlasModel:
+    """The model of a render task, loaded once per worker process on :func:`worker_device` (as it
+    is: the render gives the model channels-last inputs itself where that is faster)."""
+    with _CACHE_LOCK:
+        if spec not in _RENDER_MODELS:
+            t0 = time.perf_counter()
+            _RENDER_MODELS[spec] = spec.load(worker_device(spec.device))
+            log.info("worker %d loaded %s for rendering in %.1f s", os.getpid(), spec, time.perf_counter() - t0)
+        return _RENDER_MODELS[spec]
+
+
+def render_task(spec: ModelSpec, batch: Any, render_batch: Callable[[AtlasModel, Any], Any]) -> Any:
+    """The Dask task of one render batch: ``render_batch`` (the render stage passes
+    :func:`atlas.stages.render.render_icon_batch`; this module does not import the stage) on this worker's model."""
+    result = render_batch(worker_render_model(spec), batch)
+    result.worker = f"{socket.gethostname()}:{os.getpid()}"
+    return result
+
+
+def run_render_batches(
+    client: Client,
+    spec: ModelSpec,
+    batches: Sequence[Any],
+    *,
+    render_batch: Callable[[AtlasModel, Any], Any],
+    on_batch: Callable[[Any], None],
+    retries: int = 1,
+) -> int:
+    """Render ``batches`` (:class:`atlas.stages.render.IconBatch`) as Dask tasks, each
+    ``render_batch(model, batch)`` on a worker; ``on_batch(result)`` runs in the client for each
+    finished batch (the render stage writes it there).
+
+    Returns the number of batches done. Raises the first task error after cancelling the rest;
+    batches already handed to ``on_batch`` stay written, so the same render resumes.
+    """
+    from distributed import KilledWorker, as_completed
+
+    if not batches:
+        return 0
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(render_task, spec, b, render_batch, key=f"atlas-render-{run}-{b.size}-{int(b.rows[0]):08d}",
+                      retries=retries): b
+        for b in batches
+    }
+    done = 0
+    try:
+        for fut in as_completed(futures):
+            b = futures[fut]
+            try:
+                result = fut.result()
+            except KilledWorker as e:
+                raise RuntimeError(f"render batch of level {b.size}, rows {int(b.rows[0])}..{int(b.rows[-1])}, killed "
+                                   "every worker that ran it (out of memory? try a smaller batch_size); finished "
+                                   "batches are kept, rerun to resume") from e
+            on_batch(result)
+            done += 1
+            fut.release()
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+    return done
+
+
+# --------------------------------------------------------------------------- reduce chunks
+
+
+def slim_for_placement(est: Any) -> Any:
+    """A shallow copy of a fitted :class:`~atlas.stages.reduce.AtlasUMAP` without the UMAP model when
+    placement is knn: the workers need the placer's rows and index, not UMAP's graph."""
+    if getattr(est, "placement", None) != "knn" or not hasattr(est, "umap_"):
+        return est
+    slim = copy.copy(est)
+    del slim.umap_
+    return slim
+
+
+__all__ = [
+    "HOW_TO_START",
+    "BlockJob",
+    "BlockResult",
+    "ModelSpec",
+    "Scheduler",
+    "SchedulerError",
+    "client_for",
+    "collect_block",
+    "connect",
+    "keys_digest",
+    "local_cluster",
+    "parse_scheduler",
+    "portable_source",
+    "render_task",
+    "run_render_batches",
+    "run_collect_blocks",
+    "slim_for_placement",
+    "worker_device",
+    "worker_model",
+    "worker_render_model",
+    "worker_slots",
+    "worker_source",
+]

@@ -1,0 +1,184 @@
+"""The stage's inputs: the grid levels of ``cells.h5`` and the rendered icons of ``icons.h5``
+(read in blocks, never held open, so a render in progress can keep writing)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from atlas.store.common import ArtifactError, open_artifact
+from atlas.stages.tiles.hashing import PLACEHOLDER_DIGEST, U64
+from atlas.stages.tiles.settings import TilesError
+
+log = logging.getLogger("atlas.stages.tiles")
+
+
+@dataclass
+class Level:
+    size: int
+    min_count: int
+    cell_id: np.ndarray  # (M,) int64
+    coords: np.ndarray  # (M, 2) int64 (iy, ix)
+    center: np.ndarray  # (M, 2) float32 (y, x)
+    count: np.ndarray  # (M,) int64
+    top_classes: np.ndarray  # (M, k) int64
+    top_values: np.ndarray  # (M, k) float32
+    example_rows: np.ndarray  # (M, E) int64
+    example_images: np.ndarray  # (M, E) int64
+    done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    digest: np.ndarray = field(default_factory=lambda: np.zeros(0, U64))
+
+
+def _per_cell(a: np.ndarray, m: int) -> np.ndarray:
+    """``(m, k)``: one row per cell, also for a level that kept no cell (``(0, k)``)."""
+    a = np.asarray(a)
+    if m:
+        return a.reshape(m, -1)
+    return a.reshape(0, a.shape[-1] if a.ndim > 1 else 0)
+
+
+def read_cells(path: Path) -> tuple[dict[str, Any], list[Level]]:
+    try:
+        f = open_artifact(path, "cells", stage="grid")
+    except ArtifactError as e:
+        raise TilesError(str(e)) from e
+    with f:
+        if "levels" not in f:
+            raise TilesError(f"{path} has no /levels group; rerun `atlas grid`")
+        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+        sizes = sorted(int(s) for s in attrs.get("sizes", [])) or sorted(int(k) for k in f["levels"])
+        levels = []
+        for size in sizes:
+            if str(size) not in f["levels"]:
+                raise TilesError(f"{path} lists grid size {size} but has no /levels/{size}; rerun `atlas grid`")
+            g = f[f"levels/{size}"]
+            try:
+                level = Level(
+                    size=size,
+                    min_count=int(g.attrs.get("min_count", 1)),
+                    cell_id=g["cell_id"][:].astype(np.int64),
+                    coords=g["coords"][:].astype(np.int64).reshape(-1, 2),
+                    center=g["center"][:].astype(np.float32).reshape(-1, 2),
+                    count=g["count"][:].astype(np.int64),
+                    top_classes=_per_cell(g["top_classes"][:], len(g["cell_id"])).astype(np.int64),
+                    top_values=_per_cell(g["top_values"][:], len(g["cell_id"])).astype(np.float32),
+                    example_rows=_per_cell(g["example_rows"][:], len(g["cell_id"])).astype(np.int64),
+                    example_images=_per_cell(g["example_images"][:], len(g["cell_id"])).astype(np.int64),
+                )
+            except KeyError as e:
+                raise TilesError(f"{path} /levels/{size} lacks a dataset ({e}); rerun `atlas grid`") from e
+            bad = (level.coords < 0) | (level.coords >= size)
+            if bad.any() or np.any(level.cell_id != level.coords[:, 0] * size + level.coords[:, 1]):
+                raise TilesError(f"{path} /levels/{size}: coords and cell_id disagree or leave the grid; rerun `atlas grid`")
+            levels.append(level)
+    if not levels:
+        raise TilesError(f"{path} has no grid levels; rerun `atlas grid` with at least one size")
+    return attrs, levels
+
+
+def open_h5(path: Path, tries: int = 100, wait: float = 0.1) -> h5py.File:
+    """Open an HDF5 file for reading, waiting while a writer holds its lock (render mid-batch)."""
+    for attempt in range(tries):
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            if "lock" not in str(e).lower():
+                raise TilesError(f"{path} is not a readable HDF5 file ({e}); rerun the stage that writes it") from e
+            if attempt == tries - 1:
+                raise TilesError(f"{path} stayed locked by another process for {tries * wait:.0f} s "
+                                 "(a render writing?); run the tiles stage again in a moment") from e
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class IconSource:
+    """Where one level's icons live; the file is opened per block read, never held open, so a
+    render in progress can keep writing between our reads."""
+
+    path: Path
+    key: str  # dataset path, e.g. "levels/40/icons"
+    icon_size: int
+
+
+class IconRows:
+    """Reads icon rows of one level in contiguous blocks, with a small LRU of blocks."""
+
+    def __init__(self, source: IconSource, block: int = 256, keep: int = 8):
+        self.source, self.block, self.keep = source, block, keep
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __getitem__(self, row: int) -> np.ndarray:
+        b = row // self.block
+        arr = self._cache.get(b)
+        if arr is None:
+            with open_h5(self.source.path) as f:
+                arr = f[self.source.key][b * self.block:(b + 1) * self.block]
+            self._cache[b] = arr
+            if len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(b)
+        return arr[row - b * self.block]
+
+
+def icon_digests(source: IconSource | None, done: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(M,) uint64: a hash of each rendered icon's pixels; a fixed mark for cells not rendered."""
+    out = np.full(len(done), PLACEHOLDER_DIGEST, dtype=U64)
+    if source is None:
+        return out
+    for start in range(0, len(done), chunk):
+        rows = np.flatnonzero(done[start:start + chunk])
+        if not len(rows):
+            continue
+        with open_h5(source.path) as f:
+            block = f[source.key][start:start + chunk]
+        for r in rows:
+            d = hashlib.blake2b(block[r].tobytes(), digest_size=8).digest()
+            out[start + r] = int.from_bytes(d, "little") | 1  # never equals the placeholder mark
+    return out
+
+
+def read_icons(icons_path: Path, cells_path: Path, levels: list[Level]) -> tuple[dict[int, IconSource | None], int, str]:
+    """Each level's icon source (None: not rendered at all yet), the icon size and settings hash.
+
+    Fills each level's ``done`` flags (as of now: cells rendered later stay placeholders until
+    the next build) and icon ``digest``.
+    """
+    sources: dict[int, IconSource | None] = {}
+    with open_h5(icons_path) as fi:
+        if fi.attrs.get("kind") != "icons":
+            raise TilesError(f"{icons_path} holds {fi.attrs.get('kind')!r}, not 'icons': pass the render stage's icons.h5")
+        icon_size = int(fi.attrs.get("icon_size", 0))
+        icons_hash = str(fi.attrs.get("settings_hash", ""))
+        for level in levels:
+            key = f"levels/{level.size}"
+            if key not in fi or "icons" not in fi[key] or "done" not in fi[key]:
+                log.warning("%s has no icons for grid %d yet; drawing placeholders", icons_path, level.size)
+                sources[level.size] = None
+                level.done = np.zeros(len(level.cell_id), bool)
+                continue
+            ds = fi[f"{key}/icons"]
+            aligned = "cell_id" not in fi[key] or np.array_equal(fi[f"{key}/cell_id"][:], level.cell_id)
+            if ds.shape[0] != len(level.cell_id) or ds.ndim != 4 or ds.shape[3] != 3 or not aligned:
+                raise TilesError(
+                    f"{icons_path} grid {level.size} holds icons of shape {ds.shape} for other cells than the "
+                    f"{len(level.cell_id)} of {cells_path}: they were rendered from other cells; rerun `atlas render`"
+                )
+            icon_size = icon_size or int(ds.shape[1])
+            sources[level.size] = IconSource(icons_path, f"{key}/icons", int(ds.shape[1]))
+            level.done = fi[f"{key}/done"][:].astype(bool)
+    for level in levels:
+        level.digest = icon_digests(sources[level.size], level.done)
+    return sources, icon_size or 64, icons_hash
+
+
+__all__ = ["icon_digests", "IconRows", "IconSource", "Level", "open_h5", "read_cells", "read_icons"]
