@@ -323,6 +323,32 @@ def test_project_new_rows_onto_a_layout(layout_file: tuple[Path, object], acts_f
     np.testing.assert_allclose(again, project(path, x[1000:1100], est=est), atol=1e-6)
 
 
+def test_a_model_pickled_under_the_old_module_paths_still_loads(layout_file: tuple[Path, object], acts_file: Path,
+                                                                tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Runs written before the package was grouped by role pickled ``atlas.reduce.*`` classes."""
+    import pickle
+    import shutil
+
+    from atlas.store.pickles import moved_module
+
+    assert moved_module("atlas.reduce.estimator") == "atlas.stages.reduce.estimator"
+    assert moved_module("atlas.reducer") == "atlas.reducer" and moved_module("numpy") == "numpy"
+    path, _ = layout_file
+    old = tmp_path / "layout.h5"
+    shutil.copy(path, old)
+    blob = pickle.loads(model_path(path).read_bytes())
+    # protocol 2 names classes by "module\nname" lines, so the old paths can be written in
+    data = pickle.dumps(blob, protocol=2).replace(b"atlas.stages.reduce.", b"atlas.reduce.")
+    assert b"atlas.reduce.estimator" in data and b"atlas.stages." not in data
+    model_path(old).write_bytes(data)
+    with ActivationsFile(acts_file) as acts:
+        x = acts.read(LAYER, "activations", 1000, 1100)
+    with caplog.at_level(logging.WARNING):
+        est = load_placer(old, acts_file)
+    assert type(est).__module__ == "atlas.stages.reduce.estimator" and "refitting" not in caplog.text
+    np.testing.assert_allclose(project(old, x, est=est), project(path, x), atol=1e-6)
+
+
 # --------------------------------------------------------------------------- class atlases
 
 

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import logging
 import os
-import pickle
 import time
 import uuid
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from atlas.store.activations import ActivationsFile
 from atlas.store.common import settings_hash
 from atlas.store.layout import NONFINITE, PLACED, ZERO, LayoutWriter, model_path, read_layout, read_rows
 from atlas.store.lineage import check_output
+from atlas.store.pickles import load_pickle, save_pickle
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -359,10 +359,7 @@ def _fit_sample(acts: ActivationsFile, layer: str, row_ids: np.ndarray, settings
 
 
 def _save_model(est: AtlasUMAP, path: Path, digest: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        pickle.dump({"settings_hash": digest, "model": est}, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
+    save_pickle({"settings_hash": digest, "model": est}, path)
 
 
 def _load_model(path: Path, digest: str) -> AtlasUMAP | None:
@@ -370,8 +367,7 @@ def _load_model(path: Path, digest: str) -> AtlasUMAP | None:
         log.warning("%s is missing; refitting (same seed, same fit)", path)
         return None
     try:
-        with open(path, "rb") as fh:
-            blob = pickle.load(fh)
+        blob = load_pickle(path)
     except Exception as e:  # a truncated or foreign pickle: refit rather than fail
         log.warning("%s is unreadable (%s); refitting", path, e)
         return None
