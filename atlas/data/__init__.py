@@ -1,31 +1,33 @@
-"""Images in: sources, labels, decoding and loading for the collect stage (see :mod:`atlas.data.sources`).
+"""Images in: sources, labels, decoding and loading, for the collect stage and the tools.
 
 - :mod:`atlas.data.sources`: folders, list files, tar shards and globs as ordered image sources
+- :mod:`atlas.data.labels`: ImageNet class indices from WordNet ids in paths or list-file labels
+- :mod:`atlas.data.decoding`: bytes -> RGB image, or :class:`BadImage` with a stable skip reason
+- :mod:`atlas.data.loader`: a ``DataLoader`` dataset over a source; bad files counted, never fatal
 - :mod:`atlas.data.datasets`: named public image sets (Imagenette) a source spec can name
 """
 
-from atlas.data.sources import (
+from atlas.data.decoding import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_SIDE,
-    IMAGE_EXTENSIONS,
     SKIP_REASONS,
     BadImage,
+    decode_image,
+    open_photo,
+    reason_name,
+    to_rgb,
+)
+from atlas.data.labels import infer_label
+from atlas.data.loader import ImageDataset, collate_images, load_image, read_image_bytes
+from atlas.data.sources import (
+    IMAGE_EXTENSIONS,
     EmptySourceError,
     FolderSource,
-    ImageDataset,
     ImageRef,
     ImageSource,
     ListSource,
     TarSource,
-    collate_images,
-    decode_image,
-    infer_label,
-    load_image,
-    open_photo,
     open_source,
-    read_image_bytes,
-    reason_name,
-    to_rgb,
 )
 
 __all__ = [

@@ -35,37 +35,13 @@ column, else an ImageNet WordNet id (``n\\d{8}``, one of :func:`atlas.resources.
 at the start of the file name (``n01440764_tench.JPEG``) or as the name of an enclosing folder
 (``train/n01440764/x.jpg``; for tar shards the shard's own name counts as a folder), else -1.
 
-Decoding (:func:`decode_image`) returns an 8-bit RGB ``PIL.Image`` or raises :class:`BadImage`
-whose ``reason`` is one of :data:`SKIP_REASONS`; a bad file is counted and skipped, never fatal.
-Codes are stable (they are stored in the ``/images/status`` column of ``activations.h5``):
-
-====  ================  ==========================================================================
-code  reason            meaning
-====  ================  ==========================================================================
-0     ``ok``            decoded and used
-1     ``empty file``    zero bytes
-2     ``missing file``  listed, but the file (or tar shard) is not there
-3     ``not an image``  no known image format (e.g. text saved as ``.jpg``)
-4     ``truncated``     the image data ends early
-5     ``too large``     more than ``max_pixels`` pixels even after JPEG draft reduction
-6     ``too small``     a side shorter than ``min_side`` pixels
-7     ``unreadable``    anything else: a corrupt header or stream, an unsupported mode, an I/O error
-====  ================  ==========================================================================
-
-Mode conversion: grayscale (``1``, ``L``), palette (``P``), ``CMYK``, ``YCbCr`` and ``RGBX``
-convert with PIL; images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a
-transparent colour) are composited **on white**, since the colour under a fully transparent pixel
-is arbitrary and white is how the image looks on a page; 16-bit modes (``I;16``, ``I;16B``, ``I``)
-are scaled from 0..65535 to 0..255 (``I`` is clipped to that range first); float ``F`` images in
-[0, 1] are scaled by 255, other float ranges are stretched from their min..max. EXIF orientation
-and ICC profiles are not applied, as in torchvision's ``ImageFolder`` loader that ImageNet
-classifiers are trained with. Animated and multi-page files give their first frame.
+Decoding and its skip reasons are in :mod:`atlas.data.decoding`, labels in :mod:`atlas.data.labels`,
+reading images of a source for a ``DataLoader`` in :mod:`atlas.data.loader`.
 """
 
 from __future__ import annotations
 
 import abc
-import functools
 import io
 import logging
 import os
@@ -73,101 +49,29 @@ import re
 import tarfile
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import torch
-from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
-from atlas.resources import class_index, imagenet_wnids
+from atlas.data.labels import infer_label, parse_label
 
 log = logging.getLogger(__name__)
-
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "DEFAULT_MIN_SIDE",
-    "IMAGE_EXTENSIONS",
-    "SKIP_REASONS",
-    "BadImage",
-    "EmptySourceError",
-    "FolderSource",
-    "ImageDataset",
-    "ImageRef",
-    "ImageSource",
-    "ListSource",
-    "TarSource",
-    "collate_images",
-    "decode_image",
-    "infer_label",
-    "load_image",
-    "open_source",
-    "reason_name",
-    "to_rgb",
-]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 )
 
-SKIP_REASONS: dict[str, int] = {
-    "ok": 0,
-    "empty file": 1,
-    "missing file": 2,
-    "not an image": 3,
-    "truncated": 4,
-    "too large": 5,
-    "too small": 6,
-    "unreadable": 7,
-}
-_REASON_NAMES: dict[int, str] = {code: name for name, code in SKIP_REASONS.items()}
-
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_MIN_SIDE = 16
-
 PathLike = Union[str, os.PathLike]
 SourceSpec = Union[PathLike, Sequence[PathLike], "ImageSource"]
-TargetSize = Union[tuple[int, int], Callable[[int, int], tuple[int, int]], None]
 
-_WNID_AT_START = re.compile(r"(n\d{8})(?![0-9])")
-_WNID_FOLDER = re.compile(r"n\d{8}")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _ACCEPTED = (
     "a folder of images (searched recursively), a list file (one path a line, optional "
     "tab-separated label), a .tar shard, a glob like 'shards/*.tar', or a list of .tar paths"
 )
-# Signatures of formats PIL could decode: data that starts like one of these but cannot be opened
-# is a damaged image ("unreadable"), anything else is "not an image".
-_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"P1", b"P2",
-          b"P3", b"P4", b"P5", b"P6", b"P7")
-
-
-def reason_name(code: int) -> str:
-    """The reason (a :data:`SKIP_REASONS` key) of a status code; unknown codes raise ValueError."""
-    try:
-        return _REASON_NAMES[int(code)]
-    except KeyError:
-        raise ValueError(f"unknown status code {code}; known codes: {_REASON_NAMES}") from None
-
-
-class BadImage(Exception):
-    """An image that cannot be used; ``reason`` is a :data:`SKIP_REASONS` key, ``code`` its number."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        if reason not in SKIP_REASONS or reason == "ok":
-            raise ValueError(f"unknown skip reason {reason!r}; use one of {sorted(SKIP_REASONS)[1:]}")
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-    @property
-    def code(self) -> int:
-        return SKIP_REASONS[self.reason]
-
-    def __reduce__(self) -> tuple[Any, ...]:  # picklable across DataLoader workers
-        return (type(self), (self.reason, self.detail))
 
 
 class EmptySourceError(ValueError):
@@ -188,37 +92,6 @@ class ImageRef:
     index: int
     key: str
     label: int = -1
-
-
-# --------------------------------------------------------------------------------------- labels
-
-
-@functools.lru_cache(maxsize=1)
-def _wnid_to_index() -> dict[str, int]:
-    return {w: i for i, w in enumerate(imagenet_wnids())}
-
-
-def infer_label(path: str | os.PathLike | Sequence[str]) -> int:
-    """ImageNet class index from a WordNet id in a path, else -1.
-
-    The file name is checked first (``n01440764_tench.JPEG`` -> 0, ``n01440764.jpg`` -> 0), then
-    the enclosing folders from the nearest outwards (``n01443537/x.jpg`` -> 1). ``path`` is a path
-    or its components (file name last). Ids that are not ImageNet-1k classes do not count.
-    """
-    if isinstance(path, (str, os.PathLike)):
-        parts: Sequence[str] = PurePosixPath(os.fspath(path).replace("\\", "/")).parts
-    else:
-        parts = path
-    if not parts:
-        return -1
-    table = _wnid_to_index()
-    m = _WNID_AT_START.match(parts[-1])
-    if m and m.group(1) in table:
-        return table[m.group(1)]
-    for folder in reversed(parts[:-1]):
-        if _WNID_FOLDER.fullmatch(folder) and folder in table:
-            return table[folder]
-    return -1
 
 
 def _has_image_extension(name: str) -> bool:
@@ -413,7 +286,7 @@ class ListSource(ImageSource):
             key = fields[0].strip()
             if not key:
                 raise ValueError(f"{list_path}:{lineno}: no path before the tab; write 'path<TAB>label'")
-            label = _parse_label(fields[1], list_path, lineno) if len(fields) > 1 and fields[1].strip() else None
+            label = parse_label(fields[1], list_path, lineno) if len(fields) > 1 and fields[1].strip() else None
             if label is None:
                 label = infer_label(key)
             full = Path(key).expanduser()
@@ -427,19 +300,6 @@ class ListSource(ImageSource):
     def read_bytes(self, ref: ImageRef | str) -> bytes:
         with open(self.path(ref), "rb") as f:
             return f.read()
-
-
-def _parse_label(text: str, list_path: Path, lineno: int) -> int:
-    text = text.strip()
-    if re.fullmatch(r"-?\d+", text):
-        value = int(text)
-        if value < -1:
-            raise ValueError(f"{list_path}:{lineno}: label {value} is negative; use -1 for 'unknown'")
-        return value
-    try:
-        return class_index(text)
-    except ValueError as e:
-        raise ValueError(f"{list_path}:{lineno}: {e}") from None
 
 
 class TarSource(ImageSource):
@@ -676,289 +536,5 @@ def _from_files(paths: list[str], described: str) -> ImageSource:
     )
 
 
-# ------------------------------------------------------------------------------------- decoding
-
-
-def _classify_open_error(data: bytes, err: BaseException) -> BadImage:
-    if isinstance(err, UnidentifiedImageError):
-        if data.startswith(_MAGIC) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
-            return BadImage("unreadable", "starts like an image, but its header is damaged or cut short")
-        return BadImage("not an image", "no known image format")
-    return _classify_load_error(err)
-
-
-def _classify_load_error(err: BaseException) -> BadImage:
-    if isinstance(err, Image.DecompressionBombError):
-        return BadImage("too large", str(err))
-    if isinstance(err, MemoryError):
-        return BadImage("too large", "out of memory while decoding")
-    message = str(err) or type(err).__name__
-    if isinstance(err, EOFError) or "truncated" in message.lower():
-        return BadImage("truncated", message)
-    return BadImage("unreadable", f"{type(err).__name__}: {message}")
-
-
-def _open(data: bytes) -> Image.Image:
-    """Open (header only). JPEGs are opened directly so that a JPEG over PIL's own pixel limit can
-    still be reduced with draft(); :func:`decode_image` applies its ``max_pixels`` instead."""
-    if data[:3] == b"\xff\xd8\xff":
-        try:
-            return JpegImagePlugin.JpegImageFile(io.BytesIO(data))
-        except SyntaxError:
-            pass  # not a JPEG after all: let PIL identify it
-    return Image.open(io.BytesIO(data))
-
-
-def _jpeg_scale(size: tuple[int, int], target: tuple[int, int] | None, max_pixels: int) -> int | None:
-    """The DCT scale (1, 2, 4 or 8) to decode a JPEG at, or None when none fits ``max_pixels``.
-
-    With a target, the largest scale that keeps both sides >= the target (libjpeg rounds sides up,
-    so ``w >= s * tw`` is enough); without one, the smallest scale under the pixel limit.
-    """
-    w, h = size
-
-    def pixels(s: int) -> int:
-        return (-(-w // s)) * (-(-h // s))
-
-    if target is not None:
-        tw, th = target
-        s = max((s for s in (2, 4, 8) if w >= s * tw and h >= s * th), default=1)
-        return s if pixels(s) <= max_pixels else None
-    return next((s for s in (1, 2, 4, 8) if pixels(s) <= max_pixels), None)
-
-
-def decode_image(
-    data: bytes,
-    *,
-    target_size: TargetSize = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    min_side: int = DEFAULT_MIN_SIDE,
-) -> Image.Image:
-    """Decode encoded image bytes to an 8-bit RGB ``PIL.Image``; raise :class:`BadImage` if unusable.
-
-    Args:
-        data: the file's bytes.
-        target_size: ``(width, height)`` the image will be resized to next, or a function
-            ``(width, height) -> (w, h)`` such as :meth:`atlas.models.ImageTransform.target_size`.
-            JPEGs are then decoded at a reduced DCT scale (1/2, 1/4 or 1/8, via ``Image.draft``)
-            that never goes below it. ``None`` (default): full size.
-        max_pixels: images with more pixels are refused (``"too large"``) before any pixel buffer
-            is allocated; a JPEG is first reduced by draft where that brings it under the limit
-            (and, with a target, keeps it at least that large). Default 50 M. PIL's own
-            ``Image.MAX_IMAGE_PIXELS`` still applies to non-JPEG formats (over twice it:
-            ``"too large"``).
-        min_side: images with a side shorter than this are refused (``"too small"``). Default 16.
-
-    Returns:
-        A loaded ``RGB`` image (see the module docstring for how modes are converted).
-
-    Raises:
-        BadImage: reason ``"empty file"``, ``"not an image"``, ``"truncated"``, ``"too large"``,
-            ``"too small"`` or ``"unreadable"``. No other exception escapes for bad data.
-    """
-    if not data:
-        raise BadImage("empty file")
-    try:
-        img = _open(data)
-        w, h = img.size
-        if min(w, h) < min_side:
-            raise BadImage("too small", f"{w}x{h}, sides must be at least {min_side}")
-        target = target_size(w, h) if callable(target_size) else target_size
-        if isinstance(img, JpegImagePlugin.JpegImageFile) and (target is not None or w * h > max_pixels):
-            scale = _jpeg_scale((w, h), target, max_pixels)
-            if scale is None:
-                raise BadImage("too large", f"{w}x{h} = {w * h} pixels, over {max_pixels} even at 1/8 scale")
-            if scale > 1:
-                img.draft("RGB", (w // scale, h // scale))
-        if img.size[0] * img.size[1] > max_pixels:
-            raise BadImage("too large", f"{w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
-        img.load()
-        return to_rgb(img)
-    except BadImage:
-        raise
-    except UnidentifiedImageError as e:
-        raise _classify_open_error(data, e) from None
-    except Exception as e:  # noqa: BLE001 -- any decoder failure on bad data is a skipped image
-        raise _classify_load_error(e) from None
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert a loaded image of any PIL mode to 8-bit ``RGB`` (rules in the module docstring).
-
-    Raises ``ValueError`` for a mode without a conversion (e.g. ``LAB``).
-    """
-    mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
-        return img
-    if mode.startswith("I;16") or mode == "I":
-        wide = np.asarray(img).astype(np.int64)
-        # round(x * 255 / 65535): 65535 -> 255, 32768 -> 128, 257 -> 1
-        eight = (np.clip(wide, 0, 65535) * 255 + 32767) // 65535
-        return Image.fromarray(eight.astype(np.uint8), "L").convert("RGB")
-    if mode == "F":
-        x = np.asarray(img, dtype=np.float64)
-        x = np.where(np.isfinite(x), x, 0.0)
-        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
-        if lo < 0.0 or hi > 1.0:
-            x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
-        return Image.fromarray(np.rint(x * 255.0).astype(np.uint8), "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return img.convert("RGB")
-
-
-def load_image(
-    source: ImageSource,
-    ref: ImageRef,
-    *,
-    target_size: TargetSize = None,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    min_side: int = DEFAULT_MIN_SIDE,
-) -> Image.Image:
-    """Read and decode one image of a source; every failure is a :class:`BadImage`.
-
-    Read errors map to ``"missing file"`` (file or shard gone), ``"truncated"`` (a tar member
-    past the end of its shard) and ``"unreadable"`` (other I/O errors); the rest is
-    :func:`decode_image`.
-    """
-    return decode_image(read_image_bytes(source, ref), target_size=target_size, max_pixels=max_pixels,
-                        min_side=min_side)
-
-
-def open_photo(path: str | os.PathLike) -> Image.Image:
-    """One photo file given by a user, decoded to RGB; ``ValueError`` saying why for a missing
-    file or one that is not a usable image (the reasons of :class:`BadImage`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path} does not exist; give the path of a photo (JPEG, PNG, ...)")
-    try:
-        return decode_image(path.read_bytes())
-    except BadImage as e:
-        raise ValueError(f"{path} cannot be used as a photo: {e.reason}") from e
-
-
-def read_image_bytes(source: ImageSource, ref: ImageRef) -> bytes:
-    """The file bytes of one image; read errors become a :class:`BadImage` with reason
-    ``"missing file"``, ``"truncated"`` or ``"unreadable"`` (see :func:`load_image`)."""
-    try:
-        return source.read_bytes(ref)
-    except FileNotFoundError as e:
-        raise BadImage("missing file", str(e)) from None
-    except EOFError as e:
-        raise BadImage("truncated", str(e)) from None
-    except OSError as e:
-        raise BadImage("unreadable", f"{type(e).__name__}: {e}") from None
-
-
-# -------------------------------------------------------------------------------------- dataset
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """A map-style dataset over (a subset of) a source: item ``i`` is
-    ``(image index, (3, S, S) float tensor in [0, 1] or None, status code)``.
-
-    Args:
-        source: the images.
-        transform: PIL RGB image -> (3, S, S) tensor, e.g. :class:`atlas.models.ImageTransform`.
-            Exceptions it raises are not caught (a failing transform is a bug, not a bad file).
-        indices: source indices to serve, in this order (default: all). Lets a caller shard a
-            source across processes or skip images already done.
-        target_size: the JPEG draft target (see :func:`decode_image`); default: the transform's
-            ``target_size(width, height)`` method when it has one, else full-size decoding.
-        max_pixels, min_side: as in :func:`decode_image`.
-
-    A bad image gives ``(index, None, code)`` with a non-zero :data:`SKIP_REASONS` code and a
-    DEBUG log line with the key and the reason. Batch with :attr:`collate_fn` (or
-    :func:`collate_images`).
-    """
-
-    def __init__(
-        self,
-        source: ImageSource,
-        transform: Callable[[Image.Image], torch.Tensor],
-        indices: Sequence[int] | np.ndarray | None = None,
-        *,
-        target_size: TargetSize = None,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        min_side: int = DEFAULT_MIN_SIDE,
-    ):
-        n = len(source)
-        if indices is None:
-            idx = np.arange(n, dtype=np.int64)
-        else:
-            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-            if idx.size and (idx.min() < 0 or idx.max() >= n):
-                bad = int(idx[(idx < 0) | (idx >= n)][0])
-                raise ValueError(f"index {bad} is out of range for a source of {n} images (0..{n - 1})")
-        if max_pixels < 1 or min_side < 1:
-            raise ValueError(f"max_pixels ({max_pixels}) and min_side ({min_side}) must be positive")
-        self.source = source
-        self.transform = transform
-        self.indices = idx
-        self.target_size: TargetSize = target_size if target_size is not None else getattr(
-            transform, "target_size", None
-        )
-        self.max_pixels = max_pixels
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int]:
-        index = int(self.indices[i])
-        ref = self.source.refs()[index]
-        try:
-            img = load_image(self.source, ref, target_size=self.target_size,
-                             max_pixels=self.max_pixels, min_side=self.min_side)
-        except BadImage as e:
-            log.debug("skipping image %d (%s): %s", index, ref.key, e)
-            return index, None, e.code
-        return index, self.transform(img), 0
-
-    @property
-    def image_shape(self) -> tuple[int, int, int] | None:
-        """(3, S, S) when the transform has an integer ``crop`` (as ImageTransform), else None."""
-        crop = getattr(self.transform, "crop", None)
-        return (3, crop, crop) if isinstance(crop, int) else None
-
-    @property
-    def collate_fn(self) -> Callable[[Sequence[tuple[int, torch.Tensor | None, int]]], tuple]:
-        """:func:`collate_images` that knows :attr:`image_shape` (for all-failed batches); picklable."""
-        return functools.partial(collate_images, image_shape=self.image_shape)
-
-
-def collate_images(
-    batch: Sequence[tuple[int, torch.Tensor | None, int]],
-    *,
-    image_shape: tuple[int, int, int] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
-    """Batch :class:`ImageDataset` items, setting the failed ones aside.
-
-    Returns:
-        indices: (B,) int64 image index of every item, in batch order.
-        images: (B_ok, 3, S, S) float tensors of the decoded items; when all failed, an empty
-            ``(0, *image_shape)`` tensor (``(0, 3, 0, 0)`` if ``image_shape`` is not given).
-        ok: (B_ok,) int64 image index of each row of ``images``.
-        failures: ``(image index, status code)`` of each failed item.
-    """
-    indices = torch.tensor([int(item[0]) for item in batch], dtype=torch.int64)
-    good: list[tuple[int, torch.Tensor]] = []
-    failures: list[tuple[int, int]] = []
-    for index, tensor, code in batch:
-        if code == 0 and tensor is not None:
-            good.append((int(index), tensor))
-        else:
-            failures.append((int(index), int(code) or SKIP_REASONS["unreadable"]))
-    ok = torch.tensor([i for i, _ in good], dtype=torch.int64)
-    if not good:
-        return indices, torch.empty((0, *(image_shape or (3, 0, 0)))), ok, failures
-    shapes = {tuple(t.shape) for _, t in good}
-    if len(shapes) > 1:
-        raise ValueError(
-            f"the transform returned tensors of different shapes {sorted(shapes)}; it must crop "
-            f"every image to the same size (e.g. ImageTransform(resize, crop, ...))"
-        )
-    return indices, torch.stack([t for _, t in good]), ok, failures
+__all__ = ["IMAGE_EXTENSIONS", "EmptySourceError", "FolderSource", "ImageRef", "ImageSource", "ListSource",
+           "SourceSpec", "TarSource", "open_source"]
