@@ -27,12 +27,13 @@ import torch
 from distributed import Client, LocalCluster
 
 import imagegen
-from atlas.stages.collect.stage import CollectSettings, collect
 from atlas.config import ConfigError, load_config
 from atlas.data import open_source
-from atlas.runtime.distributed import BlockJob, ModelSpec, SchedulerError, collect_block, keys_digest, parse_scheduler
 from atlas.models import AtlasModel, load_model
 from atlas.pipeline import run_pipeline
+from atlas.runtime.distributed import ModelSpec, SchedulerError, keys_digest, parse_scheduler
+from atlas.stages.collect.blocks import BlockJob, collect_block
+from atlas.stages.collect.stage import CollectSettings, collect
 from atlas.stages.reduce import reduce_file
 from atlas.store.activations import ActivationsFile, parts_dir_for
 from atlas.store.layout import read_layout

@@ -43,13 +43,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from atlas.stages.collect.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
 from atlas.checks import at_least
 from atlas.data import SKIP_REASONS, ImageDataset, ImageSource, open_source
 from atlas.data.datasets import resolve_source
-from atlas.runtime.distributed import ModelSpec, Scheduler
 from atlas.models import AtlasModel, load_model, resolve_device
-from atlas.stages.collect.rows import CollectSettings, buffer_batch, capture_until_last, commit_block, compute_rows, sample_positions
+from atlas.runtime.distributed import ModelSpec, Scheduler
+from atlas.stages.collect.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
+from atlas.stages.collect.rows import (
+    CollectSettings,
+    buffer_batch,
+    capture_until_last,
+    commit_block,
+    compute_rows,
+    sample_positions,
+)
 from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
 from atlas.store.lineage import check_output
 
@@ -452,9 +459,10 @@ def _collect_distributed(
     decode: str = "auto",
     precision: str = "fp32",
 ) -> tuple[int, dict[str, int]]:
-    """Collect blocks ``todo`` as Dask tasks (:mod:`atlas.runtime.distributed`); returns
+    """Collect blocks ``todo`` as Dask tasks (:mod:`atlas.stages.collect.blocks`); returns
     ``(images done, skipped images by reason)``."""
-    from atlas.runtime.distributed import BlockJob, client_for, keys_digest, portable_source, run_collect_blocks
+    from atlas.runtime.distributed import client_for, keys_digest, portable_source
+    from atlas.stages.collect.blocks import BlockJob, run_collect_blocks
 
     if not todo:
         return 0, {}
