@@ -9,8 +9,8 @@ min_count``, the command line as ``--min-count``. ``str(error)`` is ``"<key> <re
 from __future__ import annotations
 
 import math
-import os
 import numbers
+import os
 from collections.abc import Collection, Iterable
 from typing import Any
 

@@ -122,9 +122,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from atlas.models import load_model
     from atlas.tools.attribution import METHODS
     from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, evaluate_methods, explain_figure, explain_photo
-    from atlas.models import load_model
 
     if args.methods in (None, "default"):
         methods = DEFAULT_METHODS
@@ -186,8 +186,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_adversarial(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.tools.adversarial import describe_eps, eps_from_cli, list_photos, run_adversarial
     from atlas.models import load_model
+    from atlas.tools.adversarial import describe_eps, eps_from_cli, list_photos, run_adversarial
 
     budgets = [eps_from_cli(v, args.norm) for v in args.eps]
     photos = list_photos(args.photos, args.limit)
@@ -206,8 +206,8 @@ def cmd_adversarial(args: argparse.Namespace) -> int:
 
 
 def cmd_fool(args: argparse.Namespace) -> int:
-    from atlas.tools.fooling import fooling_gallery, fooling_images
     from atlas.models import load_model
+    from atlas.tools.fooling import fooling_gallery, fooling_images
 
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
@@ -235,8 +235,8 @@ def _run_file(run_dir: str | None, explicit: str | None, name: str) -> str:
 def cmd_attack(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.tools.attack import AttackSettings, run_attack
     from atlas.models import load_model
+    from atlas.tools.attack import AttackSettings, run_attack
 
     settings = AttackSettings(
         source=args.source, target=args.target, level=args.level, candidates=args.candidates,
@@ -397,8 +397,8 @@ def cmd_style(args: argparse.Namespace) -> int:
 def cmd_channels(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from atlas.tools.channels import channel_view, channels_figure, publish_channel_view, write_channels_html
     from atlas.models import load_model
+    from atlas.tools.channels import channel_view, channels_figure, publish_channel_view, write_channels_html
 
     if args.top < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}; use --all to render every channel")

@@ -32,19 +32,20 @@ import dataclasses
 import difflib
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
+import tomllib
+
 from atlas.checks import SettingError
+from atlas.models import ModelError, check_device, check_model_spec
+from atlas.stages.classes import SubAtlasSettings
 from atlas.stages.collect.stage import CollectSettings, check_loader
 from atlas.stages.grid import GridSettings
-from atlas.models import ModelError, check_device, check_model_spec
 from atlas.stages.reduce import ReduceSettings
 from atlas.stages.render import check_render_settings
-from atlas.stages.classes import SubAtlasSettings
 from atlas.stages.tiles import TileSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -31,8 +31,8 @@ import psutil
 import torch
 from PIL import Image
 
-from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs
 from atlas.models import load_model
+from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs
 
 
 class PeakRSS:

@@ -27,13 +27,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-import numpy as np
-
+from atlas.models import load_model
 from atlas.tools.attribution import last_spatial_layer
 from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, MethodScores, MethodSettings, evaluate_methods
-from atlas.models import load_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,9 +49,16 @@ from PIL import Image, ImageDraw
 
 from atlas import optvis
 from atlas.models import AtlasModel, capture, load_model
-from atlas.stages.render import (DEFAULT_COSSIM_POW, DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, ICON_VIEWS, _icon_cossim,
-                          cell_generator,
-                          icon_view_transforms, render_directions)
+from atlas.stages.render import (
+    DEFAULT_COSSIM_POW,
+    DEFAULT_ICON_OBJECTIVE,
+    DEFAULT_ICON_VIEW,
+    ICON_VIEWS,
+    _icon_cossim,
+    cell_generator,
+    icon_view_transforms,
+    render_directions,
+)
 from atlas.store.cells import cells_attrs, read_cells
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS
 from atlas.models import load_model
+from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS
 from atlas.tools.sanity import cascading_randomization
 
 

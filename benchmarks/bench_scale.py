@@ -181,8 +181,8 @@ def cmd_workers(args: argparse.Namespace) -> dict:
     import torch
     from distributed import Client, LocalCluster
 
-    from atlas.stages.collect.stage import CollectSettings, collect
     from atlas.runtime.distributed import ModelSpec, local_cluster
+    from atlas.stages.collect.stage import CollectSettings, collect
 
     torch.set_num_threads(1)
     _setup_model_env(args.weights, args.size)
@@ -260,9 +260,9 @@ def per_image_costs(photos: list[Path], args: argparse.Namespace) -> dict:
     compute per image with attribution (the real cost) and without it (one plain forward)."""
     import torch
 
-    from atlas.stages.collect.stage import CollectSettings, compute_rows, layer_specs
     from atlas.data import ImageDataset, open_source
     from atlas.models import load_model
+    from atlas.stages.collect.stage import CollectSettings, compute_rows, layer_specs
 
     model = load_model("inceptionv1", device="cpu").to(memory_format=torch.channels_last)
     src = open_source([str(p) for p in photos])
@@ -332,11 +332,10 @@ def cmd_stage_size(args: argparse.Namespace) -> None:
     import logging
 
     sys.path.insert(0, str(HERE))
-    from bench_reduce_grid import write_synthetic
-
     from atlas.stages.grid import grid_file
     from atlas.stages.reduce import reduce_file
     from atlas.store.layout import model_path
+    from bench_reduce_grid import write_synthetic
 
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.workdir)
@@ -382,8 +381,8 @@ def cmd_collect_scaling(args: argparse.Namespace) -> dict:
     from distributed import Client
 
     import atlas.stages.collect.stage as collect_mod
-    from atlas.stages.collect.stage import CollectSettings, collect
     from atlas.runtime.distributed import ModelSpec, local_cluster
+    from atlas.stages.collect.stage import CollectSettings, collect
 
     _setup_model_env(args.weights, args.size)
     work = Path(args.workdir)

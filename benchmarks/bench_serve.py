@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_tiles import write_synthetic  # noqa: E402
-
 from atlas.stages.tiles import build_tiles  # noqa: E402
+from bench_tiles import write_synthetic  # noqa: E402
 
 
 def free_port() -> int:

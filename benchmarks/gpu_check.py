@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atlas.stages.collect.stage import collect
 from atlas.models import load_model
 from atlas.pipeline import run_pipeline
-from atlas.stages.render import IconBatch, render_icon_batch
 from atlas.stages.collect.rows import CollectSettings
+from atlas.stages.collect.stage import collect
+from atlas.stages.render import IconBatch, render_icon_batch
 from atlas.store.activations import ActivationsFile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from atlas.tools.adversarial import attack_photos, fgsm, list_photos, perturbation_norm, pgd, run_adversarial
 from atlas.models import load_model
+from atlas.tools.adversarial import attack_photos, fgsm, list_photos, perturbation_norm, pgd, run_adversarial
 
 S = 8
 

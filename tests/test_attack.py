@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from atlas.models import capture, load_model
 from atlas.tools.attack import (
     CORNERS,
     AttackSettings,
@@ -23,7 +24,6 @@ from atlas.tools.attack import (
     source_images,
     wilson_interval,
 )
-from atlas.models import capture, load_model
 
 
 class CornerNet(nn.Module):
@@ -107,9 +107,9 @@ def test_comparison_rows_are_the_per_position_attribution(model, tiny_run):
 
 
 def test_comparison_cells_score_the_rows_placed_on_the_atlas(model, tiny_run):
-    from atlas.tools.explain import load_photo
     from atlas.stages.grid import grid_cells
     from atlas.stages.reduce import project
+    from atlas.tools.explain import load_photo
 
     x = torch.cat([load_photo(tiny_run.parent / "photos" / f"p{i}.jpg", model) for i in range(3)])
     rows = comparison_rows(model, "inception4c", x, source=3, target=7)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atlas.models import load_model
 from atlas.tools.attribution import (
     deletion_insertion,
     grad_cam,
@@ -17,7 +18,6 @@ from atlas.tools.attribution import (
     saliency,
     smoothgrad,
 )
-from atlas.models import load_model
 
 
 class Linear(nn.Module):

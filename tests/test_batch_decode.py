@@ -17,6 +17,8 @@ import pytest
 import torch
 
 import imagegen
+from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image, open_source
+from atlas.models import ImageTransform, load_model
 from atlas.stages.collect.batch_decode import (
     EncodedImageDataset,
     autocast,
@@ -25,10 +27,8 @@ from atlas.stages.collect.batch_decode import (
     resize_crop,
     resolve_decode,
 )
-from atlas.stages.collect.stage import CollectSettings, collect
-from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image, open_source
-from atlas.models import ImageTransform, load_model
 from atlas.stages.collect.rows import capture_until_last
+from atlas.stages.collect.stage import CollectSettings, collect
 from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")

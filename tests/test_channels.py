@@ -7,9 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tinynet import Tiny
 
 import atlas.tools.channels as channels_mod
+from atlas.cli import main
+from atlas.models import load_model
+from atlas.store.channel_icons import ChannelIconCache, read_channel_icons
+from atlas.store.common import ArtifactError
 from atlas.tools.channels import (
     channel_cache_path,
     channel_view,
@@ -17,10 +20,7 @@ from atlas.tools.channels import (
     fill_channel_cache,
     write_channels_html,
 )
-from atlas.cli import main
-from atlas.models import load_model
-from atlas.store.channel_icons import ChannelIconCache, read_channel_icons
-from atlas.store.common import ArtifactError
+from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs, sample_positions
 from atlas.data import SKIP_REASONS, EmptySourceError
 from atlas.models import load_model
+from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs, sample_positions
 from atlas.store.activations import ActivationsFile, parts_dir_for
 
 

@@ -8,12 +8,12 @@ import pickle
 import time
 from pathlib import Path
 
-import imagegen as gen
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import imagegen as gen
 from atlas.data import (
     IMAGE_EXTENSIONS,
     SKIP_REASONS,

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tinynet import Tiny
 
 from atlas import optvis
 from atlas.cli import main
 from atlas.models import load_model
 from atlas.optvis.dream import deep_dream, dream, octave_sizes, read_image
+from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, explain_figure, explain_photo, layer_position_attribution
 from atlas.models import load_model
+from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, explain_figure, explain_photo, layer_position_attribution
 
 
 @pytest.fixture(scope="module")

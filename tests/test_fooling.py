@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from atlas.tools.fooling import class_log_prob, fooling_gallery, fooling_images, score_images
 from atlas.models import load_model
 from atlas.optvis import LOGITS
+from atlas.tools.fooling import class_log_prob, fooling_gallery, fooling_images, score_images
 
 
 @pytest.fixture(scope="module")

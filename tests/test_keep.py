@@ -196,8 +196,8 @@ def test_run_with_one_changed_key_stops_before_redoing_anything(run: Path, capsy
 def test_a_changed_layout_makes_render_and_tiles_stale(run: Path, model) -> None:
     from atlas.stages.reduce import ReduceSettings, reduce_file
     from atlas.stages.render import render_cells
-    from atlas.web.serve.runs import find_runs
     from atlas.stages.tiles import build_tiles
+    from atlas.web.serve.runs import find_runs
 
     reduce_file(run / "activations.h5", run / "layout.h5", ReduceSettings(n_neighbors=7), progress=False,
                 overwrite=True)

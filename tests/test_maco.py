@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tinynet import Tiny
 
 from atlas import optvis
 from atlas.models import load_model
-from atlas.optvis.param import MacoImage, color_correlation_normalized, make_image, maco_image
-from atlas.optvis.spectrum import (SPECTRUM_SIZE, compute_magnitude, main, natural_magnitude,
-                                   resample_magnitude)
+from atlas.optvis.param import MacoImage, color_correlation_normalized, maco_image, make_image
+from atlas.optvis.spectrum import SPECTRUM_SIZE, compute_magnitude, main, natural_magnitude, resample_magnitude
+from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

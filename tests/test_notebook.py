@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 import atlas
-from atlas.web.notebook import AtlasView, ImageView
 from atlas.stages.tiles import build_tiles
+from atlas.web.notebook import AtlasView, ImageView
 from atlasfixture import write_fake_run
 from test_viewer import browser  # noqa: F401 (browser is a fixture)
 

@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from tinynet import Tiny
 from torch import nn
 
 from atlas import optvis
@@ -20,7 +19,7 @@ from atlas.models import capture, load_model
 from atlas.optvis import Objective
 from atlas.optvis.param import COLOR_CORRELATION_SVD_SQRT, rfft2d_freqs
 from atlas.optvis.transform import apply
-
+from tinynet import Tiny
 
 # --------------------------------------------------------------------------- helpers
 

@@ -13,16 +13,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from tinynet import Tiny
 
-from atlas.stages import render as render_mod
 from atlas.models import capture, load_model
 from atlas.optvis import icon_transforms
+from atlas.stages import render as render_mod
 from atlas.stages.render import cell_generator, render_cells
 from atlas.store.cells import CellLevel, read_cells, write_cells
 from atlas.store.common import SettingsChangedError
 from atlas.store.icons import IconsFile, read_icons
-
+from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,9 +19,9 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from atlas.stages import render as render_mod
-from atlas.runtime.distributed import ModelSpec, worker_device
 from atlas.models import AtlasModel, load_model
+from atlas.runtime.distributed import ModelSpec, worker_device
+from atlas.stages import render as render_mod
 from atlas.stages.render import IconBatch, compile_model, render_cells, render_icon_batch
 from atlas.store.icons import read_icons
 from test_render import write_fake_cells

@@ -15,8 +15,8 @@ from urllib.parse import quote
 
 import pytest
 
-from atlas.web.serve import make_server, serve
 from atlas.stages.tiles import build_tiles
+from atlas.web.serve import make_server, serve
 from atlasfixture import write_fake_run
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tinynet import Tiny
 
 from atlas import optvis
 from atlas.cli import main
 from atlas.models import load_model
 from atlas.optvis.neural_style import content, gram_matrix, layer_activations, style, style_targets, style_transfer
+from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from atlas.models import load_model
+from atlas.stages.classes import SubAtlasSettings, class_atlas, class_folder, compare_folder, comparison_atlas, slug
 from atlas.stages.reduce import class_attribution, resolve_class, select_class_rows
 from atlas.store.activations import ActivationsFile
 from atlas.store.layout import read_layout
-from atlas.stages.classes import SubAtlasSettings, class_atlas, class_folder, compare_folder, comparison_atlas, slug
 
 SMALL = SubAtlasSettings(sizes=(2, 3), min_count=1, class_top_n=40, icon_size=64, steps=2, batch_size=8)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from atlas.store.common import SettingsChangedError
 from atlas.stages.tiles import TilesError, build_tiles, density_scale, plan_pyramid, read_manifest
+from atlas.store.common import SettingsChangedError
 from atlasfixture import BLOB_CLASSES, icon_color, mark_done, write_fake_run
 
 # sizes 4/8/16, 16 px icons drawn 1:1, 64 px tiles, margin 8 px: hand-checkable numbers

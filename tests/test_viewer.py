@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from atlas.web.serve import make_server
 from atlas.stages.tiles import build_tiles
+from atlas.web.serve import make_server
 from atlasfixture import write_fake_run
 
 pytestmark = pytest.mark.browser
@@ -348,8 +348,8 @@ def test_run_picker_switches_atlas(vpage):
 @pytest.fixture(scope="module")
 def explained_site(tiny_run):
     """`atlas serve` over a real (tiny) run with one photo placed by `atlas explain --atlas`."""
-    from atlas.tools.explain import explain_photo, place_on_atlas, write_overlay
     from atlas.models import load_model
+    from atlas.tools.explain import explain_photo, place_on_atlas, write_overlay
 
     model = load_model("inceptionv1", random_init=True)
     e = explain_photo(model, tiny_run.parent / "photos" / "p7.jpg", methods=("saliency",))
@@ -406,10 +406,10 @@ def test_channel_view_is_listed_and_opens_from_the_viewer(browser, tiny_run, tmp
     import shutil
 
     import torch
-    from tinynet import Tiny
 
-    from atlas.tools.channels import channel_view, publish_channel_view
     from atlas.models import load_model
+    from atlas.tools.channels import channel_view, publish_channel_view
+    from tinynet import Tiny
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "tiles", run / "tiles")  # the shared tiny run stays as it is

@@ -61,11 +61,11 @@ def _rename_classes(tiles: Path) -> None:
 def hostile_root(tiny_run, tmp_path_factory):
     """A folder of two atlases: ``HOSTILE_RUN/tiles`` and ``plain/tiles``, hostile names inside."""
     import torch
-    from tinynet import Tiny
 
+    from atlas.models import load_model
     from atlas.tools.channels import channel_view, publish_channel_view
     from atlas.tools.explain import explain_photo, place_on_atlas, write_overlay
-    from atlas.models import load_model
+    from tinynet import Tiny
 
     root = tmp_path_factory.mktemp("hostile")
     run = root / HOSTILE_RUN

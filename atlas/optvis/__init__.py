@@ -19,6 +19,8 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.vis`: :func:`visualize`, text spec -> PNG (``atlas vis``).
 """
 
+from atlas.optvis.dream import DreamResult, deep_dream, octave_sizes
+from atlas.optvis.neural_style import content, gram_matrix, style, style_targets
 from atlas.optvis.objectives import (
     LOGITS,
     Objective,
@@ -36,7 +38,6 @@ from atlas.optvis.objectives import (
     whitening_from_covariance,
     whitening_matrix,
 )
-from atlas.optvis.dream import DreamResult, deep_dream, octave_sizes
 from atlas.optvis.optimize import VisResult, evaluate, render_vis, save_png, to_uint8
 from atlas.optvis.param import (
     PARAMETERIZATIONS,
@@ -50,7 +51,6 @@ from atlas.optvis.param import (
     make_image,
     pixel_image,
 )
-from atlas.optvis.neural_style import content, gram_matrix, style, style_targets
 from atlas.optvis.transform import (
     Transform,
     icon_transforms,

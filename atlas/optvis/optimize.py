@@ -38,12 +38,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from atlas.models import AtlasModel, capture, resolve_device
-from atlas.runtime.precision import autocast, check_precision
 from atlas.optvis.objectives import LOGITS, Objective
 from atlas.optvis.param import Generators, fft_image, per_item_generators
 from atlas.optvis.relu import redirected_relu
 from atlas.optvis.rng import BatchRNG
 from atlas.optvis.transform import Transform, apply, standard_transforms
+from atlas.runtime.precision import autocast, check_precision
 
 __all__ = ["VisResult", "evaluate", "render_vis", "save_png", "to_uint8"]
 

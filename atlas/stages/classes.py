@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from atlas.checks import at_least
-from atlas.stages.grid import check_grid_sizes
 from atlas.models import AtlasModel
+from atlas.stages.grid import check_grid_sizes
 from atlas.stages.reduce.placement import REFINE_EPOCHS
 from atlas.stages.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, DEFAULT_LR, check_render_settings
 from atlas.store.lineage import keep_or_replace
@@ -175,8 +175,8 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
     the outputs made with other settings)."""
     from atlas.stages.grid import GridSettings, grid_file
     from atlas.stages.render import render_cells
-    from atlas.store.layout import read_layout
     from atlas.stages.tiles import build_tiles
+    from atlas.store.layout import read_layout
 
     grid_settings = GridSettings(sizes=settings.sizes, min_count=settings.min_count)
     grid = keep_or_replace(lambda again: grid_file(

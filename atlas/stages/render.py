@@ -76,13 +76,13 @@ from tqdm.auto import tqdm
 from atlas.checks import at_least, non_negative_number, one_of, positive_number
 from atlas.checks import sizes as check_sizes
 from atlas.models import AtlasModel, resolve_device
-from atlas.runtime.precision import PRECISIONS
 from atlas.optvis import Objective, directions, evaluate, fft_image, icon_transforms, render_vis, to_uint8
-from atlas.optvis.transform import Transform, apply
-from atlas.store.cells import cells_attrs, level_digest, read_cells
 from atlas.optvis.objectives import whitening_from_covariance
 from atlas.optvis.priors import border_penalty
+from atlas.optvis.transform import Transform, apply
+from atlas.runtime.precision import PRECISIONS
 from atlas.store.activations import ActivationsFile
+from atlas.store.cells import cells_attrs, level_digest, read_cells
 from atlas.store.common import is_current
 from atlas.store.icons import KIND, IconsFile, check_settings
 from atlas.store.lineage import compare_input, recorded_inputs, require_current, root_attrs

@@ -411,9 +411,9 @@ def place_pair(model: AtlasModel, photo: AdversarialPhoto, run_dir: str | os.Pat
     two :class:`~atlas.tools.explain.AtlasPlacement`, attribution toward the adversarial image's top-1
     class (the target when it succeeded). ``est``: the layout's fitted placer, to load it once
     for many photos (default: loaded here)."""
-    from atlas.tools.explain import Explanation, layer_position_attribution, place_on_atlas
     from atlas.stages.reduce import load_placer
     from atlas.store.layout import read_layout
+    from atlas.tools.explain import Explanation, layer_position_attribution, place_on_atlas
 
     run_dir = Path(run_dir)
     layout = run_dir / "layout.h5"

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atlas.tools import attribution as attr
 from atlas.models import AtlasModel
 from atlas.resources import class_index
+from atlas.tools import attribution as attr
 
 log = logging.getLogger(__name__)
 
@@ -340,9 +340,9 @@ def place_on_atlas(e: Explanation, run_dir: str | os.PathLike, *, level: int | N
     to load it once when placing many photos. Raises ``ValueError`` when the atlas was made at
     another layer.
     """
+    from atlas.resources import imagenet_class_names
     from atlas.stages.grid import grid_cells
     from atlas.stages.reduce import load_placer, project
-    from atlas.resources import imagenet_class_names
     from atlas.store.cells import cells_attrs, read_cells
     from atlas.store.layout import read_layout
 

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from atlas.runtime import forward_ad
 from atlas.checks import SettingError, at_least, one_of
+from atlas.runtime import forward_ad
 
 if TYPE_CHECKING:
     from atlas.models import AtlasModel

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-
 def layout_bounds(
     xy: np.ndarray, low: float = 1.0, high: float = 99.0, margin: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from atlas.store.common import SettingsChangedError, settings_diff
-from atlas.store.lineage import input_record, require_current
 from atlas.stages.tiles.files import write_atomic
 from atlas.stages.tiles.hashing import array_digest
 from atlas.stages.tiles.inputs import read_cells, read_icons
@@ -32,6 +30,8 @@ from atlas.stages.tiles.settings import (
 )
 from atlas.stages.tiles.state import check_out_dir, clear_pyramid, load_state, plan_tiles
 from atlas.stages.tiles.thumbs import write_thumbs
+from atlas.store.common import SettingsChangedError, settings_diff
+from atlas.store.lineage import input_record, require_current
 
 log = logging.getLogger("atlas.stages.tiles")
 

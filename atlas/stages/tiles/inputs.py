@@ -14,9 +14,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from atlas.store.common import ArtifactError, open_artifact
 from atlas.stages.tiles.hashing import PLACEHOLDER_DIGEST, U64
 from atlas.stages.tiles.settings import TilesError
+from atlas.store.common import ArtifactError, open_artifact
 
 log = logging.getLogger("atlas.stages.tiles")
 
