@@ -14,7 +14,8 @@ from PIL import Image
 
 from atlas import optvis
 from atlas.models import load_model
-from atlas.optvis.param import MacoImage, color_correlation_normalized, maco_image, make_image
+from atlas.optvis.color import color_correlation_normalized
+from atlas.optvis.param import MacoImage, maco_image, make_image
 from atlas.optvis.spectrum import SPECTRUM_SIZE, compute_magnitude, main, natural_magnitude, resample_magnitude
 from tinynet import Tiny
 

@@ -17,7 +17,8 @@ from torch import nn
 from atlas import optvis
 from atlas.models import capture, load_model
 from atlas.optvis import Objective
-from atlas.optvis.param import COLOR_CORRELATION_SVD_SQRT, rfft2d_freqs
+from atlas.optvis.color import COLOR_CORRELATION_SVD_SQRT
+from atlas.optvis.param import rfft2d_freqs
 from atlas.optvis.transform import apply
 from tinynet import Tiny
 

@@ -11,6 +11,7 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.param`: parameterizations (the contract: a module whose ``forward()`` returns
   (B, 3, H, W) RGB in [0, 1]); FFT with decorrelated color, pixels, or MACO (fixed natural
   magnitude, optimized phase; :mod:`atlas.optvis.spectrum` holds the magnitude).
+- :mod:`atlas.optvis.color`: the decorrelated color space both of them use.
 - :mod:`atlas.optvis.transform`: random jitter/scale/rotate, composed in a list, explicit generators.
 - :mod:`atlas.optvis.objectives`: objectives with an algebra, one value per image.
 - :mod:`atlas.optvis.optimize`: :func:`render_vis` and PNG helpers.
@@ -19,6 +20,7 @@ Olah, Mordvintsev, Schubert, "Feature Visualization", Distill 2017, after Lucid 
 - :mod:`atlas.optvis.vis`: :func:`visualize`, text spec -> PNG (``atlas vis``).
 """
 
+from atlas.optvis.color import color_correlation_normalized
 from atlas.optvis.dream import DreamResult, deep_dream, octave_sizes
 from atlas.optvis.neural_style import content, gram_matrix, style, style_targets
 from atlas.optvis.objectives import (
@@ -45,7 +47,6 @@ from atlas.optvis.param import (
     ImageParam,
     MacoImage,
     PixelImage,
-    color_correlation_normalized,
     fft_image,
     maco_image,
     make_image,

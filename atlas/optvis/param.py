@@ -37,36 +37,21 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlas.optvis.color import color_correlation_normalized
+
 __all__ = [
-    "COLOR_CORRELATION_SVD_SQRT",
     "FFTImage",
     "ImageParam",
     "MacoImage",
     "PARAMETERIZATIONS",
     "PixelImage",
-    "color_correlation_normalized",
     "fft_image",
     "make_image",
     "maco_image",
     "pixel_image",
 ]
 
-#: Square root of the color correlation matrix of ImageNet (Lucid's ``color_correlation_svd_sqrt``),
-#: rows = output RGB channel, columns = decorrelated input channel.
-COLOR_CORRELATION_SVD_SQRT = np.asarray(
-    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
-)
-
 Generators = torch.Generator | Sequence[torch.Generator]
-
-
-def color_correlation_normalized() -> torch.Tensor:
-    """Lucid's color matrix divided by its largest column norm, (3, 3) float32.
-
-    Applied as ``rgb[:, i] = sum_j M[i, j] * t[:, j]`` (Lucid: ``t_flat @ M.T`` in NHWC).
-    """
-    m = COLOR_CORRELATION_SVD_SQRT
-    return torch.from_numpy(m / np.max(np.linalg.norm(m, axis=0)))
 
 
 def _as_size(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -4,7 +4,7 @@ Fel et al., "Unlocking Feature Visualization for Deeper Networks with MAgnitude 
 Optimization" (MACO, NeurIPS 2023) keep an image's Fourier *magnitude* fixed to that of natural
 images and optimize only its *phase* (:class:`atlas.optvis.param.MacoImage`). The magnitude is
 the mean over photos of ``|rfft2(t)|``, where ``t`` is the photo in the decorrelated color
-space of :func:`~atlas.optvis.param.color_correlation_normalized` (the space the
+space of :func:`~atlas.optvis.color.color_correlation_normalized` (the space the
 parameterizations optimize in), with each photo's per-channel mean removed and a Hann window
 applied (without it, the jump between opposite borders of a photo, which the FFT treats as
 periodic, puts a bright cross on the frequency axes that draws a grid of lines over every image).
@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from atlas.optvis.color import color_correlation_normalized
 
 __all__ = ["SPECTRUM_FILE", "SPECTRUM_SIZE", "compute_magnitude", "natural_magnitude", "resample_magnitude"]
 
@@ -64,12 +66,10 @@ def compute_magnitude(photos: Iterable[str | os.PathLike], size: int = SPECTRUM_
     """Mean Fourier magnitude (3, size, size // 2 + 1) float32 of ``photos`` in decorrelated color.
 
     Each photo is center-cropped to ``size`` x ``size``, moved to the decorrelated color space
-    (the inverse of :func:`~atlas.optvis.param.color_correlation_normalized`), its per-channel
+    (the inverse of :func:`~atlas.optvis.color.color_correlation_normalized`), its per-channel
     mean removed, a 2-D Hann window applied, and ``|rfft2|`` (orthonormal) averaged over photos. Unreadable files are
     skipped with a warning. Raises ``ValueError`` when no photo could be read.
     """
-    from atlas.optvis.param import color_correlation_normalized
-
     inv = torch.linalg.inv(color_correlation_normalized())
     hann = torch.hann_window(size, periodic=False, dtype=torch.float32)
     window = hann[:, None] * hann[None, :]

@@ -20,15 +20,12 @@ import gzip
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from atlas.web.serve.errors import HTTPError, parse_int
-from atlas.web.serve.files import inside
+from atlas.web.serve.files import LRU, inside
 from atlas.web.serve.runs import Run, data_url, ordered_runs
-
-if TYPE_CHECKING:
-    from atlas.web.serve.server import AtlasServer
 
 #: per class index: (cell ids, attribution values) of the cells whose top classes hold it
 Attribution = dict[int, tuple[list[int], list[float]]]
@@ -90,10 +87,20 @@ def channel_view_entries(run: Run) -> list[dict[str, Any]]:
     return _index_entries(run, "channels", "views", "page", "/index.html", ("name", "page", "photo", "layer"))
 
 
+class ApiServer(Protocol):
+    """What :class:`JsonApi` needs of its server (:class:`~atlas.web.serve.server.AtlasServer` has it)."""
+
+    parsed: LRU
+
+    def runs(self) -> dict[str, Run]: ...
+
+    def run(self, run_id: str | None) -> Run: ...
+
+
 class JsonApi:
     """Mixin of the request handler: the ``/api/...`` routes, with parsed files cached on the server."""
 
-    server: AtlasServer
+    server: ApiServer
     headers: Any
     _send_bytes: Callable[[int, bytes, dict[str, str]], None]
     _security_headers: Callable[[], None]
@@ -219,5 +226,5 @@ class JsonApi:
         self._send_json({"views": channel_view_entries(self.server.run(query.get("run")))})
 
 
-__all__ = ["Attribution", "JsonApi", "channel_view_entries", "class_highlight", "level_attribution", "overlay_entries",
+__all__ = ["ApiServer", "Attribution", "JsonApi", "channel_view_entries", "class_highlight", "level_attribution", "overlay_entries",
            "read_region"]

@@ -15,12 +15,9 @@ import threading
 from collections import OrderedDict
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from atlas.web.serve.errors import HTTPError
-
-if TYPE_CHECKING:
-    from atlas.web.serve.server import AtlasServer
 
 VIEWER_DIR = Path(__file__).resolve().parent.parent / "viewer"
 CACHE_FILE_LIMIT = 2 << 20
@@ -108,10 +105,17 @@ def inside(base: Path, parts: list[str]) -> Path:
 
 
 
+class FileServer(Protocol):
+    """What :class:`StaticFiles` needs of its server (:class:`~atlas.web.serve.server.AtlasServer` has it)."""
+
+    files: LRU
+    embeddable: bool
+
+
 class StaticFiles:
     """Mixin of the request handler: sending files and byte bodies."""
 
-    server: AtlasServer
+    server: FileServer
     _head: bool
 
     def _security_headers(self) -> None:
@@ -196,5 +200,5 @@ class StaticFiles:
             self.wfile.write(body)
 
 
-__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "CSP_META", "LRU", "StaticFiles", "VIEWER_DIR", "check_segments",
+__all__ = ["CONTENT_TYPES", "CSP", "CSP_EMBEDDABLE", "CSP_META", "LRU", "FileServer", "StaticFiles", "VIEWER_DIR", "check_segments",
            "inside"]
