@@ -6,8 +6,11 @@ side)::
     /                         attrs: atlas_version, kind="icons", model, layer, cells (path of
                                      cells.h5), cells_settings_hash, sizes (list of int),
                                      icon_size (S), steps, attempts, lr, cossim_pow, seed,
-                                     whiten (bool), transforms (text), settings_json,
-                                     settings_hash, complete (bool)
+                                     whiten (bool), transforms (text), start ("cold" or
+                                     "parent": finer levels start from their parents' icons),
+                                     refine_steps, refine_lr (steps and learning rate of
+                                     those; 0 for "cold"),
+                                     settings_json, settings_hash, complete (bool)
     /levels/<size>            attrs: size, n_cells (M), n_done
     /levels/<size>/cell_id    (M,)        int32    copied from cells.h5 (iy * size + ix)
     /levels/<size>/icons      (M, S, S, 3) uint8   RGB icon; zeros until done
