@@ -142,7 +142,7 @@ DEFAULT_ICON_OBJECTIVE = "mean"
 #: ``steps`` steps; ``"parent"``, the coarsest level so, and every cell of a finer level from its
 #: parent cell's icon (:func:`parent_rows`) with ``refine_steps`` steps.
 RENDER_STARTS = ("cold", "parent")
-DEFAULT_START = "cold"
+DEFAULT_START = "parent"
 #: Steps of a cell that starts from its parent's icon.
 DEFAULT_REFINE_STEPS = 16
 #: Adam learning rate of those steps: half the icons' rate, so that the parent's icon is refined,
