@@ -6,8 +6,8 @@ import io
 import json
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -41,40 +41,42 @@ class Painter:
         self.left, self.top, self.side = pyr.cell_rects(z, level.coords, settings.gap, scale)
         self._resized: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def _icon(self, i: int) -> np.ndarray:
-        got = self._resized.get(i)
+    def _cached(self, key: int, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """``make()``, kept in a small LRU of resized icons under ``key``."""
+        got = self._resized.get(key)
         if got is not None:
-            self._resized.move_to_end(i)
+            self._resized.move_to_end(key)
             return got
-        side = int(self.side[i])
-        src = self.icons[int(i)]  # type: ignore[index]
-        if src.shape[0] != side or src.shape[1] != side:
-            src = np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR))
-        self._resized[i] = src
+        got = self._resized[key] = make()
         if len(self._resized) > 4096:
             self._resized.popitem(last=False)
-        return src
+        return got
+
+    def _icon(self, i: int) -> np.ndarray:
+        def make() -> np.ndarray:
+            side = int(self.side[i])
+            src = self.icons[int(i)]  # type: ignore[index]
+            if src.shape[0] != side or src.shape[1] != side:
+                src = np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR))
+            return src
+
+        return self._cached(i, make)
 
     def _fallback(self, i: int) -> np.ndarray:
         """The box of cell row ``i`` cut from its ancestor's icon and scaled to the box."""
-        got = self._resized.get(-1 - i)
-        if got is not None:
-            self._resized.move_to_end(-1 - i)
-            return got
-        size, side = int(self.level.fallback_size[i]), int(self.side[i])
-        src = self.ancestors[size][int(self.level.fallback_row[i])]
-        f = self.level.size / size  # cells of this level per ancestor cell, along a side
-        iy, ix = (float(v) for v in self.level.coords[i])
-        off = (1.0 - side / self.pyr.cell_size(self.z)) / 2  # the box's inset in its cell, in cells
-        u0 = (ix - np.floor((ix + 0.5) / f) * f + off) / f
-        v0 = (iy - np.floor((iy + 0.5) / f) * f + off) / f
-        w, n = side / self.pyr.cell_size(self.z) / f, src.shape[0]
-        out = np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR,
-                                                      box=(u0 * n, v0 * n, (u0 + w) * n, (v0 + w) * n)))
-        self._resized[-1 - i] = out
-        if len(self._resized) > 4096:
-            self._resized.popitem(last=False)
-        return out
+        def make() -> np.ndarray:
+            size, side = int(self.level.fallback_size[i]), int(self.side[i])
+            src = self.ancestors[size][int(self.level.fallback_row[i])]
+            f = self.level.size / size  # cells of this level per ancestor cell, along a side
+            iy, ix = (float(v) for v in self.level.coords[i])
+            off = (1.0 - side / self.pyr.cell_size(self.z)) / 2  # the box's inset in its cell, in cells
+            u0 = (ix - np.floor((ix + 0.5) / f) * f + off) / f
+            v0 = (iy - np.floor((iy + 0.5) / f) * f + off) / f
+            w, n = side / self.pyr.cell_size(self.z) / f, src.shape[0]
+            return np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR,
+                                                          box=(u0 * n, v0 * n, (u0 + w) * n, (v0 + w) * n)))
+
+        return self._cached(-1 - i, make)
 
     def paint(self, tx: int, ty: int, cells: np.ndarray) -> np.ndarray:
         t = self.pyr.tile_size
