@@ -29,6 +29,16 @@ Best of k (``attempts``): each cell is rendered ``attempts`` times with differen
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
 notebooks' ``render_icons``.
 
+Starting from the parent (``start="parent"``, the default): the levels are rendered coarse to
+fine; the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
+cell's icon as stored in ``icons.h5`` (:func:`parent_rows`), refined with ``refine_steps`` steps at
+``refine_lr``. A finer cell's direction is close to its parent's, so a few steps suffice: on 64
+real cells of each level of a 196,000-row atlas, 16 steps at half the icons' rate kept the cosine
+at 224 px within 0.01 of a 128-step cold render and the sharpness above it, at about 8x its speed
+per icon (``benchmarks/README.md``, "Every zoom level"). The icons of a region then share their
+ancestor's picture, refined, where cold icons draw a new one per cell. Because a cell starts from
+the 8-bit icon on disk, a resumed render equals an uninterrupted one as before.
+
 Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
 and a complete file is left alone.
@@ -49,8 +59,9 @@ GPU; :func:`atlas.distributed.run_render_batches`); the client writes each finis
 lost worker costs the batches it was running, which Dask runs again elsewhere.
 
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The default here is 256
-steps, best of 1, which gives recognisable icons in a quarter of the time and is what a CPU
-can afford (see ``benchmarks/render.md`` for icons per minute).
+steps, best of 1, for the coarsest level (every level with ``start="cold"``), which gives
+recognisable icons in a quarter of the time and is what a CPU can afford (see
+``benchmarks/README.md`` for icons per minute).
 """
 
 from __future__ import annotations
