@@ -335,7 +335,8 @@ def test_unrendered_level_shows_its_ancestors_icons_for_their_area_scaled(tmp_pa
         f["levels/8/done"][:] = False
     tiles = tmp_path / "run" / "tiles"
     summary = build_tiles(run.cells, run.icons, tiles, **SMALL)
-    assert summary.cells_pending == len(run.cell_ids[8])
+    assert summary.cells_pending == summary.cells_fallback == len(run.cell_ids[8])
+    assert f"({len(run.cell_ids[8])} shown as a coarser cell's icon, 0 placeholders)" in summary.describe()
     manifest = read_manifest(tiles)
     z = [zz["z"] for zz in manifest["zooms"] if zz["level"] == 8][-1]
     c, m = manifest["zooms"][z]["cell_px"], manifest["margin_px"] * 2.0 ** (z - manifest["max_native_zoom"])
