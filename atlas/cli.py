@@ -542,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--levels", default=None, help="grid sizes to render, e.g. 20,40 [all]")
     s.add_argument("--icon-size", type=int, default=80)
-    s.add_argument("--steps", type=int, default=256, help="optimizer steps (paper: 1024) [%(default)s]")
+    s.add_argument("--steps", type=int, default=256,
+                   help="optimizer steps of an icon started from noise: the coarsest level, or every level with "
+                        "--start cold (paper: 1024) [%(default)s]")
     s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
     s.add_argument("--batch-size", type=int, default=32,
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
