@@ -90,7 +90,7 @@ class RenderSection:
     precision: str = "fp32"
     border_prior: float = 0.0
     objective: str = "mean"
-    start: str = "parent"
+    start: str = "cold"
     refine_steps: int = 16
     refine_lr: float = 0.04
 

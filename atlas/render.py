@@ -29,15 +29,17 @@ Best of k (``attempts``): each cell is rendered ``attempts`` times with differen
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
 notebooks' ``render_icons``.
 
-Starting from the parent (``start="parent"``, the default): the levels are rendered coarse to
+Starting from the parent (``start="parent"``, an option): the levels are rendered coarse to
 fine; the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
 cell's icon as stored in ``icons.h5`` (:func:`parent_rows`), refined with ``refine_steps`` steps at
 ``refine_lr``. A finer cell's direction is close to its parent's, so a few steps suffice: on 64
 real cells of each level of a 196,000-row atlas, 16 steps at half the icons' rate kept the cosine
 at 224 px within 0.01 of a 128-step cold render and the sharpness above it, at about 8x its speed
-per icon (``benchmarks/README.md``, "Every zoom level"). The icons of a region then share their
-ancestor's picture, refined, where cold icons draw a new one per cell. Because a cell starts from
-the 8-bit icon on disk, a resumed render equals an uninterrupted one as before.
+per icon (``benchmarks/README.md``, "Every zoom level"). But the icons of a region then share
+their ancestor's picture, refined: in the viewer, all the grid-80 cells under one grid-20 cell
+show one picture, where cold icons draw a new one per cell. That is why ``"cold"`` stays the
+default. Because a cell starts from the 8-bit icon on disk, a resumed render equals an
+uninterrupted one as before.
 
 Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
@@ -153,7 +155,7 @@ DEFAULT_ICON_OBJECTIVE = "mean"
 #: ``steps`` steps; ``"parent"``, the coarsest level so, and every cell of a finer level from its
 #: parent cell's icon (:func:`parent_rows`) with ``refine_steps`` steps.
 RENDER_STARTS = ("cold", "parent")
-DEFAULT_START = "parent"
+DEFAULT_START = "cold"
 #: Steps of a cell that starts from its parent's icon.
 DEFAULT_REFINE_STEPS = 16
 #: Adam learning rate of those steps: half the icons' rate, so that the parent's icon is refined,
@@ -522,12 +524,13 @@ def render_cells(
             objective on the activation averaged over every position the icon covers, so the
             whole icon depicts the direction) or ``"center"`` (the paper notebooks': the center
             position only). The stored and reported cosine is read the same way.
-        start: how the icons start: ``"parent"`` (default) renders the levels coarse to fine,
-            the coarsest from noise with ``steps`` steps and every cell of a finer level from
-            its parent cell's icon (the coarser cell that holds it, :func:`parent_rows`) with
-            ``refine_steps`` steps, so rendering a level renders the coarser levels first;
-            ``"cold"``: every cell from noise with ``steps`` steps (the hash of renders made
-            before the setting existed).
+        start: how the icons start: ``"cold"`` (default): every cell from noise with ``steps``
+            steps (the hash of renders made before the setting existed); ``"parent"`` renders
+            the levels coarse to fine, the coarsest from noise with ``steps`` steps and every
+            cell of a finer level from its parent cell's icon (the coarser cell that holds it,
+            :func:`parent_rows`) with ``refine_steps`` steps, so rendering a level renders the
+            coarser levels first (about 8x faster per icon; the icons of a region share one
+            picture, see the module docstring).
         refine_steps: steps of a cell that starts from its parent's icon (default 16; at most
             ``steps``).
         refine_lr: Adam learning rate of those steps (default 0.04).
