@@ -12,7 +12,9 @@ and so on up to the coarsest level), and renders them with each method:
   8-bit), N steps (``start="parent", refine_steps=N``); suffixes ``-lrX``: the refinement's
   learning rate (``refine_lr``; default the icons' 0.08), ``-rrK``: K steps of redirected ReLU
   gradient (default 0, as the render stage), ``-mixA``: the start pulled toward gray,
-  ``0.5 + A * (icon - 0.5)``; ``parent0`` is the parent's icon itself;
+  ``0.5 + A * (icon - 0.5)``, ``-crop``: the start is the part of the parent's icon over the
+  cell's place in the parent cell, magnified to the icon's size; ``parent0`` is the parent's icon
+  itself;
 
 all with the render stage's defaults otherwise (whole view, mean objective, lr 0.08, 80 px),
 ``--batch-size`` cells per optimizer batch, seeded per cell as the render stage seeds them. The
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_icons_peer import contact_sheet, icon_scores  # noqa: E402
@@ -57,20 +60,23 @@ from atlas.render import DEFAULT_LR, cell_generator, icon_view_transforms, paren
 from atlas.store.cells import CellLevel, cells_attrs, read_cells  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = re.compile(r"^(cold|parent)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+)*)$")
+METHOD = re.compile(r"^(cold|parent)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop)*)$")
 
 
 def parse_method(name: str, steps: int) -> dict:
-    """``cold[N]`` or ``parentN[-rrK][-lrX][-mixA]`` -> its settings."""
+    """``cold[N]`` or ``parentN[-rrK][-lrX][-mixA][-crop]`` -> its settings."""
     m = METHOD.match(name)
     if not m or (m.group(1) == "parent" and not m.group(2)):
         raise SystemExit(f"unknown method {name!r}: cold, coldN or parentN[-rrK][-lrX]")
-    kw = {"warm": m.group(1) == "parent", "steps": int(m.group(2) or steps), "rr": 16, "lr": DEFAULT_LR, "mix": 1.0}
+    kw = {"warm": m.group(1) == "parent", "steps": int(m.group(2) or steps), "rr": 16, "lr": DEFAULT_LR, "mix": 1.0,
+          "crop": False}
     if kw["warm"]:
         kw["rr"] = 0
     for part in filter(None, m.group(3).split("-")):
         if part.startswith("rr"):
             kw["rr"] = int(part[2:])
+        elif part == "crop":
+            kw["crop"] = True
         elif part.startswith("mix"):
             kw["mix"] = float(part[3:])
         else:
@@ -95,6 +101,20 @@ def pick_cells(levels: dict[int, CellLevel], k: int) -> tuple[dict[int, np.ndarr
         top = max(0, k - len(need))
         picked[coarse] = np.union1d(need, extra[even(len(extra), top)] if top else []).astype(np.int64)
     return picked, parents
+
+
+def crop_starts(images: torch.Tensor, coords: np.ndarray, parent_coords: np.ndarray, f: float) -> torch.Tensor:
+    """Each parent icon (B, 3, S, S) cut to the cell's place in its parent cell (``f`` cells a
+    side), magnified back to S px."""
+    s = images.shape[-1]
+    out = []
+    for img, (iy, ix), (py, px) in zip(images, coords, parent_coords):
+        y0 = int(round(np.clip(iy / f - py, 0, 1 - 1 / f) * s))
+        x0 = int(round(np.clip(ix / f - px, 0, 1 - 1 / f) * s))
+        w = max(1, int(round(s / f)))
+        out.append(F.interpolate(img[None, :, y0:y0 + w, x0:x0 + w], size=(s, s), mode="bilinear",
+                                 align_corners=False)[0])
+    return torch.stack(out)
 
 
 def main() -> None:
@@ -149,9 +169,10 @@ def main() -> None:
                 key = work / f"{m}-{size}-{b:03d}.npz"
                 if key.exists():
                     z = np.load(key)
-                    icons[m, size].append(z["icons"])
-                    seconds[m, size] += float(z["seconds"])
-                    continue
+                    if "rows" in z and np.array_equal(z["rows"], r):  # the same cells (other --cells: redo)
+                        icons[m, size].append(z["icons"])
+                        seconds[m, size] += float(z["seconds"])
+                        continue
                 init = None
                 if warm:
                     coarse = sizes[sizes.index(size) - 1]
@@ -160,6 +181,8 @@ def main() -> None:
                     where = np.searchsorted(picked[coarse], parents[size][r])
                     init = torch.from_numpy(done[where]).permute(0, 3, 1, 2).float() / 255
                     init = 0.5 + kw["mix"] * (init - 0.5)
+                    if kw["crop"]:
+                        init = crop_starts(init, lv.coords[r], levels[coarse].coords[parents[size][r]], size / coarse)
                 gens = [[cell_generator(0, size, int(c)) for c in ids]]
                 t0 = time.perf_counter()
                 out, _ = render_directions(model, layer, vecs, gens, steps=kw["steps"], lr=kw["lr"],
@@ -167,7 +190,7 @@ def main() -> None:
                                            redirect_relu_steps=kw["rr"])
                 dt = time.perf_counter() - t0
                 u8 = to_uint8(out)
-                np.savez(key, icons=u8, seconds=dt)
+                np.savez(key, icons=u8, seconds=dt, rows=r)
                 icons[m, size].append(u8)
                 seconds[m, size] += dt
             print(f"  level {size} batch {b}: " + ", ".join(
