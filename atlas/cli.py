@@ -342,6 +342,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                            cossim_pow=args.cossim_pow, icon_view=args.icon_view, whiten=True if args.whiten else None,
                            device=args.device, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
                            precision=args.precision, border_prior=args.border_prior, objective=args.objective,
+                           start=args.start, refine_steps=args.refine_steps, refine_lr=args.refine_lr,
                            compile=args.compile, scheduler=args.scheduler)
     print(summary.describe())
     return 0
@@ -583,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(s)
     s.add_argument("--levels", type=_int_list, default=None, help="grid sizes to render, e.g. 20,40 [all]")
     s.add_argument("--icon-size", type=int, default=80)
-    s.add_argument("--steps", type=int, default=256, help="optimizer steps (paper: 1024) [%(default)s]")
+    s.add_argument("--steps", type=int, default=256,
+                   help="optimizer steps of an icon started from noise: the coarsest level, or every level with "
+                        "--start cold (paper: 1024) [%(default)s]")
     s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
     s.add_argument("--batch-size", type=int, default=32,
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
@@ -604,6 +607,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--border-prior", type=float, default=0.0,
                    help="weight of the frame prior that pulls each icon's outer 5 px to a smooth gray, relative to "
                         "the objective (0: none) [%(default)s]")
+    s.add_argument("--start", choices=("cold", "parent"), default="cold",
+                   help="cold: every cell from noise with --steps; parent: render the levels coarse to fine, every "
+                        "cell of a finer level starting from its parent cell's icon with --refine-steps steps (the "
+                        "coarsest level from noise with --steps): about 8x faster a cell, but the cells under one "
+                        "coarse cell then share its picture [%(default)s]")
+    s.add_argument("--refine-steps", type=int, default=16,
+                   help="steps of a cell that starts from its parent's icon (--start parent) [%(default)s]")
+    s.add_argument("--refine-lr", type=float, default=0.04,
+                   help="Adam learning rate of those steps [%(default)s]")
     s.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")
     _add_scheduler_arg(s, "one Dask task per batch of cells, each worker on its own device")

@@ -109,12 +109,16 @@ class RenderSection:
     precision: str = "fp32"
     border_prior: float = 0.0
     objective: str = "mean"
+    start: str = "cold"
+    refine_steps: int = 16
+    refine_lr: float = 0.04
 
     def __post_init__(self) -> None:
         check_render_settings(icon_size=self.icon_size, steps=self.steps, attempts=self.attempts,
                               batch_size=self.batch_size, lr=self.lr, cossim_pow=self.cossim_pow,
                               icon_view=self.icon_view, precision=self.precision, border_prior=self.border_prior,
-                              objective=self.objective, levels=self.levels or None)
+                              objective=self.objective, levels=self.levels or None, start=self.start,
+                              refine_steps=self.refine_steps, refine_lr=self.refine_lr)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,8 @@ def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, ov
         icon_size=r.icon_size, steps=r.steps, attempts=r.attempts, batch_size=r.batch_size, lr=r.lr,
         cossim_pow=r.cossim_pow, whiten=True if r.whiten else None, device=cfg.run.device, seed=r.seed, progress=progress,
         icon_view=r.icon_view, precision=r.precision, border_prior=r.border_prior,
-        objective=r.objective, overwrite=overwrite,
+        objective=r.objective, start=r.start, refine_steps=r.refine_steps, refine_lr=r.refine_lr,
+        overwrite=overwrite,
     ).describe()
 
 

@@ -33,12 +33,15 @@ def tiny():
 
 def write_fake_cells(path: Path, sizes: dict[int, int], channels: int = 4, *, model: str = "Tiny",
                      layer: str = "relu2", seed: int = 0, directions: dict[int, np.ndarray] | None = None,
-                     source: str = "") -> Path:
-    """A complete ``cells.h5`` with ``sizes`` = {grid size: number of kept cells} and random directions."""
+                     source: str = "", cell_ids: dict[int, np.ndarray] | None = None) -> Path:
+    """A complete ``cells.h5`` with ``sizes`` = {grid size: number of kept cells} and random
+    directions (and cell ids, unless given)."""
     rng = np.random.default_rng(seed)
     levels = []
     for size, m in sizes.items():
         ids = np.sort(rng.choice(size * size, m, replace=False)).astype(np.int32)
+        if cell_ids and size in cell_ids:
+            ids = np.asarray(cell_ids[size], np.int32)
         d = directions[size] if directions and size in directions else rng.random((m, channels)).astype(np.float32)
         levels.append(CellLevel(
             size=size, min_count=1, cell_id=ids, coords=np.stack([ids // size, ids % size], 1),
@@ -120,16 +123,18 @@ def test_batch_size_changes_icons_only_by_float_rounding_over_few_steps(tmp_path
 
 
 def test_levels_can_be_rendered_one_at_a_time(tmp_path, tiny):
+    """Cold starts: any level alone (with the parent start a level needs the coarser ones first)."""
     cells = write_fake_cells(tmp_path / "cells.h5", {2: 2, 4: 3})
     out = tmp_path / "icons.h5"
-    first = render_cells(cells, out, tiny, levels=[4], **FAST)
+    cold = dict(FAST, start="cold")
+    first = render_cells(cells, out, tiny, levels=[4], **cold)
     assert first.rendered == {4: 3} and not first.complete
     assert not read_icons(out)[2].done.any()
-    again = render_cells(cells, out, tiny, levels=[4], **FAST)  # the level asked for is done: a pipeline rerun
+    again = render_cells(cells, out, tiny, levels=[4], **cold)  # the level asked for is done: a pipeline rerun
     assert again.up_to_date and not again.complete and "4x4 icons" in again.describe()
     assert "nothing to do" in again.describe()
     before = read_icons(out)[4].icons
-    second = render_cells(cells, out, tiny, **FAST)
+    second = render_cells(cells, out, tiny, **cold)
     assert second.rendered == {2: 2, 4: 0} and second.complete
     np.testing.assert_array_equal(read_icons(out)[4].icons, before)  # kept, not rendered again
 
@@ -162,6 +167,109 @@ def test_best_of_k_keeps_the_highest_objective(tmp_path, tiny):
     k1, k3 = read_icons(tmp_path / "k1.h5")[4], read_icons(tmp_path / "k3.h5")[4]
     # attempt 0 uses the same seeds in both runs, so the best of three can only be higher
     assert (k3.objective >= k1.objective - 1e-4).all() and (k3.objective > k1.objective + 1e-4).any()
+
+
+WARM = dict(FAST, start="parent", refine_steps=6, refine_lr=0.04)
+
+
+def test_parent_rows_are_the_cells_that_hold_them_else_the_closest_direction():
+    def level(size, ids, dirs):
+        ids = np.asarray(ids, np.int32)
+        m = len(ids)
+        return CellLevel(size=size, min_count=1, cell_id=ids, coords=np.stack([ids // size, ids % size], 1),
+                         center=np.zeros((m, 2), np.float32), count=np.ones(m, np.int32),
+                         direction=np.asarray(dirs, np.float32), top_classes=np.zeros((m, 1), np.int16),
+                         top_values=np.zeros((m, 1), np.float32), example_rows=np.zeros((m, 1), np.int64),
+                         example_images=np.zeros((m, 1), np.int64))
+
+    parent = level(2, [0, 3], [[1, 0], [0, 1]])  # cells (0, 0) and (1, 1); (0, 1) and (1, 0) not kept
+    # grid 4: (0, 1) and (1, 0) lie in (0, 0); (3, 3) in (1, 1); (0, 2) in the dropped (0, 1): closest direction
+    child = level(4, [1, 4, 15, 2, 3], [[0, 1], [0, 1], [1, 0], [0.2, 1], [1, 0.1]])
+    assert render_mod.parent_rows(child, parent).tolist() == [0, 0, 1, 1, 0]
+    odd = level(3, [0, 8], [[1, 0], [0, 1]])  # sizes that do not divide: the cell that holds the centre
+    # (0, 0) -> (0, 0) and (5, 5) -> (2, 2) whatever their directions; (2, 2) -> the dropped (1, 1)
+    assert render_mod.parent_rows(level(6, [0, 35, 14], [[0, 1], [1, 0], [1, 0]]), odd).tolist() == [0, 1, 0]
+
+
+def test_parent_start_renders_coarse_to_fine_each_cell_from_its_parents_icon(tmp_path, tiny):
+    from atlas.store.cells import read_cells
+
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})  # every grid-4 cell's parent is kept
+    levels = read_cells(cells)
+    up = render_mod.parent_rows(levels[4], levels[2])
+    np.testing.assert_array_equal(levels[2].coords[up], levels[4].coords // 2)
+    # grid 4 asked for: its parents' grid 2 is rendered first, from noise, as a cold render does
+    start = render_cells(cells, tmp_path / "start.h5", tiny, levels=[4], **{**WARM, "refine_steps": 0})
+    assert start.rendered == {2: 4, 4: 9} and start.complete
+    render_cells(cells, tmp_path / "cold.h5", tiny, **{**FAST, "start": "cold"})
+    s0, c = read_icons(tmp_path / "start.h5"), read_icons(tmp_path / "cold.h5")
+    np.testing.assert_array_equal(s0[2].icons, c[2].icons)
+    # no refinement: each cell's icon is its parent's icon (through the 8-bit round trip)
+    assert np.abs(s0[4].icons.astype(int) - s0[2].icons[up]).max() <= 2
+    # refinement raises every cell's objective above its start's, as the cold path's steps do
+    warm = render_cells(cells, tmp_path / "warm.h5", tiny, **WARM)
+    w = read_icons(tmp_path / "warm.h5")
+    assert warm.complete and (w[4].objective > s0[4].objective).all()
+    np.testing.assert_array_equal(w[2].icons, c[2].icons)
+    assert np.abs(w[4].icons.astype(int) - s0[4].icons).mean() > 1  # the steps moved the icons
+    with h5py.File(tmp_path / "warm.h5", "r") as f:
+        assert f.attrs["start"] == "parent" and f.attrs["refine_steps"] == 6
+    # the start and the refinement steps are settings: another value is another render
+    hashes = set()
+    for name in ("cold", "warm", "start"):
+        with h5py.File(tmp_path / f"{name}.h5", "r") as f:
+            hashes.add(f.attrs["settings_hash"])
+    assert len(hashes) == 3
+    assert render_cells(cells, tmp_path / "warm.h5", tiny, **WARM).up_to_date
+    with pytest.raises(ValueError, match="start must be one of 'cold', 'parent', got 'warm'"):
+        render_cells(cells, tmp_path / "x.h5", tiny, **{**WARM, "start": "warm"})
+
+
+_KILLED_RENDER = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+from tinynet import Tiny
+from atlas.models import load_model
+from atlas.stages.render import render_cells
+from atlas.store.icons import IconsFile
+
+kill_at, real, n = int(sys.argv[3]), IconsFile.write, [0]
+
+def write(self, *args, **kwargs):
+    if n[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    n[0] += 1
+    return real(self, *args, **kwargs)
+
+IconsFile.write = write
+render_cells(sys.argv[1], sys.argv[2], load_model(Tiny(), input_size=16), batch_size=3, **{warm!r})
+"""
+
+
+def test_a_parent_render_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny):
+    """SIGKILL in the middle of the coarse level, then in the middle of the fine level (batches of
+    3: grid 2 is 2 batches, grid 4 is 3), then a run to the end: the icons of an uninterrupted run."""
+    import subprocess
+    import sys
+
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
+    full = render_cells(cells, tmp_path / "full.h5", tiny, batch_size=3, **WARM)
+    script = tmp_path / "render.py"
+    script.write_text(_KILLED_RENDER.format(tests=str(Path(__file__).parent), warm=WARM))
+    out = tmp_path / "killed.h5"
+    for kill_at, done in ((1, {2: 3, 4: 0}), (2, {2: 4, 4: 3}), (-1, {2: 4, 4: 9})):
+        proc = subprocess.run([sys.executable, str(script), str(cells), str(out), str(kill_at)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == (-9 if kill_at >= 0 else 0), proc.stderr[-2000:]
+        got = read_icons(out)
+        assert {s: int(lv.done.sum()) for s, lv in got.items()} == done
+    a = read_icons(tmp_path / "full.h5")
+    assert full.complete
+    for s in (2, 4):
+        np.testing.assert_array_equal(a[s].icons, got[s].icons)
+        np.testing.assert_array_equal(a[s].objective, got[s].objective)
 
 
 def write_fake_activations(path: Path, acts: np.ndarray, layer: str = "relu2") -> Path:
@@ -267,6 +375,70 @@ def test_icons_point_along_their_cell_direction_more_than_member_photos(tmp_path
     for i, (c, m) in enumerate(zip(cos, member_cos)):
         assert c > m + 0.03, (i, float(c), m)
     assert render_mod.DEFAULT_COSSIM_POW > 0
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_to_the_same_icons(
+        tmp_path, inceptionv1, sample_paths, monkeypatch):
+    """Grid 2: three cells whose directions are the mean inception4c activation (central 4 x 4
+    positions) of 6 photos of related classes (dogs, birds, cars); grid 4: two children each, the
+    means of 3 of those photos (further from their parents than neighbouring cells of an atlas).
+    Started from their parents' icons, 16 refinement steps raise every child's objective and its
+    cosine above its start's, to near 64 cold steps'; a render stopped in the middle of grid 4 and
+    resumed gives the same icons."""
+    from PIL import Image
+
+    from atlas.optvis import directions, evaluate
+
+    layer = "inception4c"
+    groups = [range(200, 206), range(10, 16), [817, 751, 656, 705, 511, 436]]
+    parents, children = [], []
+    for idx in groups:
+        x = torch.stack([inceptionv1.image_transform(Image.open(sample_paths[i])) for i in idx])
+        with torch.no_grad(), capture(inceptionv1, [layer], detach=True) as a:
+            inceptionv1(x)
+        per_photo = a[layer][:, :, 5:9, 5:9].mean(dim=(2, 3))
+        parents.append(per_photo.mean(0).numpy())
+        children += [per_photo[:3].mean(0).numpy(), per_photo[3:].mean(0).numpy()]
+    # grid 2 cells (0, 0), (0, 1), (1, 0); each one's children side by side in grid 4
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 3, 4: 6}, model="inceptionv1", layer=layer, channels=512,
+                             directions={2: np.stack(parents), 4: np.stack(children)},
+                             cell_ids={2: [0, 1, 2], 4: [0, 1, 2, 3, 8, 9]})
+    kw = dict(steps=64, batch_size=3, device="cpu", progress=False)
+    cold = render_cells(cells, tmp_path / "cold.h5", inceptionv1, start="cold", **kw)
+    warm = render_cells(cells, tmp_path / "warm.h5", inceptionv1, start="parent", refine_steps=16, **kw)
+    assert cold.complete and warm.complete
+    c, w = read_icons(tmp_path / "cold.h5"), read_icons(tmp_path / "warm.h5")
+    np.testing.assert_array_equal(c[2].icons, w[2].icons)  # the coarse level is the cold render
+    start = torch.from_numpy(w[2].icons[[0, 0, 1, 1, 2, 2]]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        objective = directions(layer, torch.from_numpy(np.stack(children)), cossim_pow=render_mod.DEFAULT_COSSIM_POW,
+                               spatial_mean=True)
+        before = evaluate(inceptionv1, objective, start).numpy()
+    assert (w[4].objective > before).all(), (w[4].objective, before)
+    start_cos = render_mod._icon_cossim(inceptionv1, layer, start, np.stack(children), spatial_mean=True)
+    assert w[4].cossim.mean() > start_cos.mean() + 0.01, (w[4].cossim, start_cos)
+    assert w[4].cossim.mean() > c[4].cossim.mean() - 0.05, (w[4].cossim, c[4].cossim)
+    # stopped after grid 4's first batch, then resumed: the same icons
+    real_write, calls = IconsFile.write, {"n": 0}
+
+    def stop_in_grid_4(self, size, *args, **kwargs):
+        if size == 4 and calls["n"]:
+            raise KeyboardInterrupt
+        calls["n"] += size == 4
+        return real_write(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(IconsFile, "write", stop_in_grid_4)
+    with pytest.raises(KeyboardInterrupt):
+        render_cells(cells, tmp_path / "resumed.h5", inceptionv1, start="parent", refine_steps=16, **kw)
+    monkeypatch.setattr(IconsFile, "write", real_write)
+    assert read_icons(tmp_path / "resumed.h5")[4].done.tolist() == [True] * 3 + [False] * 3
+    resumed = render_cells(cells, tmp_path / "resumed.h5", inceptionv1, start="parent", refine_steps=16, **kw)
+    assert resumed.rendered == {2: 0, 4: 3} and resumed.complete
+    r = read_icons(tmp_path / "resumed.h5")
+    for size in (2, 4):
+        np.testing.assert_array_equal(r[size].icons, w[size].icons)
 
 
 def test_icon_views_show_the_model_the_documented_window(tmp_path, tiny):

@@ -15,7 +15,7 @@ from PIL import Image
 
 from atlas.stages.tiles import TilesError, build_tiles, density_scale, plan_pyramid, read_manifest
 from atlas.store.common import SettingsChangedError
-from atlasfixture import BLOB_CLASSES, icon_color, mark_done, write_fake_run
+from atlasfixture import BLOB_CLASSES, fake_icons, icon_color, mark_done, write_fake_run
 
 # sizes 4/8/16, 16 px icons drawn 1:1, 64 px tiles, margin 8 px: hand-checkable numbers
 SMALL = dict(tile_size=64, cell_px=16, margin=1 / 32, tile_format="png", progress=False)
@@ -92,13 +92,35 @@ def test_icon_pixels_land_in_the_right_tile(run, z, size):
         iy, ix = divmod(int(cell_id), size)
         x, y = 8 * scale + (ix + 0.5) * c, 8 * scale + (iy + 0.5) * c  # centre of the cell
         assert _pixel(run.dir / "tiles", z, x, y) == tuple(icon_color(size, cell_id)), (z, cell_id)
-    # a cell not rendered yet shows the placeholder; a spot without a cell the background
-    pending = ids[~done]
-    iy, ix = divmod(int(pending[0]), size)
-    assert _pixel(run.dir / "tiles", z, 8 * scale + (ix + 0.5) * c, 8 * scale + (iy + 0.5) * c) == PH
+    # a cell not rendered yet shows its nearest rendered ancestor's icon stretched over the
+    # ancestor's cell (flat with a lighter ring: between the two colours), or the placeholder
+    checked = set()
+    for cell_id in ids[~done].tolist():
+        iy, ix = divmod(cell_id, size)
+        up = _rendered_ancestor(run, size, iy, ix)
+        got = np.array(_pixel(run.dir / "tiles", z, 8 * scale + (ix + 0.5) * c, 8 * scale + (iy + 0.5) * c))
+        if up is None:
+            assert tuple(got) == PH, (z, cell_id)
+            checked.add("placeholder")
+        else:
+            icon = fake_icons(up[0], np.array([up[1]]), run.icon_size)[0].reshape(-1, 3).astype(int)
+            assert (got >= icon.min(0) - 2).all() and (got <= icon.max(0) + 2).all(), (z, cell_id, got)
+            assert tuple(got) != PH
+            checked.add("ancestor")
+    assert checked == {"placeholder"} if size == 4 else "ancestor" in checked
     empty = sorted(set(range(size * size)) - set(ids.tolist()))[0]
     iy, ix = divmod(empty, size)
     assert _pixel(run.dir / "tiles", z, 8 * scale + (ix + 0.5) * c, 8 * scale + (iy + 0.5) * c) == BG
+
+
+def _rendered_ancestor(run, size: int, iy: int, ix: int) -> tuple[int, int] | None:
+    """(size, cell id) of the nearest rendered coarser cell holding cell (iy, ix)'s centre, or None."""
+    for coarse in sorted((s for s in run.sizes if s < size), reverse=True):
+        aid = int((iy + 0.5) * coarse / size) * coarse + int((ix + 0.5) * coarse / size)
+        rows = np.flatnonzero(run.cell_ids[coarse] == aid)
+        if len(rows) and run.done[coarse][rows[0]]:
+            return coarse, aid
+    return None
 
 
 def test_icon_box_and_gap_at_native_zoom(run):
@@ -303,6 +325,51 @@ def test_missing_icon_level_draws_placeholders(run):
     iy, ix = divmod(cell_id, 4)
     # zoom 1 is 1/4 of zoom 3: margin 2 px, grid-4 cells of 16 px
     assert _pixel(run.dir / "tiles", 1, 2 + (ix + 0.5) * 16, 2 + (iy + 0.5) * 16) == PH
+
+
+QUADRANTS = np.array([[[230, 40, 40], [40, 200, 40]], [[40, 40, 230], [230, 210, 40]]], np.uint8)
+
+
+def test_unrendered_level_shows_its_ancestors_icons_for_their_area_scaled(tmp_path):
+    """Grid 8 not rendered, grid 4 rendered with icons of four flat quadrants: each grid-8 cell
+    shows the quadrant of its parent's icon that covers it, blown up to the cell's box; its
+    metadata and the manifest say so; rendering the cell later redraws it with its own icon."""
+    run = write_fake_run(tmp_path / "run", sizes=(4, 8), icon_size=16, done_fraction=1.0)
+    quadrants = np.repeat(np.repeat(QUADRANTS, 8, axis=0), 8, axis=1)  # (16, 16, 3)
+    with h5py.File(run.icons, "r+") as f:
+        f["levels/4/icons"][:] = quadrants
+        f["levels/8/done"][:] = False
+    tiles = tmp_path / "run" / "tiles"
+    summary = build_tiles(run.cells, run.icons, tiles, **SMALL)
+    assert summary.cells_pending == summary.cells_fallback == len(run.cell_ids[8])
+    assert f"({len(run.cell_ids[8])} shown as a coarser cell's icon, 0 placeholders)" in summary.describe()
+    manifest = read_manifest(tiles)
+    z = [zz["z"] for zz in manifest["zooms"] if zz["level"] == 8][-1]
+    c, m = manifest["zooms"][z]["cell_px"], manifest["margin_px"] * 2.0 ** (z - manifest["max_native_zoom"])
+    shown = 0
+    for cell_id in run.cell_ids[8].tolist():
+        iy, ix = divmod(cell_id, 8)
+        if (iy // 2) * 4 + ix // 2 not in set(run.cell_ids[4].tolist()):
+            continue
+        for fy, fx in ((0.3, 0.3), (0.5, 0.5), (0.7, 0.6)):  # anywhere in the cell's box
+            got = _pixel(tiles, z, m + (ix + fx) * c, m + (iy + fy) * c)
+            assert np.abs(np.subtract(got, QUADRANTS[iy % 2, ix % 2], dtype=int)).max() <= 3, (cell_id, got)
+        shown += 1
+    assert shown >= 8
+    entry = {lv["size"]: lv for lv in manifest["levels"]}
+    assert entry[8]["fallbacks"] == {"4": len(run.cell_ids[8])} and entry[4]["fallbacks"] == {}
+    cells = [c for p in sorted((tiles / "meta" / "8").glob("*.json")) for c in json.loads(p.read_text())["cells"]]
+    for cell in cells:
+        assert not cell["done"] and cell["icon"] is None
+        fb = cell["fallback"]
+        assert (fb["size"], fb["iy"], fb["ix"]) == (4, cell["iy"] // 2, cell["ix"] // 2)
+        assert fb["icon"]["sprite"] == "icons/4/0-0.jpg"
+    first = int(run.cell_ids[8][0])
+    mark_done(run.icons, 8, [0])
+    again = build_tiles(run.cells, run.icons, tiles, **SMALL)
+    assert again.cells_pending == summary.cells_pending - 1 and again.tiles_written >= 1
+    iy, ix = divmod(first, 8)
+    assert _pixel(tiles, z, m + (ix + 0.5) * c, m + (iy + 0.5) * c) == tuple(icon_color(8, first))
 
 
 def test_no_partial_files_left(run):

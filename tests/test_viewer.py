@@ -452,3 +452,72 @@ def test_channel_view_is_listed_and_opens_from_the_viewer(browser, tiny_run, tmp
         p.close()
         server.shutdown()
         server.server_close()
+
+
+def test_unrendered_levels_show_their_ancestors_icons_and_say_so(browser, tmp_path, shots):
+    """A run whose two finer grids were never rendered (a render stopped early, or fewer levels
+    chosen): zoomed in, the map shows the 12x12 grid's icons over their areas, scaled, not grey
+    squares, and the status line, the tooltip and the panel say so."""
+    import io
+
+    import h5py
+    import numpy as np
+    from PIL import Image
+
+    from atlasfixture import fake_icons
+
+    run = write_fake_run(tmp_path / "gamma", sizes=(6, 12, 24, 48), icon_size=32, n_points=2500, n_images=24,
+                         examples=4, done_fraction=1.0, seed=1)
+    with h5py.File(run.icons, "r+") as f:
+        for size in (24, 48):
+            f[f"levels/{size}/done"][:] = False
+            f[f"levels/{size}/icons"][:] = 0
+    build_tiles(run.cells, run.icons, tmp_path / "gamma" / "tiles", progress=False)
+    server = make_server(tmp_path / "gamma", port=0)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    server.base_url = f"http://127.0.0.1:{server.server_address[1]}/"
+    p = Page(browser, server)
+    try:
+        cells = _get(server, "data/tiles/meta/48/0-0.json")["cells"]
+        cell = max(cells, key=lambda c: c["count"])
+        fb = cell["fallback"]
+        assert not cell["done"] and (fb["size"], fb["iy"], fb["ix"]) == (12, cell["iy"] // 4, cell["ix"] // 4)
+        deepest = _get(server, "data/tiles/manifest.json")["max_native_zoom"]
+        p.open(f"#z={deepest}&x={(cell['ix'] + 0.5) / 48:.4f}&y={(cell['iy'] + 0.5) / 48:.4f}")
+        assert p.js("document.body.dataset.level") == "48"
+        status = p.page.inner_text("#status-pending")
+        n48 = len(run.cell_ids[48])
+        assert f"grid 48×48: {n48:,} of {n48:,} icons not rendered" in status
+        assert "shown as the 12×12 icons of their area, scaled" in status and "grey" not in status
+        assert p.js("document.body.dataset.fallback") == "1"
+        # the pixels at the cell: its grid-12 ancestor's icon (a flat colour with a lighter ring), not grey
+        p.page.wait_for_function("() => [...document.querySelectorAll('img.leaflet-tile')].length > 0 && "
+                                 "[...document.querySelectorAll('img.leaflet-tile')].every(i => i.complete)",
+                                 timeout=15_000)
+        x, y = p.point_of(48, cell)
+        shot = Image.open(io.BytesIO(p.page.screenshot())).convert("RGB")
+        got = np.array(shot.getpixel((int(x), int(y))), int)
+        icon = fake_icons(12, np.array([fb["iy"] * 12 + fb["ix"]]), 32)[0].reshape(-1, 3).astype(int)
+        assert (got >= icon.min(0) - 12).all() and (got <= icon.max(0) + 12).all(), got
+        assert np.abs(got - [0xD9, 0xD7, 0xD0]).max() > 12  # not the placeholder grey
+        shots(p.page, "fallback.png")
+        # the tooltip says whose icon the area shows, and shows it
+        p.page.mouse.move(x - 30, y - 30)
+        p.page.mouse.move(x, y, steps=4)
+        p.page.wait_for_selector("#tooltip:not([hidden])", timeout=5_000)
+        assert (f"icon not rendered: the grid 12×12 icon of this area (cell {fb['iy']}, {fb['ix']}), scaled"
+                in p.page.inner_text("#tooltip"))
+        assert p.js("document.querySelector('#tooltip .tt-icon').className").split() == ["tt-icon", "fallback", "sprite"]
+        assert p.js("document.querySelector('#tooltip .tt-icon').dataset.sprite") == fb["icon"]["sprite"]
+        p.page.mouse.click(x, y)
+        p.page.wait_for_selector("#panel:not([hidden])", timeout=5_000)
+        assert "icon not rendered: the grid 12×12 icon" in p.page.inner_text("#panel .panel-fallback")
+        assert "null" not in p.page.inner_text("#panel")
+        # zoomed out to a rendered grid, nothing is said
+        p.js("atlasViewer.map.setZoom(1)")
+        p.page.wait_for_function("() => document.body.dataset.level === '12'", timeout=5_000)
+        assert p.page.inner_text("#status-pending") == f"{len(run.cell_ids[24]) + n48:,} icons of other grids not rendered"
+    finally:
+        p.close()
+        server.shutdown()
+        server.server_close()

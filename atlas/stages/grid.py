@@ -105,6 +105,20 @@ def cell_coords(cell_ids: np.ndarray, size: int) -> np.ndarray:
     return np.stack([iy, ix], axis=1).astype(np.int32)
 
 
+def ancestor_rows(coords: np.ndarray, size: int, coarser_ids: np.ndarray, coarser: int) -> np.ndarray:
+    """``(M,)`` int64: for each cell ``coords`` ``(M, 2)`` ``(iy, ix)`` of grid ``size``, the row in
+    ``coarser_ids`` (the kept cell ids of grid ``coarser``) of the coarser cell that holds its
+    center, -1 where that cell was not kept. With sizes that double, ``(iy // 2, ix // 2)``."""
+    iy, ix = ((np.asarray(coords, np.float64) + 0.5) * (_check_size(coarser) / _check_size(size))).astype(np.int64).T
+    want = np.minimum(iy, coarser - 1) * coarser + np.minimum(ix, coarser - 1)
+    ids = np.asarray(coarser_ids, np.int64)
+    if not len(ids):
+        return np.full(len(want), -1, np.int64)
+    order = np.argsort(ids, kind="stable")
+    rows = order[np.minimum(np.searchsorted(ids, want, sorter=order), len(ids) - 1)].astype(np.int64)
+    return np.where(ids[rows] == want, rows, -1)
+
+
 def cell_means(
     acts: np.ndarray,
     ids: np.ndarray,
@@ -632,6 +646,7 @@ __all__ = [
     "EmptyGridError",
     "GridSettings",
     "GridSummary",
+    "ancestor_rows",
     "cell_attribution",
     "cell_coords",
     "cell_examples",

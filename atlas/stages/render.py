@@ -29,6 +29,18 @@ Best of k (``attempts``): each cell is rendered ``attempts`` times with differen
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
 notebooks' ``render_icons``.
 
+Starting from the parent (``start="parent"``, an option): the levels are rendered coarse to
+fine; the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
+cell's icon as stored in ``icons.h5`` (:func:`parent_rows`), refined with ``refine_steps`` steps at
+``refine_lr``. A finer cell's direction is close to its parent's, so a few steps suffice: on 64
+real cells of each level of a 196,000-row atlas, 16 steps at half the icons' rate kept the cosine
+at 224 px within 0.01 of a 128-step cold render and the sharpness above it, at about 8x its speed
+per icon (``benchmarks/README.md``, "Every zoom level"). But the icons of a region then share
+their ancestor's picture, refined: in the viewer, all the grid-80 cells under one grid-20 cell
+show one picture, where cold icons draw a new one per cell. That is why ``"cold"`` stays the
+default. Because a cell starts from the 8-bit icon on disk, a resumed render equals an
+uninterrupted one as before.
+
 Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
 and a complete file is left alone. Levels are kept by their cells: a grid level added later
@@ -52,8 +64,9 @@ GPU; :func:`atlas.runtime.distributed.run_render_batches`); the client writes ea
 lost worker costs the batches it was running, which Dask runs again elsewhere.
 
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The default here is 256
-steps, best of 1, which gives recognisable icons in a quarter of the time and is what a CPU
-can afford (see ``benchmarks/render.md`` for icons per minute).
+steps, best of 1, for the coarsest level (every level with ``start="cold"``), which gives
+recognisable icons in a quarter of the time and is what a CPU can afford (see
+``benchmarks/README.md`` for icons per minute).
 """
 
 from __future__ import annotations
@@ -81,10 +94,11 @@ from atlas.optvis.objectives import whitening_from_covariance
 from atlas.optvis.priors import border_penalty
 from atlas.optvis.transform import Transform, apply
 from atlas.runtime.precision import PRECISIONS
+from atlas.stages.grid import ancestor_rows
 from atlas.store.activations import ActivationsFile
-from atlas.store.cells import cells_attrs, level_digest, read_cells
+from atlas.store.cells import CellLevel, cells_attrs, level_digest, read_cells
 from atlas.store.common import is_current
-from atlas.store.icons import KIND, IconsFile, check_settings
+from atlas.store.icons import KIND, IconsFile, check_settings, read_icons
 from atlas.store.lineage import compare_input, recorded_inputs, require_current, root_attrs
 
 if TYPE_CHECKING:
@@ -99,14 +113,19 @@ __all__ = [
     "DEFAULT_ICON_VIEW",
     "ICON_VIEWS",
     "DEFAULT_ICON_SIZE",
+    "DEFAULT_REFINE_LR",
+    "DEFAULT_REFINE_STEPS",
+    "DEFAULT_START",
     "DEFAULT_STEPS",
     "MIN_ICON_SIZE",
     "check_render_settings",
+    "RENDER_STARTS",
     "IconBatch",
     "IconBatchResult",
     "RenderSummary",
     "cell_generator",
     "icon_view_transforms",
+    "parent_rows",
     "compile_model",
     "render_icon_batch",
     "render_cells",
@@ -140,6 +159,17 @@ DEFAULT_ICON_VIEW = "whole"
 #: the ``"center"`` position (the paper notebooks).
 ICON_OBJECTIVES = ("mean", "center")
 DEFAULT_ICON_OBJECTIVE = "mean"
+#: How the icons start (``render_cells(start=...)``): ``"cold"``, every cell from noise with
+#: ``steps`` steps; ``"parent"``, the coarsest level so, and every cell of a finer level from its
+#: parent cell's icon (:func:`parent_rows`) with ``refine_steps`` steps.
+RENDER_STARTS = ("cold", "parent")
+DEFAULT_START = "cold"
+#: Steps of a cell that starts from its parent's icon.
+DEFAULT_REFINE_STEPS = 16
+#: Adam learning rate of those steps: half the icons' rate, so that the parent's icon is refined,
+#: not overwritten by the first (full-size) Adam steps (on 64 real cells of each level it kept the
+#: cosine at 224 px within 0.01 of a 128-step cold render, benchmarks/README.md).
+DEFAULT_REFINE_LR = 0.04
 
 
 def _reads_mean(objective: str) -> bool:
@@ -171,6 +201,9 @@ def check_render_settings(
     objective: str = DEFAULT_ICON_OBJECTIVE,
     levels: Sequence[int] | None = None,
     transforms: Sequence[Transform] | None = None,
+    start: str = DEFAULT_START,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
+    refine_lr: float = DEFAULT_REFINE_LR,
 ) -> list[Transform]:
     """Check the settings of :func:`render_cells` (the config's ``[render]`` and ``[classes]``
     sections are checked here too); a bad one raises :class:`~atlas.checks.SettingError` naming
@@ -185,6 +218,9 @@ def check_render_settings(
     one_of("icon_view", icon_view, tuple(ICON_VIEWS))
     one_of("objective", objective, ICON_OBJECTIVES)
     one_of("precision", precision, PRECISIONS)
+    one_of("start", start, RENDER_STARTS)
+    at_least("refine_steps", refine_steps, 0)
+    positive_number("refine_lr", refine_lr)
     if levels is not None:
         check_sizes("levels", levels)
     transforms = list(icon_view_transforms(icon_view) if transforms is None else transforms)
@@ -230,18 +266,25 @@ def render_directions(
     input_size: int | None = None,
     border_prior: float = 0.0,
     objective: str = "center",
+    init: torch.Tensor | None = None,
+    redirect_relu_steps: int = 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one icon per direction, best of ``len(generators)`` attempts, in one batch per attempt.
 
     Args:
         vecs: (B, C) directions in ``layer``.
-        generators: per attempt, B generators (one per direction).
+        generators: per attempt, B generators (one per direction): the random start (unless
+            ``init``) and the transforms.
         transforms: default :func:`atlas.optvis.icon_transforms`.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the steps (see :func:`render_vis`).
         border_prior: weight of :func:`atlas.optvis.priors.border_penalty` relative to the
             objective (0: none).
         objective: ``"center"`` or ``"mean"``, where the direction objective reads the layer
             (see :func:`render_cells`).
+        init: optional start images (B, 3, S, S) in [0, 1] instead of noise (a warm start, e.g.
+            the parent cells' icons: :func:`render_cells` with ``start="parent"``).
+        redirect_relu_steps: steps with Lucid's redirected ReLU gradient at the start (see
+            :func:`atlas.optvis.render_vis`; a warm start has no dead units to revive).
 
     Returns:
         icons (B, 3, S, S) in [0, 1] on the CPU, and their objective values (B,) (float32).
@@ -253,9 +296,9 @@ def render_directions(
     best_img: torch.Tensor | None = None
     best_val: torch.Tensor | None = None
     for gens in generators:
-        param = fft_image(icon_size, len(vecs_t), generator=gens, device=dev)
+        param = fft_image(icon_size, len(vecs_t), generator=gens, device=dev, init=init)
         res = render_vis(model, obj, param, transforms, steps=steps, lr=lr, generator=gens, device=dev,
-                         precision=precision, input_size=input_size,
+                         precision=precision, input_size=input_size, redirect_relu_steps=redirect_relu_steps,
                          penalty=border_penalty if border_prior else None, penalty_weight=border_prior)
         if best_img is None or best_val is None:
             best_img, best_val = res.images, res.values
@@ -266,6 +309,27 @@ def render_directions(
     if best_img is None or best_val is None:
         raise ValueError("generators must hold at least one attempt (a list of B generators)")
     return best_img, best_val
+
+
+def parent_rows(child: CellLevel, parent: CellLevel, chunk: int = 4096) -> np.ndarray:
+    """For each cell of ``child`` (a finer level), the row of its parent cell in ``parent``, (M,) int64.
+
+    The parent is the ``parent`` cell that contains the child cell's center (with grid sizes that
+    double, cell ``(iy, ix)``'s parent is ``(iy // 2, ix // 2)``). Where that cell was not kept
+    (fewer rows than the level's ``min_count``), the parent is the kept cell whose direction has
+    the highest cosine to the child's.
+    """
+    if not len(parent):
+        raise ValueError(f"grid {parent.size} kept no cell, so the cells of grid {child.size} have no parent")
+    rows = ancestor_rows(child.coords, child.size, parent.cell_id, parent.size)
+    missing = np.flatnonzero(rows < 0)
+    if len(missing):
+        p = parent.direction.astype(np.float32)
+        p /= np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            rows[part] = np.argmax(child.direction[part].astype(np.float32) @ p.T, axis=1)
+    return rows
 
 
 def whitening_from_activations(path: str | os.PathLike, layer: str | None = None, *, eps: float = 1e-4,
@@ -311,7 +375,8 @@ class IconBatch:
 
     Attributes:
         size: grid size of the level; rows: (B,) ascending rows of the level; cell_id: (B,) their
-        cell ids (they seed :func:`cell_generator`); directions: (B, C) float32.
+        cell ids (they seed :func:`cell_generator`); directions: (B, C) float32; init: the
+        icons the cells start from (None: noise).
     """
 
     layer: str
@@ -330,6 +395,9 @@ class IconBatch:
     precision: str = "fp32"
     border_prior: float = 0.0
     objective: str = "center"
+    #: (B, S, S, 3) uint8 start images (the parent cells' icons), or None to start from noise
+    init: np.ndarray | None = None
+    redirect_relu_steps: int = 16
 
 
 @dataclass
@@ -349,11 +417,13 @@ def render_icon_batch(model: AtlasModel, batch: IconBatch) -> IconBatchResult:
     """Render one :class:`IconBatch` on the model's device (in-process and as a Dask task alike)."""
     t0 = time.perf_counter()
     gens = [[cell_generator(batch.seed, batch.size, int(c), a) for c in batch.cell_id] for a in range(batch.attempts)]
+    init = None if batch.init is None else torch.from_numpy(batch.init).permute(0, 3, 1, 2).float() / 255
     images, values = render_directions(model, batch.layer, batch.directions, gens, icon_size=batch.icon_size,
                                        steps=batch.steps, lr=batch.lr, cossim_pow=batch.cossim_pow,
                                        whiten=batch.whiten, transforms=batch.transforms, device=model.device,
                                        precision=batch.precision, border_prior=batch.border_prior,
-                                       objective=batch.objective)
+                                       objective=batch.objective, init=init,
+                                       redirect_relu_steps=batch.redirect_relu_steps)
     cos = _icon_cossim(model, batch.layer, images, batch.directions, _reads_mean(batch.objective))
     return IconBatchResult(batch.size, batch.rows, to_uint8(images), values.float().numpy(), cos,
                            time.perf_counter() - t0, f"pid {os.getpid()}")
@@ -468,6 +538,9 @@ def render_cells(
     precision: str = "fp32",
     border_prior: float = 0.0,
     objective: str = DEFAULT_ICON_OBJECTIVE,
+    start: str = DEFAULT_START,
+    refine_steps: int = DEFAULT_REFINE_STEPS,
+    refine_lr: float = DEFAULT_REFINE_LR,
     compile: bool | str = False,
     scheduler: str | Scheduler | Client | None = None,
 ) -> RenderSummary:
@@ -513,6 +586,16 @@ def render_cells(
             objective on the activation averaged over every position the icon covers, so the
             whole icon depicts the direction) or ``"center"`` (the paper notebooks': the center
             position only). The stored and reported cosine is read the same way.
+        start: how the icons start: ``"cold"`` (default): every cell from noise with ``steps``
+            steps (the hash of renders made before the setting existed); ``"parent"`` renders
+            the levels coarse to fine, the coarsest from noise with ``steps`` steps and every
+            cell of a finer level from its parent cell's icon (the coarser cell that holds it,
+            :func:`parent_rows`) with ``refine_steps`` steps, so rendering a level renders the
+            coarser levels first (about 8x faster per icon; the icons of a region share one
+            picture, see the module docstring).
+        refine_steps: steps of a cell that starts from its parent's icon (default 16; at most
+            ``steps``).
+        refine_lr: Adam learning rate of those steps (default 0.04).
         compile: run the network under ``torch.compile`` (True: the inductor backend; a string:
             that backend); falls back to eager with a WARNING when compiling fails. In-process only.
         scheduler: render the batches as Dask tasks (:mod:`atlas.runtime.distributed`): ``"local:N"``,
@@ -527,7 +610,7 @@ def render_cells(
     transforms = check_render_settings(  # bad values fail here, before any work
         icon_size=icon_size, steps=steps, attempts=attempts, batch_size=batch_size, lr=lr, cossim_pow=cossim_pow,
         icon_view=icon_view, precision=precision, border_prior=border_prior, objective=objective, levels=levels,
-        transforms=transforms)
+        transforms=transforms, start=start, refine_steps=refine_steps, refine_lr=refine_lr)
     model_spec = None
     if scheduler is not None:
         from atlas.runtime.distributed import ModelSpec
@@ -545,10 +628,18 @@ def render_cells(
     layer = str(cattrs["layer"])
     model.layer(layer)  # unknown layer -> a helpful error before any work
     all_levels = read_cells(cells_path)
-    wanted = list(all_levels) if levels is None else [int(s) for s in levels]
+    wanted = sorted(all_levels) if levels is None else sorted({int(s) for s in levels})
     unknown = sorted(set(wanted) - set(all_levels))
     if unknown:
         raise ValueError(f"{cells_path} has grid sizes {sorted(all_levels)}, not {unknown}; pick from those")
+    # with start="parent", a level's parent is the next coarser level of the file
+    parent_of = dict(zip(sorted(all_levels)[1:], sorted(all_levels))) if start == "parent" else {}
+    if parent_of and wanted:
+        coarser = [s for s in sorted(all_levels) if s < wanted[-1] and s not in wanted]
+        if coarser:
+            log.info("the %s icons start from their parents': rendering the coarser levels %s too",
+                     ", ".join(f"{s}x{s}" for s in wanted), ", ".join(f"{s}x{s}" for s in coarser))
+            wanted = sorted(wanted + coarser)
     if whiten is True:
         source = cattrs.get("source")
         if not source or not Path(source).is_file():
@@ -565,6 +656,9 @@ def render_cells(
         settings["precision"] = precision
     if border_prior:  # so do renders without the frame prior
         settings["border_prior"] = float(border_prior)
+    refine_steps = min(int(refine_steps), int(steps))  # a warm start never costs more than a cold one
+    if start != "cold":  # and cold renders
+        settings.update(start=start, refine_steps=refine_steps, refine_lr=float(refine_lr))
     icons_path = Path(icons_path)
     total = {s: len(all_levels[s]) for s in wanted}
     found = None if overwrite else root_attrs(icons_path)
@@ -582,7 +676,8 @@ def render_cells(
     attrs = dict(model=model.name, layer=layer, cells=str(cells_path), icon_size=int(icon_size), steps=int(steps),
                  attempts=int(attempts), lr=float(lr), cossim_pow=float(cossim_pow), seed=int(seed),
                  whiten=whiten is not None, transforms=", ".join(repr(t) for t in transforms),
-                 cells_settings_hash=settings["cells_settings_hash"])
+                 cells_settings_hash=settings["cells_settings_hash"], start=start,
+                 refine_steps=refine_steps if parent_of else 0, refine_lr=float(refine_lr) if parent_of else 0.0)
     digests = {s: level_digest(lv.cell_id, lv.direction) for s, lv in all_levels.items()}
     store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, icon_size, settings,
                               attrs, digests=digests, inputs={"cells": cells_path}, overwrite=overwrite)
@@ -596,16 +691,33 @@ def render_cells(
         summary.complete = store.finish()
         return summary
     where = dev if model_spec is None else f"Dask workers ({model_spec.device})"
-    log.info("rendering %d icons of %s (%s) on %s: %d steps, best of %d, %d per batch, precision %s", n_work, layer,
-             ", ".join(f"{s}x{s}" for s in wanted), where, steps, attempts, batch_size, precision)
+    how = f"{steps} steps" if not parent_of else (f"the coarsest level {steps} steps, the others from their parents' "
+                                                   f"icons {refine_steps} steps at lr {refine_lr}")
+    log.info("rendering %d icons of %s (%s) on %s: %s, best of %d, %d per batch, precision %s", n_work, layer,
+             ", ".join(f"{s}x{s}" for s in wanted), where, how, attempts, batch_size, precision)
     template = IconBatch(layer, 0, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 0), np.float32),
                          icon_size=icon_size, steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
                          whiten=whiten,
                          transforms=tuple(transforms), precision=precision, border_prior=float(border_prior),
                          objective=objective)
-    batches = [dataclasses.replace(template, size=size, rows=rows, cell_id=all_levels[size].cell_id[rows],
-                                   directions=all_levels[size].direction[rows].astype(np.float32))
-               for size, rows in work]
+
+    def level_batches(size: int) -> list[IconBatch]:
+        """The pending batches of level ``size``; with a parent level (rendered by now), each cell
+        starts from its parent's icon as stored."""
+        lv, parent = all_levels[size], parent_of.get(size)
+        batches = [dataclasses.replace(template, size=size, rows=rows, cell_id=lv.cell_id[rows],
+                                       directions=lv.direction[rows].astype(np.float32))
+                   for s, rows in work if s == size]
+        if not batches or parent is None:
+            return batches
+        above = read_icons(icons_path, [parent])[parent]
+        if not above.done.all():
+            raise RuntimeError(f"grid {parent} of {icons_path} is not fully rendered, so grid {size} cannot start "
+                               "from it; render again")
+        up = parent_rows(lv, all_levels[parent])
+        return [dataclasses.replace(b, init=above.icons[up[b.rows]], steps=refine_steps, lr=refine_lr,
+                                    redirect_relu_steps=0) for b in batches]
+
     level_cossims: dict[int, list[np.ndarray]] = {}
     bar = tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress)
 
@@ -621,14 +733,17 @@ def render_cells(
             from atlas.runtime.distributed import client_for, run_render_batches
 
             with client_for(scheduler) as client:
-                run_render_batches(client, model_spec, batches, render_batch=render_icon_batch, on_batch=write)
+                for size in wanted:  # level by level: a level's cells may start from the one before
+                    run_render_batches(client, model_spec, level_batches(size), render_batch=render_icon_batch,
+                                       on_batch=write)
         else:
             runner = model
             if compile:
                 runner = compile_model(model, layer, icon_size=icon_size,
                                        backend=compile if isinstance(compile, str) else "inductor")
-            for batch in batches:
-                write(render_icon_batch(runner, batch))
+            for size in wanted:
+                for batch in level_batches(size):
+                    write(render_icon_batch(runner, batch))
     finally:
         bar.close()
     summary.complete = store.finish()

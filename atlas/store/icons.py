@@ -6,7 +6,10 @@ side)::
     /                         attrs: atlas_version, kind="icons", model, layer, cells (path of
                                      cells.h5), cells_settings_hash, sizes (list of int),
                                      icon_size (S), steps, attempts, lr, cossim_pow, seed,
-                                     whiten (bool), transforms (text), settings_json,
+                                     whiten (bool), transforms (text), start ("cold" or
+                                     "parent": finer levels start from their parents' icons),
+                                     refine_steps, refine_lr (steps and learning rate of
+                                     those; 0 for "cold"), settings_json,
                                      settings_hash, inputs_json, artifact_id (see
                                      atlas.store.lineage; a new id after every batch),
                                      complete (bool)

@@ -26,8 +26,12 @@ below the coarsest native zoom show the coarsest grid smaller; the viewer over-z
 deepest tiles by ``overzoom`` more steps. Cell ``(iy, ix)`` of level ``s`` covers
 ``[margin + ix * c, margin + (ix + 1) * c)`` horizontally (``c = content / s``), y likewise; the
 icon is centred in it, ``1 - gap`` of the cell wide (times a density factor with
-``density_scaling``). Cells whose icon is not rendered yet (``done`` false) are drawn as a flat
-placeholder square and redrawn by a later run.
+``density_scaling``). A cell whose icon is not rendered yet (``done`` false; a render stopped
+early, or a level not chosen) shows its nearest rendered ancestor's icon for its area, scaled: the
+part of the icon of the coarser cell that holds it, stretched over that cell as if its level were
+shown at this zoom (flat placeholder colour when no ancestor is rendered either); its metadata
+names the ancestor (``fallback``) and the manifest counts such cells per level (``fallbacks``). A
+later run redraws the cell with its own icon.
 
 Output folder::
 
@@ -41,8 +45,9 @@ Output folder::
     thumbs/{row // 1000}/{row}.jpg  dataset-example thumbnails (with activations_path)
     .state.json                per-tile input hashes of the last build (incremental rebuilds)
 
-Incremental: every tile's inputs are summarised by a 64-bit hash (the icon digests, or a
-placeholder mark, of the cells drawn on it, and where); a rebuild rewrites only tiles (and
+Incremental: every tile's inputs are summarised by a 64-bit hash (the icon digests, the
+ancestor's icon digest for a cell not rendered, or a placeholder mark, of the cells drawn on it,
+and where); a rebuild rewrites only tiles (and
 icon sprites) whose hash changed, so re-running after render has finished more cells redraws
 just their tiles. Zooms below a grid's native zoom are drawn from their four child tiles.
 Changing any drawing setting (or the cells) changes a global hash and redraws everything.

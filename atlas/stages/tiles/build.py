@@ -50,12 +50,17 @@ class TilesSummary:
     thumbs_failed: int = 0
     metadata_written: int = 0
     cells_pending: int = 0
+    #: of those, the cells drawn as a rendered ancestor's icon (the rest are placeholders)
+    cells_fallback: int = 0
     complete: bool = True
     seconds: float = 0.0
     build: str = ""
 
     def describe(self) -> str:
-        pending = f"; {self.cells_pending} cells not rendered yet (placeholders)" if self.cells_pending else ""
+        shown = f"{self.cells_fallback} shown as a coarser cell's icon, " if self.cells_fallback else ""
+        grey = self.cells_pending - self.cells_fallback
+        pending = (f"; {self.cells_pending} cells not rendered yet ({shown}{grey} placeholders)"
+                   if self.cells_pending else "")
         thumbs = f", {self.thumbs_written} thumbnails" if self.thumbs_written else ""
         failed = f" ({self.thumbs_failed} photos unreadable)" if self.thumbs_failed else ""
         return (
@@ -212,6 +217,7 @@ def build_tiles(
         out_dir=out, levels=tuple(pyr.sizes), max_zoom=pyr.max_zoom, tiles_total=sum(len(p.hashes) for p in plans),
         tiles_written=written, sprites_written=sprites_written, thumbs_written=thumbs_written, thumbs_failed=thumbs_failed,
         metadata_written=meta_written, cells_pending=pending, complete=pending == 0,
+        cells_fallback=int(sum(((lv.fallback_size > 0) & ~lv.done).sum() for lv in levels)),
         seconds=time.perf_counter() - t0, build=manifest["build"],
     )
     log.info("%s", summary.describe())

@@ -14,7 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from atlas.stages.tiles.hashing import PLACEHOLDER_DIGEST, U64
+from atlas.stages.grid import ancestor_rows
+from atlas.stages.tiles.hashing import PLACEHOLDER_DIGEST, U64, mix64
 from atlas.stages.tiles.settings import TilesError
 from atlas.store.common import ArtifactError, open_artifact
 
@@ -35,6 +36,11 @@ class Level:
     example_images: np.ndarray  # (M, E) int64
     done: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     digest: np.ndarray = field(default_factory=lambda: np.zeros(0, U64))
+    # a cell not rendered yet is drawn as the icon of its nearest rendered ancestor (the cell of a
+    # coarser level that holds its center), scaled: that level's size (0: none, a placeholder)
+    # and row (-1)
+    fallback_size: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    fallback_row: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def _per_cell(a: np.ndarray, m: int) -> np.ndarray:
@@ -147,11 +153,33 @@ def icon_digests(source: IconSource | None, done: np.ndarray, chunk: int = 1024)
     return out
 
 
+def fill_fallbacks(levels: list[Level]) -> None:
+    """Each level's ``fallback_size`` / ``fallback_row``: for every cell not rendered, its nearest
+    rendered ancestor (the nearest coarser level first); the cell's ``digest`` then follows that
+    icon's, so its tiles are redrawn when the ancestor or the cell itself is rendered."""
+    by_size = sorted(levels, key=lambda lv: lv.size)
+    for k, level in enumerate(by_size):
+        m = len(level.cell_id)
+        level.fallback_size = np.zeros(m, np.int64)
+        level.fallback_row = np.full(m, -1, np.int64)
+        for coarser in by_size[k - 1::-1] if k else []:
+            open_ = np.flatnonzero(~level.done & (level.fallback_size == 0))
+            if not len(open_):
+                break
+            rows = ancestor_rows(level.coords, level.size, coarser.cell_id, coarser.size)[open_]
+            hit = rows >= 0
+            hit[hit] = coarser.done[rows[hit]]
+            level.fallback_size[open_[hit]] = coarser.size
+            level.fallback_row[open_[hit]] = rows[hit]
+            level.digest[open_[hit]] = mix64(coarser.digest[rows[hit]] ^ U64(coarser.size)) | U64(1)
+
+
 def read_icons(icons_path: Path, cells_path: Path, levels: list[Level]) -> tuple[dict[int, IconSource | None], int, str]:
     """Each level's icon source (None: not rendered at all yet), the icon size and settings hash.
 
-    Fills each level's ``done`` flags (as of now: cells rendered later stay placeholders until
-    the next build) and icon ``digest``.
+    Fills each level's ``done`` flags (as of now: cells rendered later stay placeholders, or
+    their ancestors' icons, until the next build), icon ``digest`` and fallbacks
+    (:func:`fill_fallbacks`).
     """
     sources: dict[int, IconSource | None] = {}
     with open_h5(icons_path) as fi:
@@ -178,7 +206,9 @@ def read_icons(icons_path: Path, cells_path: Path, levels: list[Level]) -> tuple
             level.done = fi[f"{key}/done"][:].astype(bool)
     for level in levels:
         level.digest = icon_digests(sources[level.size], level.done)
+    fill_fallbacks(levels)
     return sources, icon_size or 64, icons_hash
 
 
-__all__ = ["icon_digests", "IconRows", "IconSource", "Level", "open_h5", "read_cells", "read_icons"]
+__all__ = ["fill_fallbacks", "icon_digests", "IconRows", "IconSource", "Level", "open_h5",
+           "read_cells", "read_icons"]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,23 @@ def icon_ref(level: Level, i: int, icon_size: int) -> dict[str, Any] | None:
             "y": (iy % k) * icon_size, "size": icon_size, "sprite_px": k * icon_size}
 
 
+def fallback_ref(level: Level, i: int, coarser: Mapping[int, Level], icon_size: int) -> dict[str, Any] | None:
+    """The ancestor whose icon a cell not rendered yet shows (``Level.fallback_size``): its grid,
+    cell and icon; None for a rendered cell or one without a rendered ancestor."""
+    size = int(level.fallback_size[i]) if len(level.fallback_size) else 0
+    if level.done[i] or not size or size not in coarser:
+        return None
+    up, row = coarser[size], int(level.fallback_row[i])
+    return {"size": size, "iy": int(up.coords[row, 0]), "ix": int(up.coords[row, 1]),
+            "icon": icon_ref(up, row, icon_size)}
+
+
 def region_files(
-    level: Level, settings: TileSettings, class_names: list[str], thumbs: set[int] | None, icon_size: int
+    level: Level, settings: TileSettings, class_names: list[str], thumbs: set[int] | None, icon_size: int,
+    coarser: Mapping[int, Level] | None = None,
 ) -> dict[tuple[int, int], bytes]:
-    """Per-region JSON documents of one level (cells in row-major order)."""
+    """Per-region JSON documents of one level (cells in row-major order); ``coarser``: the other
+    levels by size, for the ancestors whose icons stand in for cells not rendered yet."""
     r = settings.region
     region = level.coords // r
     key = region[:, 0] * 1_000_000 + region[:, 1]
@@ -75,6 +89,9 @@ def region_files(
             "thumbs": [thumb_url(row) if thumbs is not None and row in thumbs else None for row in rows],
             "icon": icon_ref(level, i, icon_size),
         }
+        fallback = fallback_ref(level, i, coarser or {}, icon_size)
+        if fallback is not None:
+            cell["fallback"] = fallback
         out.setdefault((iy // r, ix // r), []).append(cell)
     docs = {}
     for (ry, rx), cells in out.items():
@@ -93,8 +110,9 @@ def write_metadata(
     written = 0
     digest = hashlib.blake2b(digest_size=8)
     entries = []
+    by_size = {lv.size: lv for lv in levels}
     for level in levels:
-        docs = region_files(level, settings, class_names, thumbs, icon_size)
+        docs = region_files(level, settings, class_names, thumbs, icon_size, by_size)
         folder = out / "meta" / str(level.size)
         for (ry, rx), data in sorted(docs.items()):
             digest.update(data)
@@ -106,6 +124,10 @@ def write_metadata(
             "zooms": [z for z in range(pyr.max_zoom + 1) if pyr.zoom_levels[z] == level.size],
             "n_cells": int(len(level.cell_id)),
             "n_done": int(level.done.sum()),
+            # cells not rendered that show an ancestor's icon, by the ancestor's grid size
+            "fallbacks": {str(int(s)): int(n) for s, n in zip(*np.unique(
+                level.fallback_size[~level.done & (level.fallback_size > 0)], return_counts=True))}
+            if len(level.fallback_size) else {},
             "count_total": int(level.count.sum()),
             "count_max": int(level.count.max()) if len(level.count) else 0,
             "region": settings.region,
@@ -168,5 +190,5 @@ def manifest_warnings(tiles_dir: str | os.PathLike, manifest: dict[str, Any]) ->
     return out
 
 
-__all__ = ["icon_ref", "manifest_warnings", "read_manifest", "region_files", "round_sig", "sprite_cells",
+__all__ = ["fallback_ref", "icon_ref", "manifest_warnings", "read_manifest", "region_files", "round_sig", "sprite_cells",
            "write_metadata"]

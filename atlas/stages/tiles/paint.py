@@ -6,6 +6,7 @@ import io
 import json
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +24,59 @@ from atlas.stages.tiles.state import ZoomPlan
 
 
 class Painter:
-    """Draws the tiles of one zoom level."""
+    """Draws the tiles of one zoom level.
 
-    def __init__(self, pyr: Pyramid, settings: TileSettings, z: int, level: Level, icons: IconRows | None):
+    A cell not rendered yet shows the part of its nearest rendered ancestor's icon that covers
+    its box (the ancestor's icon stretched over the ancestor's cell, as if that level were shown
+    at this zoom; ``Level.fallback_size``), or the placeholder colour when no ancestor is rendered.
+    """
+
+    def __init__(self, pyr: Pyramid, settings: TileSettings, z: int, level: Level, icons: IconRows | None,
+                 ancestors: Mapping[int, IconRows] | None = None):
         self.pyr, self.settings, self.z, self.level, self.icons = pyr, settings, z, level, icons
+        self.ancestors = ancestors or {}
         self.bg = np.array(parse_color(settings.background), np.uint8)
         self.ph = np.array(parse_color(settings.placeholder), np.uint8)
         scale = density_scale(level.count) if settings.density_scaling else None
         self.left, self.top, self.side = pyr.cell_rects(z, level.coords, settings.gap, scale)
         self._resized: OrderedDict[int, np.ndarray] = OrderedDict()
 
-    def _icon(self, i: int) -> np.ndarray:
-        got = self._resized.get(i)
+    def _cached(self, key: int, make: Callable[[], np.ndarray]) -> np.ndarray:
+        """``make()``, kept in a small LRU of resized icons under ``key``."""
+        got = self._resized.get(key)
         if got is not None:
-            self._resized.move_to_end(i)
+            self._resized.move_to_end(key)
             return got
-        side = int(self.side[i])
-        src = self.icons[int(i)]  # type: ignore[index]
-        if src.shape[0] != side or src.shape[1] != side:
-            src = np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR))
-        self._resized[i] = src
+        got = self._resized[key] = make()
         if len(self._resized) > 4096:
             self._resized.popitem(last=False)
-        return src
+        return got
+
+    def _icon(self, i: int) -> np.ndarray:
+        def make() -> np.ndarray:
+            side = int(self.side[i])
+            src = self.icons[int(i)]  # type: ignore[index]
+            if src.shape[0] != side or src.shape[1] != side:
+                src = np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR))
+            return src
+
+        return self._cached(i, make)
+
+    def _fallback(self, i: int) -> np.ndarray:
+        """The box of cell row ``i`` cut from its ancestor's icon and scaled to the box."""
+        def make() -> np.ndarray:
+            size, side = int(self.level.fallback_size[i]), int(self.side[i])
+            src = self.ancestors[size][int(self.level.fallback_row[i])]
+            f = self.level.size / size  # cells of this level per ancestor cell, along a side
+            iy, ix = (float(v) for v in self.level.coords[i])
+            off = (1.0 - side / self.pyr.cell_size(self.z)) / 2  # the box's inset in its cell, in cells
+            u0 = (ix - np.floor((ix + 0.5) / f) * f + off) / f
+            v0 = (iy - np.floor((iy + 0.5) / f) * f + off) / f
+            w, n = side / self.pyr.cell_size(self.z) / f, src.shape[0]
+            return np.asarray(Image.fromarray(src).resize((side, side), Image.Resampling.BILINEAR,
+                                                          box=(u0 * n, v0 * n, (u0 + w) * n, (v0 + w) * n)))
+
+        return self._cached(-1 - i, make)
 
     def paint(self, tx: int, ty: int, cells: np.ndarray) -> np.ndarray:
         t = self.pyr.tile_size
@@ -62,6 +93,8 @@ class Painter:
                 continue
             if self.level.done[i] and self.icons is not None:
                 canvas[dy:dy + h, dx:dx + w] = self._icon(int(i))[sy:sy + h, sx:sx + w]
+            elif self.level.fallback_size[i] in self.ancestors:
+                canvas[dy:dy + h, dx:dx + w] = self._fallback(int(i))[sy:sy + h, sx:sx + w]
             else:
                 canvas[dy:dy + h, dx:dx + w] = self.ph
         return canvas
@@ -119,7 +152,8 @@ def draw_tiles(
             if not plan.dirty.any():
                 continue
             ds = icon_ds[plan.level.size]
-            painter = Painter(pyr, settings, plan.z, plan.level, IconRows(ds) if ds is not None else None)
+            ancestors = {s: IconRows(d) for s, d in icon_ds.items() if s < plan.level.size and d is not None}
+            painter = Painter(pyr, settings, plan.z, plan.level, IconRows(ds) if ds is not None else None, ancestors)
             derive = plan.z < pyr.max_zoom and pyr.zoom_levels[plan.z + 1] == plan.level.size
             n = pyr.n_tiles(plan.z)
             starts = np.searchsorted(plan.tile, np.arange(n * n + 1))

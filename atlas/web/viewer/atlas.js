@@ -172,12 +172,23 @@
     }));
   }
 
+  function fallbackText(cell) { // a cell not rendered shows its nearest rendered ancestor's icon
+    const fb = cell.fallback;
+    return fb ? `icon not rendered: the grid ${fb.size}×${fb.size} icon of this area (cell ${fb.iy}, ${fb.ix}), scaled` : '';
+  }
+
   function iconNode(info, cls) {
     // the icon is a k x k-cell sprite sheet's box, shown scaled with CSS (one download serves
     // every neighbour in the sheet)
-    const icon = info.cell.icon;
+    let icon = info.cell.icon;
+    let label = 'feature visualization of the cell';
+    if (!icon && info.cell.fallback && info.cell.fallback.icon) {
+      icon = info.cell.fallback.icon;
+      label = fallbackText(info.cell);
+      cls += ' fallback';
+    }
     if (!icon) return el('div', { cls: cls + ' pending', text: 'icon not rendered yet' });
-    const node = el('div', { cls: cls + ' sprite', role: 'img', 'aria-label': 'feature visualization of the cell' });
+    const node = el('div', { cls: cls + ' sprite', role: 'img', 'aria-label': label, title: label });
     node.dataset.sprite = icon.sprite;
     requestAnimationFrame(() => {
       const shown = node.clientWidth || icon.size;
@@ -200,6 +211,7 @@
           el('div', { cls: 'tt-title', text: top ? className(info.names, top[0]) : 'no positive class' }),
           el('div', { cls: 'tt-sub', text: `${fmt.format(cell.count)} activations` }),
           el('div', { cls: 'tt-sub', text: `grid ${level.size}×${level.size} · cell ${cell.iy}, ${cell.ix}` }),
+          cell.fallback ? el('div', { cls: 'tt-sub tt-fallback', text: fallbackText(cell) }) : null,
         ]),
       ]),
       classList(info, 5, null),
@@ -267,6 +279,7 @@
           el('br'), `grid ${level.size}×${level.size}`, el('br'), `cell ${cell.iy}, ${cell.ix}`,
         ]),
       ]),
+      ...(cell.fallback ? [el('p', { cls: 'panel-note panel-fallback', text: fallbackText(cell) })] : []),
       el('h3', { text: 'Top classes by attribution' }),
       classList(info, 10, (name) => setClass(name)),
       el('h3', { text: 'Dataset examples' }),
@@ -677,9 +690,22 @@
     $('status-level').textContent = `grid ${level.size}×${level.size} · ${fmt.format(level.n_cells)} cells · zoom ${state.map.getZoom().toFixed(2).replace(/\.?0+$/, '')}`;
     document.body.dataset.level = level.size;
     document.body.dataset.zoom = state.map.getZoom();
+    // cells not rendered show their nearest rendered ancestor's icon, scaled, or grey without one
     const pending = state.m.levels.reduce((s, lv) => s + lv.n_cells - lv.n_done, 0);
-    $('status-pending').hidden = pending === 0;
-    $('status-pending').textContent = `${fmt.format(pending)} icons still rendering (grey)`;
+    const here = level.n_cells - level.n_done;
+    const from = Object.entries(level.fallbacks || {}).sort((a, b) => b[0] - a[0]);
+    const stand = from.reduce((s, [, n]) => s + n, 0);
+    const parts = [];
+    if (here > 0) {
+      parts.push(`grid ${level.size}×${level.size}: ${fmt.format(here)} of ${fmt.format(level.n_cells)} icons not rendered`);
+      if (stand > 0) parts.push(`shown as the ${from.map(([s]) => `${s}×${s}`).join(' / ')} icons of their area, scaled`);
+      if (here > stand) parts.push(`${fmt.format(here - stand)} grey`);
+    } else if (pending > 0) {
+      parts.push(`${fmt.format(pending)} icons of other grids not rendered`);
+    }
+    $('status-pending').hidden = parts.length === 0;
+    $('status-pending').textContent = parts.join(' · ');
+    document.body.dataset.fallback = stand > 0 && here > 0 ? '1' : '';
   }
 
   async function openRun(run, view) {
