@@ -97,9 +97,8 @@ from atlas.runtime.precision import PRECISIONS
 from atlas.stages.grid import ancestor_rows
 from atlas.store.activations import ActivationsFile
 from atlas.store.cells import CellLevel, cells_attrs, level_digest, read_cells
-from atlas.store.common import is_current
-from atlas.store.icons import KIND, IconsFile, check_settings, read_icons
-from atlas.store.lineage import compare_input, recorded_inputs, require_current, root_attrs
+from atlas.store.icons import INPUT_KEYS, KIND, IconsFile, read_icons
+from atlas.store.lineage import compare_input, recorded_inputs, refuse_other_settings, require_current, root_attrs
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -172,19 +171,17 @@ DEFAULT_REFINE_STEPS = 16
 DEFAULT_REFINE_LR = 0.04
 
 
-def _reads_mean(objective: str) -> bool:
-    """Whether the icon ``objective`` reads the spatial mean (True) or the center (False); a
-    clear error for anything else."""
-    if objective not in ICON_OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(repr(o) for o in ICON_OBJECTIVES)}, got {objective!r}")
-    return objective == "mean"
 #: ``icon_view`` -> the arguments of :func:`atlas.optvis.icon_transforms`.
 ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "wide": {"pad_width": 8, "pad_value": 0.5},
               "notebooks": {"pad_width": 2, "pad_value": 1.0}}
-
-
 #: The smallest icon side in pixels.
 MIN_ICON_SIZE = 8
+
+
+def _reads_mean(objective: str) -> bool:
+    """Whether the icon ``objective`` reads the spatial mean (True) or the center (False); a
+    clear error for anything else."""
+    return one_of("objective", objective, ICON_OBJECTIVES) == "mean"
 
 
 def check_render_settings(
@@ -238,9 +235,7 @@ def icon_view_transforms(icon_view: str) -> list[Transform]:
     ``"notebooks"`` (the paper notebooks' 2 px white pad and 50 px window: about 2.1x cheaper a
     step than ``whole`` on a CPU, pale and soft borders). Measured in ``benchmarks/README.md``,
     "Icons side by side with dreamlens"."""
-    if icon_view not in ICON_VIEWS:
-        raise ValueError(f"icon_view must be one of {', '.join(repr(v) for v in ICON_VIEWS)}, got {icon_view!r}")
-    return icon_transforms(**ICON_VIEWS[icon_view])
+    return icon_transforms(**ICON_VIEWS[one_of("icon_view", icon_view, tuple(ICON_VIEWS))])
 
 
 def cell_generator(seed: int, size: int, cell_id: int, attempt: int = 0) -> torch.Generator:
@@ -663,9 +658,10 @@ def render_cells(
     total = {s: len(all_levels[s]) for s in wanted}
     found = None if overwrite else root_attrs(icons_path)
     if found is not None and found.get("kind") == KIND:
-        check_settings(icons_path, settings)  # other settings: SettingsChangedError, nothing touched
+        # other settings: SettingsChangedError, nothing touched; only the cells' hash changed: not current
+        same = not refuse_other_settings(icons_path, found, settings, stage="render", input_keys=INPUT_KEYS)
         recorded = (recorded_inputs(found) or {}).get("cells")
-        if is_current(icons_path, KIND, settings) and compare_input(recorded, root_attrs(cells_path)) != "changed":
+        if same and found.get("complete") and compare_input(recorded, root_attrs(cells_path)) != "changed":
             log.info("%s is complete and current; skipping render", icons_path)
             return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
 

@@ -41,8 +41,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from atlas.store.common import ArtifactError, SettingsChangedError, read_settings, settings_diff, settings_hash, stamp
-from atlas.store.lineage import ID_ATTR, new_id, record_inputs
+from atlas.store.common import ArtifactError, read_settings, stamp
+from atlas.store.lineage import ID_ATTR, new_id, record_inputs, refuse_other_settings, root_attrs
 
 __all__ = ["KIND", "IconLevel", "IconsFile", "check_settings", "icons_settings", "read_icons"]
 
@@ -223,13 +223,10 @@ INPUT_KEYS = ("cells_settings_hash",)
 def check_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
     """Raise :class:`SettingsChangedError` when the icons at ``path`` were rendered with other
     settings than ``settings`` (the cells they were rendered from aside)."""
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("settings_hash") == settings_hash(settings):
-            return
-        changes = settings_diff(read_settings(f), settings, ignore=INPUT_KEYS)
-        complete = bool(f.attrs.get("complete", False))
-    if changes:
-        raise SettingsChangedError(path, "render", changes, partial=not complete)
+    attrs = root_attrs(path)
+    if attrs is None:
+        raise ArtifactError(f"{path} cannot be read; delete it and render again")
+    refuse_other_settings(path, attrs, settings, stage="render", input_keys=INPUT_KEYS)
 
 
 def _unusable(path: Path) -> str | None:

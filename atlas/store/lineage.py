@@ -253,6 +253,19 @@ class Existing:
     reasons: list[str] = field(default_factory=list)
 
 
+def refuse_other_settings(path: str | os.PathLike, attrs: Mapping[str, Any], settings: Mapping[str, Any], *,
+                          stage: str, input_keys: tuple[str, ...] = ()) -> bool:
+    """Raise :class:`SettingsChangedError` when the artifact ``path`` (its attributes ``attrs``)
+    was made with other ``settings``, ``input_keys`` (entries that describe inputs) aside.
+    Returns whether its settings hash differs at all: True when only the input entries did."""
+    if attrs.get("settings_hash") == settings_hash(settings):
+        return False
+    changes = settings_diff(read_settings_attrs(attrs), settings, ignore=input_keys)
+    if changes:
+        raise SettingsChangedError(path, stage, changes, partial=not bool(attrs.get("complete", False)))
+    return True
+
+
 def check_output(path: str | os.PathLike, kind: str, settings: Mapping[str, Any], *, stage: str,
                  inputs: Mapping[str, str | os.PathLike] | None = None, input_keys: tuple[str, ...] = (),
                  overwrite: bool = False) -> Existing:
@@ -274,10 +287,7 @@ def check_output(path: str | os.PathLike, kind: str, settings: Mapping[str, Any]
         return Existing("replace", attrs)
     complete = bool(attrs.get("complete", False))
     reasons = []
-    if attrs.get("settings_hash") != settings_hash(settings):
-        changes = settings_diff(read_settings_attrs(attrs), settings, ignore=input_keys)
-        if changes:
-            raise SettingsChangedError(path, stage, changes, partial=not complete)
+    if refuse_other_settings(path, attrs, settings, stage=stage, input_keys=input_keys):
         reasons.append("the settings of its inputs changed")
     recorded = recorded_inputs(attrs)
     unknown = []
@@ -307,4 +317,4 @@ def keep_or_replace(call: Callable[[bool], T], overwrite: bool) -> T:
 
 __all__ = ["ID_ATTR", "INPUTS_ATTR", "STAGE_OF", "Existing", "InputCheck", "chain_problems", "check_inputs",
            "check_output", "compare_input", "input_record", "keep_or_replace", "new_id", "record_inputs",
-           "recorded_inputs", "require_current", "root_attrs", "warn_unknown"]
+           "recorded_inputs", "refuse_other_settings", "require_current", "root_attrs", "warn_unknown"]

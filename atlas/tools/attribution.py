@@ -109,7 +109,7 @@ def _modified_relus(model: nn.Module, rule: str = "guided") -> Iterator[None]:
         if isinstance(m, nn.ReLU):
             handles.append(m.register_forward_hook(lambda _m, inp, _o: ModifiedReLU.apply(inp[0])))
     original = F.relu
-    F.relu = lambda inp, inplace=False: ModifiedReLU.apply(inp)  # functional ReLUs (InceptionV1, googlenet)
+    F.relu = lambda inp, inplace=False: ModifiedReLU.apply(inp)  # functional ReLUs (torchvision's googlenet)
     try:
         yield
     finally:
@@ -166,20 +166,29 @@ def last_spatial_layer(model: AtlasModel) -> str:
     return finished[-1]
 
 
+def _layer_and_gradient(model: AtlasModel, x: torch.Tensor, target: torch.Tensor, layer: str,
+                        method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activations ``A`` of a spatial ``layer`` and ``d logit_target / d A``, both (N, C, h, w)
+    and detached: what Grad-CAM, Grad-CAM++ and the layer input x gradient are made of.
+    ``method`` names the caller in the error for a layer that is not spatial."""
+    with torch.enable_grad(), capture(model, [layer]) as acts:
+        logits = model(x.detach().clone().requires_grad_(True))  # params are frozen: the graph starts at x
+        a = acts[layer]
+        if a.dim() != 4:
+            raise ValueError(f"{method} needs a spatial layer (N, C, H, W); {layer!r} is not spatial (output "
+                             f"{tuple(a.shape)}): pick one of `atlas layers {model.name} --spatial`")
+        (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
+    return a.detach(), g
+
+
 def grad_cam(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int | None = None, *,
              layer: str | None = None) -> torch.Tensor:
     """Grad-CAM at ``layer`` (must be spatial; default :func:`last_spatial_layer`, the last
     convolutional layer as in the paper), upsampled to the input size, (N, H, W)."""
     layer = layer or last_spatial_layer(model)
-    target = _targets(model, x, target)
-    with torch.enable_grad(), capture(model, [layer]) as acts:
-        logits = model(x.detach().clone().requires_grad_(True))  # params are frozen: the graph starts at x
-        a = acts[layer]
-        if a.dim() != 4:
-            raise ValueError(f"Grad-CAM needs a spatial layer (N, C, H, W); {layer!r} gives {tuple(a.shape)}")
-        (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
+    a, g = _layer_and_gradient(model, x, _targets(model, x, target), layer, "Grad-CAM")
     weights = g.mean((2, 3), keepdim=True)
-    cam = F.relu((weights * a).sum(1, keepdim=True)).detach()
+    cam = F.relu((weights * a).sum(1, keepdim=True))
     return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
 
 
@@ -197,14 +206,7 @@ def grad_cam_pp(model: AtlasModel, x: torch.Tensor, target: torch.Tensor | int |
     evidence.
     """
     layer = layer or last_spatial_layer(model)
-    target = _targets(model, x, target)
-    with torch.enable_grad(), capture(model, [layer]) as acts:
-        logits = model(x.detach().clone().requires_grad_(True))
-        a = acts[layer]
-        if a.dim() != 4:
-            raise ValueError(f"Grad-CAM++ needs a spatial layer (N, C, H, W); {layer!r} gives {tuple(a.shape)}")
-        (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), a)
-    a = a.detach()
+    a, g = _layer_and_gradient(model, x, _targets(model, x, target), layer, "Grad-CAM++")
     g2, g3 = g**2, g**3
     denom = 2 * g2 + a.sum((2, 3), keepdim=True) * g3
     alpha = torch.where(denom != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), torch.zeros_like(g))
@@ -219,15 +221,8 @@ def layer_gradient_x_activation(model: AtlasModel, x: torch.Tensor, target: torc
     the activations ``h`` themselves, both (N, C, h, w) at a spatial ``layer`` (Captum's
     ``LayerGradientXActivation``). Summed over channels it is the paper's per-position
     attribution of a layer's activation vector to a class (what collect stores per row)."""
-    target = _targets(model, x, target)
-    with torch.enable_grad(), capture(model, [layer]) as acts:
-        logits = model(x.detach().clone().requires_grad_(True))
-        h = acts[layer]
-        if h.dim() != 4:
-            raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)}); "
-                             f"pick a (C, H, W) layer, see `atlas layers {model.name} --spatial`")
-        (g,) = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), h)
-    return (h * g).detach(), h.detach()
+    h, g = _layer_and_gradient(model, x, _targets(model, x, target), layer, "the layer input x gradient")
+    return h * g, h
 
 
 @dataclass(frozen=True)
@@ -601,3 +596,11 @@ METHODS: dict[str, AttributionFn] = {
     "occlusion": occlusion,
     "igos": lambda m, x, t: igos(m, x, t).map,
 }
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the entries of ``methods`` that are not names of
+    :data:`METHODS`, and the names that are."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; available: {', '.join(METHODS)}")

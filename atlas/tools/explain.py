@@ -153,9 +153,7 @@ def explain_photo(model: AtlasModel, photo: str | os.PathLike, *, target: int | 
     per-position attribution's. With ``smooth``, the gradient maps (saliency, guided backprop,
     deconvnet) are averaged over ``smooth_samples`` noisy copies (SmoothGrad).
     """
-    unknown = [m for m in methods if m not in attr.METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {', '.join(attr.METHODS)}")
+    attr.check_methods(methods)
     model.layer(layer)  # unknown layers raise with close matches
     x = load_photo(photo, model)
     with torch.no_grad():
@@ -508,9 +506,7 @@ def evaluate_methods(model: AtlasModel, photos: Sequence[str | os.PathLike], *,
     as in :func:`explain_photo`); the other settings as in :func:`explain_photo`."""
     from tqdm.auto import tqdm
 
-    unknown = [m for m in methods if m not in attr.METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {', '.join(attr.METHODS)}")
+    attr.check_methods(methods)
     settings = MethodSettings(gradcam_layer=_gradcam_layer(model, methods, layer), ig_steps=ig_steps,
                               occlusion_patch=occlusion_patch, occlusion_stride=occlusion_stride,
                               igos_iterations=igos_iterations, igos_steps=igos_steps)

@@ -126,9 +126,7 @@ def cascading_randomization(model: AtlasModel, photos: Sequence[str | os.PathLik
     from atlas.tools import attribution as attr
     from atlas.tools.explain import MethodSettings, load_photo, method_map
 
-    unknown = [m for m in methods if m not in attr.METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {', '.join(attr.METHODS)}")
+    attr.check_methods(methods)
     order = top_down_layers(model)
     if not 1 <= depth <= len(order):
         raise ValueError(f"depth must be between 1 and {len(order)} (the model's parametrised layers), not {depth}")
