@@ -491,8 +491,11 @@ def test_unrendered_levels_show_their_ancestors_icons_and_say_so(browser, tmp_pa
         assert "shown as the 12×12 icons of their area, scaled" in status and "grey" not in status
         assert p.js("document.body.dataset.fallback") == "1"
         # the pixels at the cell: its grid-12 ancestor's icon (a flat colour with a lighter ring), not grey
+        # loaded and faded in (Leaflet fades a new tile from transparent: a pixel read mid-fade is
+        # the tile blended with the page's background)
         p.page.wait_for_function("() => [...document.querySelectorAll('img.leaflet-tile')].length > 0 && "
-                                 "[...document.querySelectorAll('img.leaflet-tile')].every(i => i.complete)",
+                                 "[...document.querySelectorAll('img.leaflet-tile')].every(i => i.complete"
+                                 " && getComputedStyle(i).opacity === '1')",
                                  timeout=15_000)
         x, y = p.point_of(48, cell)
         shot = Image.open(io.BytesIO(p.page.screenshot())).convert("RGB")
