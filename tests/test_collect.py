@@ -21,6 +21,10 @@ from atlas.models import load_model
 from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs, sample_positions
 from atlas.store.activations import ActivationsFile, parts_dir_for
 
+# torchvision.io's decoders warn that they are deprecated (torchvision 0.29): collect must not use them
+pytestmark = pytest.mark.filterwarnings(
+    "error:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
+
 
 def tiny_net() -> nn.Module:
     torch.manual_seed(0)

@@ -2,7 +2,8 @@
 
 - :mod:`atlas.data.sources`: folders, list files, tar shards and globs as ordered image sources
 - :mod:`atlas.data.labels`: ImageNet class indices from WordNet ids in paths or list-file labels
-- :mod:`atlas.data.decoding`: bytes -> RGB image, or :class:`BadImage` with a stable skip reason
+- :mod:`atlas.data.decoding`: bytes -> RGB image, or :class:`BadImage` with a stable skip reason;
+  the batched JPEG decoder (TorchCodec where it works, else PIL)
 - :mod:`atlas.data.loader`: a ``DataLoader`` dataset over a source; bad files counted, never fatal
 - :mod:`atlas.data.datasets`: named public image sets (Imagenette) a source spec can name
 """
@@ -13,9 +14,12 @@ from atlas.data.decoding import (
     SKIP_REASONS,
     BadImage,
     decode_image,
+    decode_jpegs,
+    jpeg_batch_decoder,
     open_photo,
     reason_name,
     to_rgb,
+    torchcodec_problem,
 )
 from atlas.data.labels import infer_label
 from atlas.data.loader import ImageDataset, collate_images, load_image, read_image_bytes
@@ -45,11 +49,14 @@ __all__ = [
     "TarSource",
     "collate_images",
     "decode_image",
+    "decode_jpegs",
     "infer_label",
+    "jpeg_batch_decoder",
     "load_image",
     "open_photo",
     "open_source",
     "read_image_bytes",
     "reason_name",
     "to_rgb",
+    "torchcodec_problem",
 ]

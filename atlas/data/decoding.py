@@ -28,18 +28,28 @@ classifiers are trained with. Animated and multi-page files give their first fra
 
 With a target size, JPEGs are decoded at a reduced DCT scale (``draft``): the largest that keeps both
 sides at least the target, so a large photo is not decoded at full size only to be shrunk.
+
+The batched JPEG decoder (collect's ``decode="gpu"`` path) is chosen here, in one place:
+:func:`jpeg_batch_decoder` is ``"torchcodec"`` where TorchCodec is installed and decodes a JPEG
+in this process (:func:`decode_jpegs`: libjpeg-turbo on the CPU, one nvJPEG call per batch on
+CUDA), else ``"pil"``: :func:`decode_image` above, which collect then runs in its decode workers.
+TorchCodec needs no system FFmpeg for still images (its wheel carries libjpeg-turbo and nvJPEG).
+torchvision's own decoders (``torchvision.io``) are deprecated since torchvision 0.29 and are
+not used.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
+import torch
 from PIL import Image, JpegImagePlugin, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -236,5 +246,68 @@ def open_photo(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"{path} cannot be used as a photo: {e.reason}") from e
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "SKIP_REASONS", "BadImage", "TargetSize", "decode_image",
-           "open_photo", "reason_name", "to_rgb"]
+@functools.lru_cache(maxsize=1)
+def _torchcodec_problem() -> str | None:
+    """Checked once per process: see :func:`torchcodec_problem`."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except Exception as e:  # noqa: BLE001 -- not installed, or its native library does not load here
+        return f"torchcodec cannot be imported ({type(e).__name__}: {e})"
+    probe = io.BytesIO()
+    Image.new("RGB", (16, 8), (200, 30, 60)).save(probe, "JPEG", quality=95)
+    try:
+        img = decode_jpeg(probe.getvalue(), mode="RGB")
+    except Exception as e:  # noqa: BLE001 -- installed but unusable (e.g. built for another torch)
+        return f"torchcodec is installed but cannot decode a JPEG ({type(e).__name__}: {e})"
+    if tuple(img.shape) != (3, 8, 16) or img.dtype != torch.uint8 or abs(int(img[0, 4, 8]) - 200) > 8:
+        return f"torchcodec decoded a test JPEG wrongly (shape {tuple(img.shape)}, dtype {img.dtype})"
+    return None
+
+
+def torchcodec_problem() -> str | None:
+    """Why TorchCodec cannot decode JPEGs in this process (not installed, its native library does
+    not load, ...), or ``None`` when it can. Checked once, by decoding a small JPEG."""
+    return _torchcodec_problem()
+
+
+def jpeg_batch_decoder() -> Literal["torchcodec", "pil"]:
+    """The decoder of collect's batched JPEG path: ``"torchcodec"`` where TorchCodec works here
+    (:func:`torchcodec_problem` is ``None``), else ``"pil"`` (:func:`decode_image`)."""
+    return "pil" if _torchcodec_problem() else "torchcodec"
+
+
+def decode_jpegs(datas: Sequence[torch.Tensor], device: torch.device | str = "cpu") -> list[torch.Tensor | None]:
+    """Decode JPEGs with TorchCodec: each ``(L,)`` uint8 CPU tensor of a file's bytes becomes a
+    ``(3, H, W)`` uint8 RGB tensor on ``device`` (libjpeg-turbo on the CPU, nvJPEG in one batch on
+    CUDA), or ``None`` where the decoder rejects the data (a damaged stream: :func:`decode_image`
+    then says why).
+
+    TorchCodec always applies a JPEG's EXIF orientation, which :func:`decode_image` does not: give
+    it only JPEGs without one (collect's batched path routes the others to PIL). Raises
+    ``RuntimeError`` when TorchCodec is not usable here (:func:`torchcodec_problem`).
+    """
+    problem = _torchcodec_problem()
+    if problem:
+        raise RuntimeError(f"decode_jpegs needs TorchCodec: {problem}")
+    from torchcodec.decoders import decode_jpeg
+
+    dev = torch.device(device)
+    if not datas:
+        return []
+    try:
+        return list(decode_jpeg(list(datas), mode="RGB", device=dev))
+    except (RuntimeError, ValueError):
+        pass  # one bad stream fails the whole batch: decode one by one to find it
+    out: list[torch.Tensor | None] = []
+    for data in datas:
+        try:
+            out.append(decode_jpeg(data, mode="RGB", device=dev))
+        except (RuntimeError, ValueError) as e:
+            log.debug("torchcodec rejected a JPEG: %s", e)
+            out.append(None)
+    return out
+
+
+__all__ = ["DEFAULT_MAX_PIXELS", "DEFAULT_MIN_SIDE", "SKIP_REASONS", "BadImage", "TargetSize",
+           "decode_image", "decode_jpegs", "jpeg_batch_decoder", "open_photo", "reason_name", "to_rgb",
+           "torchcodec_problem"]

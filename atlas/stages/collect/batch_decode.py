@@ -3,26 +3,33 @@
 Collect on a GPU is bound by decoding: a PIL decode of an ImageNet photo costs a few ms of one
 core, so a machine's decode workers top out far below what one GPU computes per second. Here
 DataLoader workers only *read* the files (and check their headers); the main process decodes
-each batch with ``torchvision.io.decode_jpeg(list_of_byte_tensors, device=...)`` (nvJPEG on
-CUDA, libjpeg-turbo on the CPU), then resizes and crops on the device. The contract:
+each batch with TorchCodec (:func:`atlas.data.decode_jpegs`: nvJPEG on CUDA, libjpeg-turbo on
+the CPU), then resizes and crops on the device. The contract:
 
 - ``decode="cpu"``: the PIL path of :mod:`atlas.data` in the workers (the default on a CPU).
 - ``decode="gpu"``: the batched path on the model's device. With a CPU model it runs the same
-  code with torchvision's CPU decoder (in the main process), which is how it is tested here.
+  code with TorchCodec's CPU decoder (in the main process), which is how it is tested here.
 - ``decode="auto"``: ``"gpu"`` when the model is on CUDA, else ``"cpu"``.
 
-What goes through the batched path: baseline or progressive JPEGs in RGB or grayscale whose
-data ends with the end-of-image marker, within ``min_side`` and ``max_pixels``. Everything else
-(PNG, CMYK JPEGs, a JPEG missing its end marker, a huge JPEG that PIL would draft-decode) is
-decoded by PIL in the worker, exactly as with ``decode="cpu"``, so bad files are skipped and
-counted with the same :data:`~atlas.data.SKIP_REASONS`. A JPEG that the batched decoder rejects
-is handed to PIL too, which either decodes it or classifies it.
+The batched path needs TorchCodec (:func:`atlas.data.jpeg_batch_decoder`). Where it is not
+installed or does not load, ``"gpu"`` and ``"auto"`` fall back to ``"cpu"``, the PIL path, with
+a warning that says why; :func:`decode_batch` called directly then decodes its JPEGs with PIL.
 
-Pixels: the batched path resizes with ``torch.nn.functional.interpolate(mode="bilinear",
-antialias=True)``, rounds to 8-bit like PIL, and crops like :class:`~atlas.models.ImageTransform`.
-PIL's bilinear filter and libjpeg's IDCT differ from these in rounding: on the ImageNet sample
-the two paths differ by 0.23 levels of 255 on average over 100 photos, 99% of pixels by at most 2,
-the largest single pixel by 57
+What goes through the batched path: baseline or progressive JPEGs in RGB or grayscale whose
+data ends with the end-of-image marker and that have no EXIF orientation (TorchCodec always
+applies one; atlas's PIL decoding does not, like torchvision's ``ImageFolder`` loader), within
+``min_side`` and ``max_pixels``. Everything else (PNG, CMYK JPEGs, a JPEG missing its end marker,
+a rotated camera photo, a huge JPEG that PIL would draft-decode) is decoded by PIL in the
+worker, exactly as with ``decode="cpu"``, so bad files are skipped and counted with the same
+:data:`~atlas.data.SKIP_REASONS`. A JPEG that the batched decoder rejects is handed to PIL too,
+which either decodes it or classifies it.
+
+Pixels: TorchCodec's CPU decoder gives the same 8-bit pixels as PIL's full-size decode (both
+libjpeg-turbo: identical on the 1000 ImageNet sample photos). The batched path resizes with
+``torch.nn.functional.interpolate(mode="bilinear", antialias=True)``, rounds to 8-bit like PIL,
+and crops like :class:`~atlas.models.ImageTransform`. PIL's bilinear filter differs from this
+in rounding: on the ImageNet sample the two paths differ by 0.23 levels of 255 on average over
+100 photos, 99% of pixels by at most 2, the largest single pixel by 57
 (``tests/test_batch_decode.py`` checks a mean below 1.5 levels and the activations' cosine
 above 0.99). PIL also decodes large JPEGs at a reduced DCT scale (``draft``) where that stays
 above the resize target; the batched path always decodes at full size and lets the antialiased
@@ -39,7 +46,16 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from atlas.data import SKIP_REASONS, BadImage, ImageDataset, decode_image, read_image_bytes
+from atlas.data import (
+    SKIP_REASONS,
+    BadImage,
+    ImageDataset,
+    decode_image,
+    decode_jpegs,
+    jpeg_batch_decoder,
+    read_image_bytes,
+    torchcodec_problem,
+)
 from atlas.runtime.precision import PRECISIONS, autocast
 
 __all__ = [
@@ -68,6 +84,8 @@ def resolve_decode(mode: str, device: torch.device | str, transform: Any = None)
     ``"auto"`` is ``"gpu"`` on a CUDA device, else ``"cpu"``. ``"gpu"`` needs a transform with
     ``target_size(w, h)`` and an integer ``crop`` (as :class:`~atlas.models.ImageTransform`);
     with another transform ``"auto"`` falls back to ``"cpu"`` and ``"gpu"`` is an error.
+    ``"gpu"`` also needs TorchCodec: without it (:func:`atlas.data.torchcodec_problem`) both
+    ``"gpu"`` and ``"auto"`` give ``"cpu"``, with a warning saying why.
     """
     if mode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, not {mode!r}")
@@ -78,22 +96,37 @@ def resolve_decode(mode: str, device: torch.device | str, transform: Any = None)
             raise ValueError(f"decode='gpu' needs an ImageTransform-like transform (target_size and an integer "
                              f"crop), not {transform!r}; use decode='cpu'")
         return "cpu"
-    if mode == "auto":
-        return "gpu" if dev.type == "cuda" else "cpu"
-    if mode == "gpu" and dev.type != "cuda":
-        log.info("decode='gpu' with the model on %s: the batched torchvision decoder runs on the CPU", dev)
-    return mode  # type: ignore[return-value]
+    if mode == "cpu" or (mode == "auto" and dev.type != "cuda"):
+        return "cpu"
+    if jpeg_batch_decoder() != "torchcodec":
+        log.warning("decode=%r: the batched JPEG decoder needs TorchCodec (pip install torchcodec), but %s; "
+                    "decoding with PIL in the workers (decode='cpu')", mode, torchcodec_problem())
+        return "cpu"
+    if dev.type != "cuda":
+        log.info("decode='gpu' with the model on %s: the batched TorchCodec decoder runs on the CPU", dev)
+    return "gpu"
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, str] | None:
-    """(width, height, mode) of a JPEG's header, or None if it is not one PIL can read the header of."""
+_EXIF_ORIENTATION = 0x0112
+
+
+def _jpeg_header(data: bytes) -> tuple[int, int, str, bool] | None:
+    """(width, height, mode, upright) of a JPEG's header, or None if it is not one PIL can read
+    the header of. ``upright``: no EXIF orientation other than 1 (an unreadable EXIF block counts
+    as not upright, so that PIL decodes the file)."""
     from PIL import JpegImagePlugin
 
     try:
         img = JpegImagePlugin.JpegImageFile(io.BytesIO(data))
     except Exception:  # noqa: BLE001 -- not a readable JPEG header: PIL's path classifies it
         return None
-    return img.size[0], img.size[1], img.mode
+    upright = True
+    if "exif" in img.info:
+        try:
+            upright = img.getexif().get(_EXIF_ORIENTATION, 1) == 1
+        except Exception:  # noqa: BLE001 -- a damaged EXIF block: leave the file to PIL
+            upright = False
+    return img.size[0], img.size[1], img.mode, upright
 
 
 class EncodedImageDataset(ImageDataset):
@@ -114,10 +147,10 @@ class EncodedImageDataset(ImageDataset):
             data = read_image_bytes(self.source, ref)
             header = _jpeg_header(data) if data[:3] == _JPEG_MAGIC and data.rstrip(b"\0").endswith(_JPEG_EOI) else None
             if header is not None:
-                w, h, mode = header
+                w, h, mode, upright = header
                 if min(w, h) < self.min_side:
                     raise BadImage("too small", f"{w}x{h}, sides must be at least {self.min_side}")
-                if mode in ("RGB", "L") and w * h <= self.max_pixels:
+                if mode in ("RGB", "L") and upright and w * h <= self.max_pixels:
                     return index, ("jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)), 0
             img = decode_image(data, target_size=self.target_size, max_pixels=self.max_pixels,
                                min_side=self.min_side)
@@ -179,6 +212,10 @@ def decode_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
     """Decode a batch's JPEGs on ``device`` and join them with the worker-decoded images.
 
+    The JPEGs are decoded by TorchCodec (:func:`atlas.data.decode_jpegs`); where it is not usable
+    (:func:`atlas.data.jpeg_batch_decoder` is ``"pil"``) each is decoded by PIL, in this process,
+    with the pixels of the ``decode="cpu"`` path.
+
     Args:
         jpegs, decoded: as returned by :func:`collate_encoded`.
         transform: an :class:`~atlas.models.ImageTransform` (its resize target and crop).
@@ -190,28 +227,20 @@ def decode_batch(
         ok: (B_ok,) int64 image index of each row;
         failures: ``(index, status code)`` of JPEGs that neither decoder could read.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     dev = torch.device(device)
     out: dict[int, torch.Tensor] = {}
     failures: list[tuple[int, int]] = []
     if jpegs:
         datas = [d for _, d in jpegs]
-        try:
-            images: list[torch.Tensor | None] = list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=dev))
-        except RuntimeError:
-            # one bad stream fails the whole batch: decode one by one to find it
-            images = []
-            for d in datas:
-                try:
-                    images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=dev))
-                except RuntimeError:
-                    images.append(None)
+        if jpeg_batch_decoder() == "torchcodec":
+            images: list[torch.Tensor | None] = decode_jpegs(datas, dev)
+        else:
+            images = [None] * len(datas)
         for (index, data), img in zip(jpegs, images):
             if img is not None:
                 out[index] = resize_crop(img, transform)
                 continue
-            # rejected by torchvision: PIL decodes it or says what is wrong with it
+            # rejected by TorchCodec, or no TorchCodec: PIL decodes it or says what is wrong with it
             limits = {k: v for k, v in (("max_pixels", max_pixels), ("min_side", min_side)) if v is not None}
             try:
                 pil = decode_image(data.numpy().tobytes(), target_size=getattr(transform, "target_size", None),

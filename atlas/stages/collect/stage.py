@@ -189,7 +189,8 @@ def collect(
             inside each task (default 1). The rows are those of the in-process run.
         decode: ``"auto"`` (batched JPEG decoding on the GPU when the model is on CUDA, PIL in
             the workers otherwise), ``"cpu"`` or ``"gpu"`` (see :mod:`atlas.stages.collect.batch_decode`; with
-            a CPU model ``"gpu"`` runs the batched path with torchvision's CPU decoder). The
+            a CPU model ``"gpu"`` runs the batched path with TorchCodec's CPU decoder; without
+            TorchCodec both ``"gpu"`` and ``"auto"`` decode with PIL in the workers). The
             batched path's pixels differ from PIL's by rounding (0.23 of 255 on average),
             so, like ``batch_size``, it is not part of the settings hash.
         precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the model and attribution
