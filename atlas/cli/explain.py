@@ -40,7 +40,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from atlas.models import load_model
-    from atlas.tools.attribution import METHODS
+    from atlas.tools.attribution import check_methods
     from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, evaluate_methods, explain_figure, explain_photo
 
     if args.methods in (None, "default"):
@@ -49,10 +49,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         methods = ALL_METHODS
     else:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}, "
-                         "or 'all' / 'default'")
+    try:  # before the model loads: a typo costs no wait
+        check_methods(methods)
+    except ValueError as e:
+        raise ValueError(f"--methods: {e}, or 'all' / 'default'") from None
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     extra = dict(occlusion_patch=args.occlusion_patch, occlusion_stride=args.occlusion_stride,
                  igos_iterations=args.igos_iterations, igos_steps=args.igos_steps)
