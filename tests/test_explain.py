@@ -114,6 +114,23 @@ def test_cli_unknown_method_is_named_before_the_model_loads(photo, atlas_cli):
     assert "igos, or 'all' / 'default'" in err and "no_such_net" not in err
 
 
+def test_the_methods_help_names_every_attribution_method_in_order():
+    """The parser spells the method names out (importing the methods would load torch for every
+    command); they must be :data:`~atlas.tools.attribution.METHODS`, and the default those of
+    DEFAULT_METHODS."""
+    import argparse
+
+    from atlas.cli import build_parser
+    from atlas.tools.attribution import METHODS
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (option,) = [a for a in commands.choices["explain"]._actions if a.dest == "methods"]
+    names, _, rest = option.help.removeprefix("comma-separated: ").partition("; ")
+    assert names.split(", ") == list(METHODS)
+    assert set(ALL_METHODS) == set(METHODS)
+    assert rest.endswith(f"[all but {', '.join(m for m in ALL_METHODS if m not in DEFAULT_METHODS)}]")
+
+
 def test_cli_evaluate_prints_auc_table(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
