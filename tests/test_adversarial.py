@@ -154,6 +154,18 @@ def test_pgd_flips_a_real_photo_to_a_chosen_target_at_4_over_255(inceptionv1, sa
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1
 
 
+def test_the_method_choices_are_the_librarys_methods():
+    """The parser spells the choices out (importing the tool would load torch for every command)."""
+    import argparse
+
+    from atlas.cli import build_parser
+    from atlas.tools.adversarial import METHODS
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (option,) = [a for a in commands.choices["adversarial"]._actions if a.dest == "method"]
+    assert tuple(option.choices) == METHODS
+
+
 def test_cli_adversarial(photo_dir, tmp_path):
     out = tmp_path / "cli"
     r = subprocess.run([sys.executable, "-m", "atlas", "-q", "adversarial", str(photo_dir), "--random-init",

@@ -106,6 +106,31 @@ def test_cli_explain(photo, tmp_path):
     assert bad.returncode == 2 and "Did you mean" in bad.stderr and "wok" in bad.stderr
 
 
+def test_cli_unknown_method_is_named_before_the_model_loads(photo, atlas_cli):
+    """The command checks --methods with the library's own check, before it loads the model."""
+    code, _out, err = atlas_cli("explain", str(photo), "--model", "torchvision:no_such_net", "--methods", "saliency,i-gos")
+    assert code == 2
+    assert "atlas explain: error: --methods: unknown methods ['i-gos']; available: saliency," in err
+    assert "igos, or 'all' / 'default'" in err and "no_such_net" not in err
+
+
+def test_the_methods_help_names_every_attribution_method_in_order():
+    """The parser spells the method names out (importing the methods would load torch for every
+    command); they must be :data:`~atlas.tools.attribution.METHODS`, and the default those of
+    DEFAULT_METHODS."""
+    import argparse
+
+    from atlas.cli import build_parser
+    from atlas.tools.attribution import METHODS
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (option,) = [a for a in commands.choices["explain"]._actions if a.dest == "methods"]
+    names, _, rest = option.help.removeprefix("comma-separated: ").partition("; ")
+    assert names.split(", ") == list(METHODS)
+    assert set(ALL_METHODS) == set(METHODS)
+    assert rest.endswith(f"[all but {', '.join(m for m in ALL_METHODS if m not in DEFAULT_METHODS)}]")
+
+
 def test_cli_evaluate_prints_auc_table(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -120,7 +145,7 @@ def test_cli_evaluate_prints_auc_table(tmp_path):
     assert "grad_cam - random: deletion" in r.stdout  # the paired differences to the floor
     bad = subprocess.run([sys.executable, "-m", "atlas", "explain", str(photos), "--evaluate", "--random-init",
                           "--methods", "saliency,gradcam"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown gradcam" in bad.stderr and "grad_cam_pp" in bad.stderr
+    assert bad.returncode == 2 and "unknown methods ['gradcam']" in bad.stderr and "grad_cam_pp" in bad.stderr
 
 
 def test_evaluate_scores_the_new_methods_with_per_photo_values(model, tmp_path):
