@@ -63,13 +63,14 @@ says so in the log. ``scheduler`` renders the batches as Dask tasks on many work
 GPU; :func:`atlas.runtime.distributed.run_render_batches`); the client writes each finished batch, so a
 lost worker costs the batches it was running, which Dask runs again elsewhere.
 
-Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The default here is 256
-steps, best of 1, for the coarsest level (every level with ``start="cold"``), which gives
-recognisable icons in a quarter of the time and is what a CPU can afford (see
-``benchmarks/README.md`` for icons per minute).
+Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The defaults here
+(:class:`RenderSettings`, the one home of the stage's defaults, which the config and the command
+line read) are a quarter of those steps, best of 1, for the coarsest level (every level with
+``start="cold"``), which gives recognisable icons in a quarter of the time and is what a CPU can
+afford (see ``benchmarks/README.md`` for icons per minute).
 
-The package, one idea a module: :mod:`~atlas.stages.render.settings` (the defaults and their
-checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each cell's
+The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`RenderSettings`,
+the one home of the defaults, and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each cell's
 generator, whitening), :mod:`~atlas.stages.render.parents` (the parent start),
 :mod:`~atlas.stages.render.batch` (one batch of cells, in-process or as a Dask task, and
 ``torch.compile``) and :mod:`~atlas.stages.render.stage` (the stage over files).
@@ -94,10 +95,12 @@ from atlas.stages.render.settings import (
     ICON_VIEWS,
     MIN_ICON_SIZE,
     RENDER_STARTS,
+    RenderSettings,
     check_render_settings,
     icon_view_transforms,
+    render_settings,
 )
-from atlas.stages.render.stage import RenderSummary, render_cells, render_settings
+from atlas.stages.render.stage import RenderSummary, render_cells
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -117,6 +120,7 @@ __all__ = [
     "RENDER_STARTS",
     "IconBatch",
     "IconBatchResult",
+    "RenderSettings",
     "RenderSummary",
     "cell_generator",
     "check_render_settings",

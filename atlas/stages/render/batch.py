@@ -16,15 +16,8 @@ import torch
 from atlas.models import AtlasModel
 from atlas.optvis import Objective, evaluate, to_uint8
 from atlas.optvis.transform import Transform
-from atlas.stages.render.directions import cell_generator, render_directions
-from atlas.stages.render.settings import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_COSSIM_POW,
-    DEFAULT_ICON_SIZE,
-    DEFAULT_LR,
-    DEFAULT_STEPS,
-    reads_mean,
-)
+from atlas.stages.render.directions import REDIRECT_RELU_STEPS, cell_generator, render_directions
+from atlas.stages.render.settings import RenderSettings, reads_mean
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +56,20 @@ class IconBatch:
     rows: np.ndarray
     cell_id: np.ndarray
     directions: np.ndarray
-    icon_size: int = DEFAULT_ICON_SIZE
-    steps: int = DEFAULT_STEPS
-    attempts: int = DEFAULT_ATTEMPTS
-    lr: float = DEFAULT_LR
-    cossim_pow: float = DEFAULT_COSSIM_POW
-    seed: int = 0
+    icon_size: int = RenderSettings.icon_size
+    steps: int = RenderSettings.steps
+    attempts: int = RenderSettings.attempts
+    lr: float = RenderSettings.lr
+    cossim_pow: float = RenderSettings.cossim_pow
+    seed: int = RenderSettings.seed
     whiten: np.ndarray | None = None
     transforms: tuple[Transform, ...] | None = None
-    precision: str = "fp32"
-    border_prior: float = 0.0
+    precision: str = RenderSettings.precision
+    border_prior: float = RenderSettings.border_prior
     objective: str = "center"
     #: (B, S, S, 3) uint8 start images (the parent cells' icons), or None to start from noise
     init: np.ndarray | None = None
-    redirect_relu_steps: int = 16
+    redirect_relu_steps: int = REDIRECT_RELU_STEPS
 
 
 @dataclass
@@ -108,7 +101,7 @@ def render_icon_batch(model: AtlasModel, batch: IconBatch) -> IconBatchResult:
                            time.perf_counter() - t0, f"pid {os.getpid()}")
 
 
-def compile_model(model: AtlasModel, layer: str, *, icon_size: int = DEFAULT_ICON_SIZE,
+def compile_model(model: AtlasModel, layer: str, *, icon_size: int = RenderSettings.icon_size,
                   backend: str = "inductor") -> AtlasModel:
     """A copy of ``model`` whose network runs under ``torch.compile(backend=backend)``, checked by
     one forward and backward pass of two ``icon_size`` images to ``layer``; when compiling or that

@@ -10,13 +10,16 @@ import numpy as np
 import torch
 
 from atlas.models import AtlasModel
-from atlas.optvis import directions, fft_image, icon_transforms, render_vis
+from atlas.optvis import directions, fft_image, render_vis
 from atlas.optvis.objectives import whitening_from_covariance
 from atlas.optvis.priors import border_penalty
 from atlas.optvis.transform import Transform
-from atlas.stages.render.settings import DEFAULT_COSSIM_POW, DEFAULT_ICON_SIZE, DEFAULT_LR, DEFAULT_STEPS, reads_mean
+from atlas.stages.render.settings import RenderSettings, icon_view_transforms, reads_mean
 from atlas.store.activations import ActivationsFile
 
+#: Steps with Lucid's redirected ReLU gradient at the start of a render from noise (a start from
+#: an icon, which has no dead units to revive, takes none).
+REDIRECT_RELU_STEPS = 16
 
 def cell_generator(seed: int, size: int, cell_id: int, attempt: int = 0) -> torch.Generator:
     """The CPU generator of one cell's render: seeded from ``(seed, size, cell_id, attempt)``."""
@@ -30,19 +33,19 @@ def render_directions(
     vecs: np.ndarray | torch.Tensor,
     generators: Sequence[Sequence[torch.Generator]],
     *,
-    icon_size: int = DEFAULT_ICON_SIZE,
-    steps: int = DEFAULT_STEPS,
-    lr: float = DEFAULT_LR,
-    cossim_pow: float = DEFAULT_COSSIM_POW,
+    icon_size: int = RenderSettings.icon_size,
+    steps: int = RenderSettings.steps,
+    lr: float = RenderSettings.lr,
+    cossim_pow: float = RenderSettings.cossim_pow,
     whiten: np.ndarray | None = None,
     transforms: Sequence[Transform] | None = None,
     device: torch.device | None = None,
-    precision: str = "fp32",
+    precision: str = RenderSettings.precision,
     input_size: int | None = None,
-    border_prior: float = 0.0,
+    border_prior: float = RenderSettings.border_prior,
     objective: str = "center",
     init: torch.Tensor | None = None,
-    redirect_relu_steps: int = 16,
+    redirect_relu_steps: int = REDIRECT_RELU_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render one icon per direction, best of ``len(generators)`` attempts, in one batch per attempt.
 
@@ -50,14 +53,14 @@ def render_directions(
         vecs: (B, C) directions in ``layer``.
         generators: per attempt, B generators (one per direction): the random start (unless
             ``init``) and the transforms.
-        transforms: default :func:`atlas.optvis.icon_transforms`.
+        transforms: default: those of the default ``icon_view`` (:func:`~atlas.stages.render.icon_view_transforms`).
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the steps (see :func:`render_vis`).
         border_prior: weight of :func:`atlas.optvis.priors.border_penalty` relative to the
             objective (0: none).
         objective: ``"center"`` or ``"mean"``, where the direction objective reads the layer
-            (see :func:`render_cells`).
+            (see :class:`~atlas.stages.render.RenderSettings`).
         init: optional start images (B, 3, S, S) in [0, 1] instead of noise (a warm start, e.g.
-            the parent cells' icons: :func:`render_cells` with ``start="parent"``).
+            the parent cells' icons: :func:`~atlas.stages.render.render_cells` with ``start="parent"``).
         redirect_relu_steps: steps with Lucid's redirected ReLU gradient at the start (see
             :func:`atlas.optvis.render_vis`; a warm start has no dead units to revive).
 
@@ -67,7 +70,7 @@ def render_directions(
     vecs_t = torch.as_tensor(np.asarray(vecs, np.float32))
     dev = device if device is not None else model.device
     obj = directions(layer, vecs_t, cossim_pow=cossim_pow, whiten=whiten, spatial_mean=reads_mean(objective))
-    transforms = icon_transforms() if transforms is None else transforms
+    transforms = icon_view_transforms(RenderSettings.icon_view) if transforms is None else transforms
     best_img: torch.Tensor | None = None
     best_val: torch.Tensor | None = None
     for gens in generators:

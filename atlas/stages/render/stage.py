@@ -4,11 +4,10 @@ batch, resumable, in this process or on Dask workers."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,23 +20,10 @@ from atlas.models import AtlasModel, resolve_device
 from atlas.optvis.transform import Transform
 from atlas.stages.render.batch import IconBatch, IconBatchResult, compile_model, render_icon_batch
 from atlas.stages.render.directions import whitening_from_activations
-from atlas.stages.render.parents import parent_rows
-from atlas.stages.render.settings import (
-    DEFAULT_ATTEMPTS,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_COSSIM_POW,
-    DEFAULT_ICON_OBJECTIVE,
-    DEFAULT_ICON_SIZE,
-    DEFAULT_ICON_VIEW,
-    DEFAULT_LR,
-    DEFAULT_REFINE_LR,
-    DEFAULT_REFINE_STEPS,
-    DEFAULT_START,
-    DEFAULT_STEPS,
-    check_render_settings,
-)
-from atlas.store.cells import cells_attrs, level_digest, read_cells
-from atlas.store.icons import INPUT_KEYS, KIND, IconsFile, read_icons
+from atlas.stages.render.parents import levels_with_parents, start_from_parents
+from atlas.stages.render.settings import RenderSettings
+from atlas.store.cells import CellLevel, cells_attrs, level_digest, read_cells
+from atlas.store.icons import INPUT_KEYS, KIND, IconsFile
 from atlas.store.lineage import compare_input, recorded_inputs, refuse_other_settings, require_current, root_attrs
 
 if TYPE_CHECKING:
@@ -97,51 +83,20 @@ def _batches(store: IconsFile, sizes: Sequence[int], counts: Mapping[int, int],
     return out
 
 
-def render_settings(
-    cells_hash: str, model: str, layer: str, *, icon_size: int, steps: int, attempts: int, lr: float,
-    cossim_pow: float, seed: int, whiten: np.ndarray | None, transforms: Sequence[Transform],
-    objective: str = "center",
-) -> dict[str, Any]:
-    """The settings hashed into ``icons.h5`` (batch size and device are not: they do not change icons)."""
-    whiten_hash = None
-    if whiten is not None:
-        whiten_hash = hashlib.sha256(np.ascontiguousarray(whiten, np.float32).tobytes()).hexdigest()[:16]
-    return {
-        "cells_settings_hash": cells_hash, "model": model, "layer": layer, "icon_size": int(icon_size),
-        "steps": int(steps), "attempts": int(attempts), "lr": float(lr), "cossim_pow": float(cossim_pow),
-        "seed": int(seed), "whiten": whiten_hash, "transforms": [repr(t) for t in transforms],
-        "param": "fft_image(sd=0.01, decay_power=1, decorrelate=True)",
-        "objective": "directions(neuron, center)" if objective == "center" else "directions(mean)",
-    }
-
-
 def render_cells(
     cells_path: str | os.PathLike,
     icons_path: str | os.PathLike,
     model: AtlasModel | ModelSpec | str,
+    settings: RenderSettings | None = None,
     *,
-    levels: Sequence[int] | None = None,
-    icon_size: int = DEFAULT_ICON_SIZE,
-    steps: int = DEFAULT_STEPS,
-    attempts: int = DEFAULT_ATTEMPTS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    lr: float = DEFAULT_LR,
-    cossim_pow: float = DEFAULT_COSSIM_POW,
     whiten: np.ndarray | bool | None = None,
     transforms: Sequence[Transform] | None = None,
-    icon_view: str = DEFAULT_ICON_VIEW,
     device: str | torch.device = "auto",
-    seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
-    precision: str = "fp32",
-    border_prior: float = 0.0,
-    objective: str = DEFAULT_ICON_OBJECTIVE,
-    start: str = DEFAULT_START,
-    refine_steps: int = DEFAULT_REFINE_STEPS,
-    refine_lr: float = DEFAULT_REFINE_LR,
     compile: bool | str = False,
     scheduler: str | Scheduler | Client | None = None,
+    **overrides: Any,
 ) -> RenderSummary:
     """The render stage: an icon for every cell of ``cells.h5``, written to ``icons.h5``.
 
@@ -156,45 +111,19 @@ def render_cells(
             :class:`~atlas.store.common.StaleInputError` (run grid first).
         model: the model the cells were collected from (checked against ``cells.h5``); with a
             ``scheduler``, a name or :class:`atlas.runtime.distributed.ModelSpec` that every worker loads.
-        levels: grid sizes to render now (default all); the file always has rows for all.
-        icon_size: icon side in pixels (default 80, as in the paper).
-        steps: optimizer steps per attempt (default 256; the paper: 1024).
-        attempts: renders per cell, the one with the highest objective kept (default 1; the paper: 4).
-        batch_size: cells optimized together (default 32; larger on a GPU). Not part of the
-            settings hash (see the module docstring for what it changes).
-        lr: Adam learning rate (default 0.05).
-        cossim_pow: exponent of ``max(cos, 0.1)`` in the objective (default 4; 0 = plain dot product).
-        whiten: optional (C, C) inverse covariance of the layer's activations
+        settings: what to render and how (:class:`RenderSettings`: the levels, icon size, steps,
+            learning rates, objective, start, ...; default: its defaults). ``overrides`` replace
+            its fields, e.g. ``render_cells(cells, icons, model, steps=64, levels=[20])``.
+        whiten: a (C, C) inverse covariance of the layer's activations
             (:func:`atlas.optvis.whitening_matrix`), or True to compute it from the
-            ``activations.h5`` the cells came from (:func:`whitening_from_activations`);
-            directions become ``v @ whiten`` (the paper's icons are whitened). Default: off.
-        transforms: default :func:`icon_view_transforms` of ``icon_view``.
-        icon_view: ``"whole"`` (default: the model sees the whole icon, 78 px of 80), ``"wide"``
-            (62 px) or ``"notebooks"`` (the paper notebooks' 50 px window: about 2.1x cheaper a
-            step on a CPU, pale borders); see :func:`icon_view_transforms`.
+            ``activations.h5`` the cells came from (:func:`whitening_from_activations`), or False;
+            directions become ``v @ whiten`` (the paper's icons are whitened). Default: the
+            settings' ``whiten``.
+        transforms: what the model sees of an icon each step; default: the transforms of the
+            settings' ``icon_view`` (:func:`icon_view_transforms`).
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``...; the model is moved there.
-        seed: base seed of every cell's generator (see :func:`cell_generator`).
         progress: show a tqdm bar (icons/s).
         overwrite: start over even if ``icons_path`` could be resumed or holds other settings.
-        precision: ``"fp32"`` (default), ``"bf16"`` or ``"fp16"``: the optimization's model passes
-            under ``torch.autocast`` (part of the settings hash when not fp32).
-        border_prior: weight of the frame prior (:func:`atlas.optvis.priors.border_penalty`,
-            relative to the objective; 0, the default, for none): pulls each icon's outer 5 px
-            toward a smooth mid-gray frame (part of the settings hash when not 0).
-        objective: where the icon objective reads the layer: ``"mean"`` (default: the direction
-            objective on the activation averaged over every position the icon covers, so the
-            whole icon depicts the direction) or ``"center"`` (the paper notebooks': the center
-            position only). The stored and reported cosine is read the same way.
-        start: how the icons start: ``"cold"`` (default): every cell from noise with ``steps``
-            steps (the hash of renders made before the setting existed); ``"parent"`` renders
-            the levels coarse to fine, the coarsest from noise with ``steps`` steps and every
-            cell of a finer level from its parent cell's icon (the coarser cell that holds it,
-            :func:`parent_rows`) with ``refine_steps`` steps, so rendering a level renders the
-            coarser levels first (about 8x faster per icon; the icons of a region share one
-            picture, see the module docstring).
-        refine_steps: steps of a cell that starts from its parent's icon (default 16; at most
-            ``steps``).
-        refine_lr: Adam learning rate of those steps (default 0.04).
         compile: run the network under ``torch.compile`` (True: the inductor backend; a string:
             that backend); falls back to eager with a WARNING when compiling fails. In-process only.
         scheduler: render the batches as Dask tasks (:mod:`atlas.runtime.distributed`): ``"local:N"``,
@@ -206,19 +135,87 @@ def render_cells(
         a :class:`RenderSummary`.
     """
     t0 = time.perf_counter()
-    transforms = check_render_settings(  # bad values fail here, before any work
-        icon_size=icon_size, steps=steps, attempts=attempts, batch_size=batch_size, lr=lr, cossim_pow=cossim_pow,
-        icon_view=icon_view, precision=precision, border_prior=border_prior, objective=objective, levels=levels,
-        transforms=transforms, start=start, refine_steps=refine_steps, refine_lr=refine_lr)
-    model_spec = None
+    settings = dataclasses.replace(settings or RenderSettings(), **overrides)  # bad values fail here, before any work
+    transforms = settings.transforms(transforms)
+    model, model_spec = _model_for(model, scheduler, device)
+    layer, all_levels, cattrs = _read_cells(cells_path, model)
+    wanted, parent_of = levels_with_parents(sorted(all_levels), _asked_levels(cells_path, all_levels, settings),
+                                            settings.start)
+    whiten = _whitening(settings.whiten if whiten is None else whiten, cells_path, cattrs, layer)
+    hashed = settings.hashed(str(cattrs.get("settings_hash", "")), model.name, layer, whiten=whiten,
+                             transforms=transforms)
+    icons_path = Path(icons_path)
+    total = {s: len(all_levels[s]) for s in wanted}
+    if not overwrite and _is_current(icons_path, hashed, cells_path):
+        log.info("%s is complete and current; skipping render", icons_path)
+        return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
+
+    where = _place_model(model, device) if model_spec is None else f"Dask workers ({model_spec.device})"
+    attrs = _file_attrs(model.name, layer, cells_path, settings, hashed, whiten=whiten, transforms=transforms,
+                        warm=bool(parent_of))
+    store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, settings.icon_size, hashed,
+                              attrs, digests={s: level_digest(lv.cell_id, lv.direction) for s, lv in all_levels.items()},
+                              inputs={"cells": cells_path}, overwrite=overwrite)
+    work = _batches(store, wanted, total, settings.batch_size)
+    summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)
+    if not work:
+        # the levels asked for are done (others, if any, are left to a run that asks for them)
+        log.info("levels %s of %s are complete and current; skipping render", list(wanted), icons_path)
+        summary.up_to_date = True
+        summary.complete = store.finish()
+        return summary
+    n_work = sum(len(rows) for _, rows in work)
+    _log_plan(n_work, layer, wanted, where, settings, warm=bool(parent_of))
+    template = IconBatch(layer, 0, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 0), np.float32),
+                         icon_size=settings.icon_size, steps=settings.steps, attempts=settings.attempts, lr=settings.lr,
+                         cossim_pow=settings.cossim_pow, seed=settings.seed, whiten=whiten,
+                         transforms=tuple(transforms), precision=settings.precision,
+                         border_prior=float(settings.border_prior), objective=settings.objective)
+
+    def level_batches(size: int) -> list[IconBatch]:
+        """The pending batches of level ``size``; with a parent level (rendered by now), each cell
+        starts from its parent's icon as stored."""
+        batches = _level_batches(template, size, all_levels[size], work)
+        parent = parent_of.get(size)
+        if parent is None:
+            return batches
+        return start_from_parents(batches, icons_path, all_levels[size], all_levels[parent],
+                                  steps=settings.warm_steps, lr=settings.refine_lr)
+
+    writer = _Writer(store, summary, tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress))
+    try:
+        if model_spec is not None:
+            _render_on_dask(scheduler, model_spec, wanted, level_batches, writer)
+        else:
+            _render_here(model, layer, settings, wanted, level_batches, writer, compile=compile)
+    finally:
+        writer.bar.close()
+    summary.complete = store.finish()
+    summary.seconds = time.perf_counter() - t0
+    writer.summarize()
+    log.info("%s", summary.describe())
+    return summary
+
+
+def _model_for(model: AtlasModel | ModelSpec | str, scheduler: Any,
+               device: str | torch.device) -> tuple[AtlasModel, ModelSpec | None]:
+    """The model the client checks the cells against, and with a ``scheduler`` the spec every
+    worker loads (the client then loads the architecture alone, on the CPU: it checks only names
+    and layers)."""
     if scheduler is not None:
         from atlas.runtime.distributed import ModelSpec
 
-        model_spec = ModelSpec.of(model, device=device)
-        model = model_spec.for_shapes().load("cpu")  # the client only checks names and layers
-    elif not isinstance(model, AtlasModel):
+        spec = ModelSpec.of(model, device=device)
+        return spec.for_shapes().load("cpu"), spec
+    if not isinstance(model, AtlasModel):
         raise ValueError(f"render_cells needs an AtlasModel here (got {type(model).__name__}); a model name or "
                          "ModelSpec is for scheduler=...")
+    return model, None
+
+
+def _read_cells(cells_path: str | os.PathLike, model: AtlasModel) -> tuple[str, dict[int, CellLevel], dict[str, Any]]:
+    """``(layer, {grid size: cells}, attributes)`` of a current ``cells.h5`` made with ``model``;
+    an error naming the fix for stale cells, another model or a layer the model does not have."""
     cattrs = cells_attrs(cells_path)
     require_current(cells_path)  # cells made from a layout that changed since: StaleInputError (run grid)
     if cattrs.get("model") and cattrs["model"] != model.name:
@@ -226,131 +223,132 @@ def render_cells(
                          f"{model.name!r}; render with --model {cattrs['model']}")
     layer = str(cattrs["layer"])
     model.layer(layer)  # unknown layer -> a helpful error before any work
-    all_levels = read_cells(cells_path)
-    wanted = sorted(all_levels) if levels is None else sorted({int(s) for s in levels})
-    unknown = sorted(set(wanted) - set(all_levels))
+    return layer, read_cells(cells_path), cattrs
+
+
+def _asked_levels(cells_path: str | os.PathLike, all_levels: Mapping[int, CellLevel],
+                  settings: RenderSettings) -> list[int]:
+    """The grid sizes the settings ask for (all when none), each one a level of the file."""
+    asked = sorted(settings.levels) if settings.levels else sorted(all_levels)
+    unknown = sorted(set(asked) - set(all_levels))
     if unknown:
         raise ValueError(f"{cells_path} has grid sizes {sorted(all_levels)}, not {unknown}; pick from those")
-    # with start="parent", a level's parent is the next coarser level of the file
-    parent_of = dict(zip(sorted(all_levels)[1:], sorted(all_levels))) if start == "parent" else {}
-    if parent_of and wanted:
-        coarser = [s for s in sorted(all_levels) if s < wanted[-1] and s not in wanted]
-        if coarser:
-            log.info("the %s icons start from their parents': rendering the coarser levels %s too",
-                     ", ".join(f"{s}x{s}" for s in wanted), ", ".join(f"{s}x{s}" for s in coarser))
-            wanted = sorted(wanted + coarser)
-    if whiten is True:
-        source = cattrs.get("source")
-        if not source or not Path(source).is_file():
-            raise ValueError(f"whiten=True needs the activations.h5 that {cells_path} was built from ({source!r} "
-                             "is not there); pass the matrix instead: whiten=whitening_from_activations(PATH)")
-        log.info("computing the whitening matrix of %s from %s", layer, source)
-        whiten = whitening_from_activations(source, layer)
-    elif whiten is False:
-        whiten = None
-    settings = render_settings(str(cattrs.get("settings_hash", "")), model.name, layer, icon_size=icon_size,
-                               steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
-                               whiten=whiten, transforms=transforms, objective=objective)
-    if precision != "fp32":  # fp32 renders keep the hash of earlier versions
-        settings["precision"] = precision
-    if border_prior:  # so do renders without the frame prior
-        settings["border_prior"] = float(border_prior)
-    refine_steps = min(int(refine_steps), int(steps))  # a warm start never costs more than a cold one
-    if start != "cold":  # and cold renders
-        settings.update(start=start, refine_steps=refine_steps, refine_lr=float(refine_lr))
-    icons_path = Path(icons_path)
-    total = {s: len(all_levels[s]) for s in wanted}
-    found = None if overwrite else root_attrs(icons_path)
-    if found is not None and found.get("kind") == KIND:
-        # other settings: SettingsChangedError, nothing touched; only the cells' hash changed: not current
-        same = not refuse_other_settings(icons_path, found, settings, stage="render", input_keys=INPUT_KEYS)
-        recorded = (recorded_inputs(found) or {}).get("cells")
-        if same and found.get("complete") and compare_input(recorded, root_attrs(cells_path)) != "changed":
-            log.info("%s is complete and current; skipping render", icons_path)
-            return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
+    return asked
 
-    dev = resolve_device(device) if model_spec is None else torch.device("cpu")
-    if model_spec is None and model.device != dev:
+
+def _whitening(whiten: np.ndarray | bool | None, cells_path: str | os.PathLike, cattrs: Mapping[str, Any],
+               layer: str) -> np.ndarray | None:
+    """The whitening matrix: ``whiten`` itself, computed from the cells' ``activations.h5`` when
+    True, or None for none."""
+    if whiten is None or whiten is False:
+        return None
+    if whiten is not True:
+        return whiten
+    source = cattrs.get("source")
+    if not source or not Path(source).is_file():
+        raise ValueError(f"whiten=True needs the activations.h5 that {cells_path} was built from ({source!r} "
+                         "is not there); pass the matrix instead: whiten=whitening_from_activations(PATH)")
+    log.info("computing the whitening matrix of %s from %s", layer, source)
+    return whitening_from_activations(source, layer)
+
+
+def _is_current(icons_path: Path, hashed: Mapping[str, Any], cells_path: str | os.PathLike) -> bool:
+    """Whether ``icons_path`` is a complete render of these settings from these cells. Other
+    settings raise :class:`~atlas.store.common.SettingsChangedError`, touching nothing; a render
+    whose cells changed since is not current."""
+    found = root_attrs(icons_path)
+    if found is None or found.get("kind") != KIND:
+        return False
+    same = not refuse_other_settings(icons_path, found, hashed, stage="render", input_keys=INPUT_KEYS)
+    recorded = (recorded_inputs(found) or {}).get("cells")
+    return same and bool(found.get("complete")) and compare_input(recorded, root_attrs(cells_path)) != "changed"
+
+
+def _place_model(model: AtlasModel, device: str | torch.device) -> torch.device:
+    """Move ``model`` to ``device`` (``"auto"``: CUDA when present); returns where it is."""
+    dev = resolve_device(device)
+    if model.device != dev:
         log.info("moving the model to %s", dev)
         model.to(dev)
-    attrs = dict(model=model.name, layer=layer, cells=str(cells_path), icon_size=int(icon_size), steps=int(steps),
-                 attempts=int(attempts), lr=float(lr), cossim_pow=float(cossim_pow), seed=int(seed),
-                 whiten=whiten is not None, transforms=", ".join(repr(t) for t in transforms),
-                 cells_settings_hash=settings["cells_settings_hash"], start=start,
-                 refine_steps=refine_steps if parent_of else 0, refine_lr=float(refine_lr) if parent_of else 0.0)
-    digests = {s: level_digest(lv.cell_id, lv.direction) for s, lv in all_levels.items()}
-    store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, icon_size, settings,
-                              attrs, digests=digests, inputs={"cells": cells_path}, overwrite=overwrite)
-    work = _batches(store, wanted, {s: len(all_levels[s]) for s in wanted}, batch_size)
-    n_work = sum(len(rows) for _, rows in work)
-    summary = RenderSummary(icons_path, rendered={s: 0 for s in wanted}, total=total)
-    if not n_work:
-        # the levels asked for are done (others, if any, are left to a run that asks for them)
-        log.info("levels %s of %s are complete and current; skipping render", list(wanted), icons_path)
-        summary.up_to_date = True
-        summary.complete = store.finish()
-        return summary
-    where = dev if model_spec is None else f"Dask workers ({model_spec.device})"
-    how = f"{steps} steps" if not parent_of else (f"the coarsest level {steps} steps, the others from their parents' "
-                                                   f"icons {refine_steps} steps at lr {refine_lr}")
+    return dev
+
+
+def _file_attrs(model: str, layer: str, cells_path: str | os.PathLike, settings: RenderSettings,
+                hashed: Mapping[str, Any], *, whiten: np.ndarray | None, transforms: Sequence[Transform],
+                warm: bool) -> dict[str, Any]:
+    """The readable attributes of ``icons.h5`` (what the viewer and people read; the settings
+    themselves are hashed apart)."""
+    return dict(model=model, layer=layer, cells=str(cells_path), icon_size=int(settings.icon_size),
+                steps=int(settings.steps), attempts=int(settings.attempts), lr=float(settings.lr),
+                cossim_pow=float(settings.cossim_pow), seed=int(settings.seed), whiten=whiten is not None,
+                transforms=", ".join(repr(t) for t in transforms), cells_settings_hash=hashed["cells_settings_hash"],
+                start=settings.start, refine_steps=settings.warm_steps if warm else 0,
+                refine_lr=float(settings.refine_lr) if warm else 0.0)
+
+
+def _log_plan(n_work: int, layer: str, wanted: Sequence[int], where: object, settings: RenderSettings, *,
+              warm: bool) -> None:
+    how = f"{settings.steps} steps" if not warm else (
+        f"the coarsest level {settings.steps} steps, the others from their parents' icons {settings.warm_steps} "
+        f"steps at lr {settings.refine_lr}")
     log.info("rendering %d icons of %s (%s) on %s: %s, best of %d, %d per batch, precision %s", n_work, layer,
-             ", ".join(f"{s}x{s}" for s in wanted), where, how, attempts, batch_size, precision)
-    template = IconBatch(layer, 0, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 0), np.float32),
-                         icon_size=icon_size, steps=steps, attempts=attempts, lr=lr, cossim_pow=cossim_pow, seed=seed,
-                         whiten=whiten,
-                         transforms=tuple(transforms), precision=precision, border_prior=float(border_prior),
-                         objective=objective)
+             ", ".join(f"{s}x{s}" for s in wanted), where, how, settings.attempts, settings.batch_size,
+             settings.precision)
 
-    def level_batches(size: int) -> list[IconBatch]:
-        """The pending batches of level ``size``; with a parent level (rendered by now), each cell
-        starts from its parent's icon as stored."""
-        lv, parent = all_levels[size], parent_of.get(size)
-        batches = [dataclasses.replace(template, size=size, rows=rows, cell_id=lv.cell_id[rows],
-                                       directions=lv.direction[rows].astype(np.float32))
-                   for s, rows in work if s == size]
-        if not batches or parent is None:
-            return batches
-        above = read_icons(icons_path, [parent])[parent]
-        if not above.done.all():
-            raise RuntimeError(f"grid {parent} of {icons_path} is not fully rendered, so grid {size} cannot start "
-                               "from it; render again")
-        up = parent_rows(lv, all_levels[parent])
-        return [dataclasses.replace(b, init=above.icons[up[b.rows]], steps=refine_steps, lr=refine_lr,
-                                    redirect_relu_steps=0) for b in batches]
 
-    level_cossims: dict[int, list[np.ndarray]] = {}
-    bar = tqdm(total=n_work, unit="icon", desc=f"render {layer}", disable=not progress)
+def _level_batches(template: IconBatch, size: int, level: CellLevel,
+                   work: Sequence[tuple[int, np.ndarray]]) -> list[IconBatch]:
+    """The pending batches of level ``size`` (its cells ``level``), each ``template`` with its rows."""
+    return [dataclasses.replace(template, size=size, rows=rows, cell_id=level.cell_id[rows],
+                                directions=level.direction[rows].astype(np.float32))
+            for s, rows in work if s == size]
 
-    def write(result: IconBatchResult) -> None:
-        store.write(result.size, result.rows, result.icons, result.objective, result.cossim)
-        summary.rendered[result.size] += len(result.rows)
-        level_cossims.setdefault(result.size, []).append(result.cossim)
-        bar.update(len(result.rows))
-        bar.set_postfix(cossim=f"{float(np.mean(result.cossim)):.2f}")
 
-    try:
-        if model_spec is not None:
-            from atlas.runtime.distributed import client_for, run_render_batches
+class _Writer:
+    """Writes each rendered batch into ``icons.h5`` as it comes, counts it in the summary and on
+    the progress bar, and keeps its cosines for the summary's per-level means."""
 
-            with client_for(scheduler) as client:
-                for size in wanted:  # level by level: a level's cells may start from the one before
-                    run_render_batches(client, model_spec, level_batches(size), render_batch=render_icon_batch,
-                                       on_batch=write)
-        else:
-            runner = model
-            if compile:
-                runner = compile_model(model, layer, icon_size=icon_size,
-                                       backend=compile if isinstance(compile, str) else "inductor")
-            for size in wanted:
-                for batch in level_batches(size):
-                    write(render_icon_batch(runner, batch))
-    finally:
-        bar.close()
-    summary.complete = store.finish()
-    summary.seconds = time.perf_counter() - t0
-    if level_cossims:
-        per_level = {size: np.concatenate(level_cossims[size]) for size in sorted(level_cossims)}
-        summary.mean_cossim = float(np.mean(np.concatenate(list(per_level.values()))))
-        summary.level_cossim = {size: float(np.mean(c)) for size, c in per_level.items()}
-    log.info("%s", summary.describe())
-    return summary
+    def __init__(self, store: IconsFile, summary: RenderSummary, bar: tqdm):
+        self.store, self.summary, self.bar = store, summary, bar
+        self.cossims: dict[int, list[np.ndarray]] = {}
+
+    def __call__(self, result: IconBatchResult) -> None:
+        self.store.write(result.size, result.rows, result.icons, result.objective, result.cossim)
+        self.summary.rendered[result.size] += len(result.rows)
+        self.cossims.setdefault(result.size, []).append(result.cossim)
+        self.bar.update(len(result.rows))
+        self.bar.set_postfix(cossim=f"{float(np.mean(result.cossim)):.2f}")
+
+    def summarize(self) -> None:
+        """The mean cosine of the icons written, over all and per level, into the summary."""
+        if not self.cossims:
+            return
+        per_level = {size: np.concatenate(self.cossims[size]) for size in sorted(self.cossims)}
+        self.summary.mean_cossim = float(np.mean(np.concatenate(list(per_level.values()))))
+        self.summary.level_cossim = {size: float(np.mean(c)) for size, c in per_level.items()}
+
+
+def _render_here(model: AtlasModel, layer: str, settings: RenderSettings, sizes: Sequence[int],
+                 level_batches: Callable[[int], list[IconBatch]], write: Callable[[IconBatchResult], None], *,
+                 compile: bool | str) -> None:
+    """Render the levels ``sizes`` in order, batch by batch, in this process (under
+    ``torch.compile`` with ``compile``)."""
+    runner = model
+    if compile:
+        runner = compile_model(model, layer, icon_size=settings.icon_size,
+                               backend=compile if isinstance(compile, str) else "inductor")
+    for size in sizes:
+        for batch in level_batches(size):
+            write(render_icon_batch(runner, batch))
+
+
+def _render_on_dask(scheduler: str | Scheduler | Client, spec: ModelSpec, sizes: Sequence[int],
+                    level_batches: Callable[[int], list[IconBatch]],
+                    write: Callable[[IconBatchResult], None]) -> None:
+    """Render the levels ``sizes`` as Dask tasks, level by level (a level's cells may start from
+    the one before), writing each batch here as it finishes."""
+    from atlas.runtime.distributed import client_for, run_render_batches
+
+    with client_for(scheduler) as client:
+        for size in sizes:
+            run_render_batches(client, spec, level_batches(size), render_batch=render_icon_batch, on_batch=write)
