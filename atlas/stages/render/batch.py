@@ -66,7 +66,7 @@ class IconBatch:
     transforms: tuple[Transform, ...] | None = None
     precision: str = RenderSettings.precision
     border_prior: float = RenderSettings.border_prior
-    objective: str = "center"
+    objective: str = RenderSettings.objective
     #: (B, S, S, 3) uint8 start images (the parent cells' icons), or None to start from noise
     init: np.ndarray | None = None
     redirect_relu_steps: int = REDIRECT_RELU_STEPS

@@ -43,7 +43,7 @@ def render_directions(
     precision: str = RenderSettings.precision,
     input_size: int | None = None,
     border_prior: float = RenderSettings.border_prior,
-    objective: str = "center",
+    objective: str = RenderSettings.objective,
     init: torch.Tensor | None = None,
     redirect_relu_steps: int = REDIRECT_RELU_STEPS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +57,7 @@ def render_directions(
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` for the steps (see :func:`render_vis`).
         border_prior: weight of :func:`atlas.optvis.priors.border_penalty` relative to the
             objective (0: none).
-        objective: ``"center"`` or ``"mean"``, where the direction objective reads the layer
+        objective: ``"mean"`` or ``"center"``, where the direction objective reads the layer
             (see :class:`~atlas.stages.render.RenderSettings`).
         init: optional start images (B, 3, S, S) in [0, 1] instead of noise (a warm start, e.g.
             the parent cells' icons: :func:`~atlas.stages.render.render_cells` with ``start="parent"``).
