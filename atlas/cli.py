@@ -469,6 +469,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from atlas.stages.render.settings import RenderSettings
+
     p = argparse.ArgumentParser(prog="atlas", description="Activation atlases of image classifiers.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -583,38 +585,39 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, help="icons file [RUN_DIR/icons.h5]")
     _add_model_args(s)
     s.add_argument("--levels", type=_int_list, default=None, help="grid sizes to render, e.g. 20,40 [all]")
-    s.add_argument("--icon-size", type=int, default=80)
-    s.add_argument("--steps", type=int, default=256,
+    s.add_argument("--icon-size", type=int, default=RenderSettings.icon_size)
+    s.add_argument("--steps", type=int, default=RenderSettings.steps,
                    help="optimizer steps of an icon started from noise: the coarsest level, or every level with "
                         "--start cold (paper: 1024) [%(default)s]")
-    s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
-    s.add_argument("--batch-size", type=int, default=32,
+    s.add_argument("--attempts", type=int, default=RenderSettings.attempts,
+                   help="best of k attempts (paper: 4) [%(default)s]")
+    s.add_argument("--batch-size", type=int, default=RenderSettings.batch_size,
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
-    s.add_argument("--lr", type=float, default=0.08, help="Adam learning rate of the icons [%(default)s]")
-    s.add_argument("--cossim-pow", type=float, default=4.0)
-    s.add_argument("--icon-view", choices=("whole", "wide", "notebooks"), default="whole",
+    s.add_argument("--lr", type=float, default=RenderSettings.lr, help="Adam learning rate of the icons [%(default)s]")
+    s.add_argument("--cossim-pow", type=float, default=RenderSettings.cossim_pow)
+    s.add_argument("--icon-view", choices=("whole", "wide", "notebooks"), default=RenderSettings.icon_view,
                    help="what the model sees of an icon each step: the whole icon (78 px), a 62 px window (wide), "
                         "or the paper notebooks' 50 px window (about 2.1x faster on a CPU, pale borders) [%(default)s]")
     s.add_argument("--whiten", action="store_true",
                    help="whiten directions by the activations' inverse covariance (paper's option)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=RenderSettings.seed)
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=RenderSettings.precision,
                    help="model passes of the optimization under torch.autocast at this precision [%(default)s]")
-    s.add_argument("--objective", choices=("mean", "center"), default="mean",
+    s.add_argument("--objective", choices=("mean", "center"), default=RenderSettings.objective,
                    help="the direction objective on the layer's activation averaged over the icon (mean) or at its "
                         "center position only, as the paper notebooks (center) [%(default)s]")
-    s.add_argument("--border-prior", type=float, default=0.0,
+    s.add_argument("--border-prior", type=float, default=RenderSettings.border_prior,
                    help="weight of the frame prior that pulls each icon's outer 5 px to a smooth gray, relative to "
                         "the objective (0: none) [%(default)s]")
-    s.add_argument("--start", choices=("cold", "parent"), default="cold",
+    s.add_argument("--start", choices=("cold", "parent"), default=RenderSettings.start,
                    help="cold: every cell from noise with --steps; parent: render the levels coarse to fine, every "
                         "cell of a finer level starting from its parent cell's icon with --refine-steps steps (the "
                         "coarsest level from noise with --steps): about 8x faster a cell, but the cells under one "
                         "coarse cell then share its picture [%(default)s]")
-    s.add_argument("--refine-steps", type=int, default=16,
+    s.add_argument("--refine-steps", type=int, default=RenderSettings.refine_steps,
                    help="steps of a cell that starts from its parent's icon (--start parent) [%(default)s]")
-    s.add_argument("--refine-lr", type=float, default=0.04,
+    s.add_argument("--refine-lr", type=float, default=RenderSettings.refine_lr,
                    help="Adam learning rate of those steps [%(default)s]")
     s.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")

@@ -73,12 +73,16 @@ The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`Re
 the one home of the defaults, and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each cell's
 generator, whitening), :mod:`~atlas.stages.render.parents` (the parent start),
 :mod:`~atlas.stages.render.batch` (one batch of cells, in-process or as a Dask task, and
-``torch.compile``) and :mod:`~atlas.stages.render.stage` (the stage over files).
+``torch.compile``) and :mod:`~atlas.stages.render.stage` (the stage over files). The settings
+load with the package; the names of the other modules, which load torch, are imported on first
+use, so reading the defaults (as ``atlas`` does to build its options) stays cheap.
 """
 
-from atlas.stages.render.batch import IconBatch, IconBatchResult, compile_model, render_icon_batch
-from atlas.stages.render.directions import cell_generator, render_directions, whitening_from_activations
-from atlas.stages.render.parents import parent_rows
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from atlas.stages.render.settings import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BATCH_SIZE,
@@ -100,7 +104,45 @@ from atlas.stages.render.settings import (
     icon_view_transforms,
     render_settings,
 )
-from atlas.stages.render.stage import RenderSummary, render_cells
+
+if TYPE_CHECKING:
+    from atlas.stages.render.batch import IconBatch as IconBatch
+    from atlas.stages.render.batch import IconBatchResult as IconBatchResult
+    from atlas.stages.render.batch import compile_model as compile_model
+    from atlas.stages.render.batch import render_icon_batch as render_icon_batch
+    from atlas.stages.render.directions import cell_generator as cell_generator
+    from atlas.stages.render.directions import render_directions as render_directions
+    from atlas.stages.render.directions import whitening_from_activations as whitening_from_activations
+    from atlas.stages.render.parents import parent_rows as parent_rows
+    from atlas.stages.render.stage import RenderSummary as RenderSummary
+    from atlas.stages.render.stage import render_cells as render_cells
+
+#: Name -> the module of this package that defines it, for the names imported on first use.
+_LAZY = {
+    "IconBatch": "batch",
+    "IconBatchResult": "batch",
+    "compile_model": "batch",
+    "render_icon_batch": "batch",
+    "cell_generator": "directions",
+    "render_directions": "directions",
+    "whitening_from_activations": "directions",
+    "parent_rows": "parents",
+    "RenderSummary": "stage",
+    "render_cells": "stage",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
