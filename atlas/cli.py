@@ -469,6 +469,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from atlas.stages.grid import GridSettings
     from atlas.stages.render.settings import RenderSettings
 
     p = argparse.ArgumentParser(prog="atlas", description="Activation atlases of image classifiers.")
@@ -546,12 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activations", default=None)
     s.add_argument("--layout", default=None)
     s.add_argument("-o", "--output", default=None, help="cells file [RUN_DIR/cells.h5]")
-    s.add_argument("--sizes", type=_int_list, default="20,40,80,160", help="grid sizes [%(default)s]")
-    s.add_argument("--min-count", type=int, default=6, help="drop cells with fewer rows [%(default)s]")
-    s.add_argument("--top-k", type=int, default=5, help="classes kept per cell [%(default)s]")
-    s.add_argument("--examples", type=int, default=8, help="dataset examples per cell [%(default)s]")
+    s.add_argument("--sizes", type=_int_list, default=",".join(map(str, GridSettings.sizes)),
+                   help="grid sizes [%(default)s]")
+    s.add_argument("--min-count", type=int, default=GridSettings.min_count,
+                   help="drop cells with fewer rows [%(default)s]")
+    s.add_argument("--top-k", type=int, default=GridSettings.top_k, help="classes kept per cell [%(default)s]")
+    s.add_argument("--examples", type=int, default=GridSettings.n_examples, help="dataset examples per cell [%(default)s]")
     s.add_argument("--class", dest="class_filter", default=None, help="class atlas: only this class's rows")
-    s.add_argument("--class-top-n", type=int, default=2000)
+    s.add_argument("--class-top-n", type=int, default=GridSettings.class_top_n)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_grid)
 
@@ -561,9 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--min-count", type=int, default=4, help="rows a cell needs [%(default)s]")
         s.add_argument("--class-top-n", type=int, default=2000,
                        help="rows kept besides those whose top class is the class [%(default)s]")
-        s.add_argument("--icon-size", type=int, default=80)
+        s.add_argument("--icon-size", type=int, default=RenderSettings.icon_size)
         s.add_argument("--steps", type=int, default=128, help="optimisation steps per icon [%(default)s]")
-        s.add_argument("--batch-size", type=int, default=32)
+        s.add_argument("--batch-size", type=int, default=RenderSettings.batch_size)
         s.add_argument("--overwrite", action="store_true", help="replace the files made with other settings")
 
     s = sub.add_parser("classes", help="class atlases: the rows attributed to each class, laid out, rendered, tiled")

@@ -127,13 +127,13 @@ def test_bad_collect_values_fail_at_load(tmp_path, line, key):
 # one home for the defaults: the config and the command line read them from the settings objects
 
 
-def _option_defaults(command: str, fields: list[str]) -> dict[str, object]:
-    """What ``atlas COMMAND RUN`` with no other option sets each of ``fields`` to, with the real
-    parser (a field the command has no option for is missing)."""
-    from atlas.cli import build_parser
+def _option_defaults(argv: list[str], fields: list[str]) -> dict[str, object]:
+    """What ``atlas *argv`` with no other option sets each settings field of ``fields`` to, with the
+    real parser (a field the command has no option for is missing)."""
+    from atlas.cli import _FIELD_DESTS, build_parser
 
-    args = vars(build_parser().parse_args([command, "run"]))
-    return {name: args[name] for name in fields if name in args}
+    args = vars(build_parser().parse_args(argv))
+    return {name: args[_FIELD_DESTS.get(name, name)] for name in fields if _FIELD_DESTS.get(name, name) in args}
 
 
 def _choices(command: str) -> dict[str, tuple]:
@@ -151,7 +151,7 @@ def test_render_defaults_of_the_config_and_the_command_line_are_render_settings(
     defaults = RenderSettings()
     fields = [f.name for f in dataclasses.fields(RenderSettings)]
     assert load_config(write(tmp_path, '[collect]\nsource = "x"\n')).render == defaults
-    cli = _option_defaults("render", fields)
+    cli = _option_defaults(["render", "run"], fields)
     assert sorted(cli) == sorted(fields), "every render setting has an option of `atlas render`"
     assert cli.pop("levels") is None  # no --levels: every level, as the settings' empty levels
     assert cli == {name: getattr(defaults, name) for name in cli}
@@ -162,3 +162,16 @@ def test_render_defaults_of_the_config_and_the_command_line_are_render_settings(
     sub = SubAtlasSettings()
     assert {k: getattr(sub, k) for k in ("icon_size", "batch_size", "lr", "objective", "icon_view")} == \
         {k: getattr(defaults, k) for k in ("icon_size", "batch_size", "lr", "objective", "icon_view")}
+
+
+def test_grid_and_class_atlas_defaults_of_the_config_and_the_command_line_are_their_settings(tmp_path):
+    from atlas.stages.classes import SubAtlasSettings
+    from atlas.stages.grid import GridSettings
+
+    cfg = load_config(write(tmp_path, '[collect]\nsource = "x"\n'))
+    assert cfg.grid == GridSettings() and cfg.classes == SubAtlasSettings()
+    for argv, settings in ((["grid", "run"], GridSettings()), (["classes", "run", "tench"], SubAtlasSettings()),
+                           (["compare", "run", "tench", "goldfish"], SubAtlasSettings())):
+        cli = _option_defaults(argv, [f.name for f in dataclasses.fields(settings)])
+        assert {"sizes", "min_count", "class_top_n"} <= set(cli), argv
+        assert cli == {name: getattr(settings, name) for name in cli}, argv
