@@ -60,8 +60,8 @@ the optimization under ``torch.autocast`` (:mod:`atlas.runtime.precision`; the i
 objective that picks the best attempt stay float32), and ``compile=True`` runs the network under
 ``torch.compile`` after one trial step; when compiling fails the render goes on without it and
 says so in the log. ``scheduler`` renders the batches as Dask tasks on many workers (one per
-GPU; :func:`atlas.runtime.distributed.run_render_batches`); the client writes each finished batch, so a
-lost worker costs the batches it was running, which Dask runs again elsewhere.
+GPU; :mod:`atlas.stages.render.dask`); the client writes each finished batch, so a lost worker
+costs the batches it was running, which Dask runs again elsewhere.
 
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The defaults here
 (:class:`RenderSettings`, the one home of the stage's defaults, which the config and the command
@@ -73,7 +73,8 @@ The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`Re
 the one home of the defaults, and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each cell's
 generator, whitening), :mod:`~atlas.stages.render.parents` (the parent start),
 :mod:`~atlas.stages.render.batch` (one batch of cells, in-process or as a Dask task, and
-``torch.compile``) and :mod:`~atlas.stages.render.stage` (the stage over files). The settings
+``torch.compile``), :mod:`~atlas.stages.render.dask` (the batches as Dask tasks) and
+:mod:`~atlas.stages.render.stage` (the stage over files). The settings
 load with the package; the names of the other modules, which load torch, are imported on first
 use, so reading the defaults (as ``atlas`` does to build its options) stays cheap.
 """

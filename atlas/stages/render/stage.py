@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from atlas.models import AtlasModel, resolve_device
 from atlas.optvis.transform import Transform
 from atlas.stages.render.batch import IconBatch, IconBatchResult, compile_model, render_icon_batch
+from atlas.stages.render.dask import run_render_batches
 from atlas.stages.render.directions import whitening_from_activations
 from atlas.stages.render.parents import levels_with_parents, start_from_parents
 from atlas.stages.render.settings import RenderSettings
@@ -347,8 +348,8 @@ def _render_on_dask(scheduler: str | Scheduler | Client, spec: ModelSpec, sizes:
                     write: Callable[[IconBatchResult], None]) -> None:
     """Render the levels ``sizes`` as Dask tasks, level by level (a level's cells may start from
     the one before), writing each batch here as it finishes."""
-    from atlas.runtime.distributed import client_for, run_render_batches
+    from atlas.runtime.distributed import client_for
 
     with client_for(scheduler) as client:
         for size in sizes:
-            run_render_batches(client, spec, level_batches(size), render_batch=render_icon_batch, on_batch=write)
+            run_render_batches(client, spec, level_batches(size), on_batch=write)
