@@ -167,11 +167,7 @@ def render_cells(
         return summary
     n_work = sum(len(rows) for _, rows in work)
     _log_plan(n_work, layer, wanted, where, settings, warm=bool(parent_of))
-    template = IconBatch(layer, 0, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 0), np.float32),
-                         icon_size=settings.icon_size, steps=settings.steps, attempts=settings.attempts, lr=settings.lr,
-                         cossim_pow=settings.cossim_pow, seed=settings.seed, whiten=whiten,
-                         transforms=tuple(transforms), precision=settings.precision,
-                         border_prior=float(settings.border_prior), objective=settings.objective)
+    template = _batch_template(layer, settings, whiten=whiten, transforms=transforms)
 
     def level_batches(size: int) -> list[IconBatch]:
         """The pending batches of level ``size``; with a parent level (rendered by now), each cell
@@ -295,6 +291,16 @@ def _log_plan(n_work: int, layer: str, wanted: Sequence[int], where: object, set
     log.info("rendering %d icons of %s (%s) on %s: %s, best of %d, %d per batch, precision %s", n_work, layer,
              ", ".join(f"{s}x{s}" for s in wanted), where, how, settings.attempts, settings.batch_size,
              settings.precision)
+
+
+def _batch_template(layer: str, settings: RenderSettings, *, whiten: np.ndarray | None,
+                    transforms: Sequence[Transform]) -> IconBatch:
+    """An empty batch with everything the batches of this render share."""
+    return IconBatch(layer, 0, np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros((0, 0), np.float32),
+                     icon_size=settings.icon_size, steps=settings.steps, attempts=settings.attempts, lr=settings.lr,
+                     cossim_pow=settings.cossim_pow, seed=settings.seed, whiten=whiten, transforms=tuple(transforms),
+                     precision=settings.precision, border_prior=float(settings.border_prior),
+                     objective=settings.objective)
 
 
 def _level_batches(template: IconBatch, size: int, level: CellLevel,
