@@ -51,8 +51,8 @@ rendered again, and the others keep their icons. Other render settings are refus
 Size: an 80 px icon reaches the model as 78 px after the icon transforms (a 16 px gray pad, then
 the paper's jitters, zoom and rotation; the paper's renderer pads 2 px and shows the model
 50 px, which leaves the icons' borders pale, see :func:`atlas.optvis.icon_transforms`); the
-objective reads the center position of the layer. Upsampling to the model's 224 px input would
-cost about 8x more per step.
+objective reads the layer at that size (over its positions, or at the center one). Upsampling to
+the model's 224 px input would cost about 8x more per step.
 
 Production settings on a GPU (``atlas render RUN --steps 1024 --attempts 4 --batch-size 256
 --precision bf16``): a level's cells in large batches, ``precision`` runs the model's passes of
@@ -69,14 +69,14 @@ line read) are a quarter of those steps, best of 1, for the coarsest level (ever
 ``start="cold"``), which gives recognisable icons in a quarter of the time and is what a CPU can
 afford (see ``benchmarks/README.md`` for icons per minute).
 
-The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`RenderSettings`,
-the one home of the defaults, and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each cell's
-generator, whitening), :mod:`~atlas.stages.render.parents` (the parent start),
+The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`RenderSettings`
+and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each
+cell's generator, whitening), :mod:`~atlas.stages.render.parents` (the parent start),
 :mod:`~atlas.stages.render.batch` (one batch of cells, in-process or as a Dask task, and
 ``torch.compile``), :mod:`~atlas.stages.render.dask` (the batches as Dask tasks) and
-:mod:`~atlas.stages.render.stage` (the stage over files). The settings
-load with the package; the names of the other modules, which load torch, are imported on first
-use, so reading the defaults (as ``atlas`` does to build its options) stays cheap.
+:mod:`~atlas.stages.render.stage` (the stage over files). The settings load with the package;
+the names of the other modules, which load torch, are imported on first use, so reading the
+defaults (as ``atlas`` does to build its options) stays cheap.
 """
 
 from __future__ import annotations
