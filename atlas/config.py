@@ -45,7 +45,7 @@ from atlas.stages.classes import SubAtlasSettings
 from atlas.stages.collect.stage import CollectSettings, check_loader
 from atlas.stages.grid import GridSettings
 from atlas.stages.reduce import ReduceSettings
-from atlas.stages.render import check_render_settings
+from atlas.stages.render import RenderSettings
 from atlas.stages.tiles import TileSettings
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -93,35 +93,6 @@ class CollectSection:
 
 
 @dataclass(frozen=True)
-class RenderSection:
-    """Settings of :func:`atlas.stages.render.render_cells` (``levels`` empty = every grid level)."""
-
-    levels: tuple[int, ...] = ()
-    icon_size: int = 80
-    steps: int = 256
-    attempts: int = 1
-    batch_size: int = 32
-    lr: float = 0.08
-    cossim_pow: float = 4.0
-    whiten: bool = False
-    seed: int = 0
-    icon_view: str = "whole"
-    precision: str = "fp32"
-    border_prior: float = 0.0
-    objective: str = "mean"
-    start: str = "cold"
-    refine_steps: int = 16
-    refine_lr: float = 0.04
-
-    def __post_init__(self) -> None:
-        check_render_settings(icon_size=self.icon_size, steps=self.steps, attempts=self.attempts,
-                              batch_size=self.batch_size, lr=self.lr, cossim_pow=self.cossim_pow,
-                              icon_view=self.icon_view, precision=self.precision, border_prior=self.border_prior,
-                              objective=self.objective, levels=self.levels or None, start=self.start,
-                              refine_steps=self.refine_steps, refine_lr=self.refine_lr)
-
-
-@dataclass(frozen=True)
 class TilesSection:
     """Settings of :func:`atlas.stages.tiles.build_tiles`."""
 
@@ -147,7 +118,7 @@ class PipelineConfig:
     collect: CollectSection
     reduce: ReduceSettings
     grid: GridSettings
-    render: RenderSection
+    render: RenderSettings
     tiles: TilesSection
     classes: SubAtlasSettings = field(default_factory=SubAtlasSettings)
 
@@ -260,7 +231,7 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         path, run, model, collect_sec,
         reduce=_build(ReduceSettings, raw.get("reduce", {}), "reduce", path),
         grid=_build(GridSettings, raw.get("grid", {}), "grid", path),
-        render=_build(RenderSection, raw.get("render", {}), "render", path),
+        render=_build(RenderSettings, raw.get("render", {}), "render", path),
         tiles=_build(TilesSection, raw.get("tiles", {}), "tiles", path),
         classes=_build(SubAtlasSettings, raw.get("classes", {}), "classes", path),
     )

@@ -82,17 +82,10 @@ def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, ov
     from atlas.models import load_model
     from atlas.stages.render import render_cells
 
-    r = cfg.render
     model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
                        device=cfg.run.device)
-    return render_cells(
-        cfg.run_dir / "cells.h5", cfg.run_dir / "icons.h5", model, levels=list(r.levels) or None,
-        icon_size=r.icon_size, steps=r.steps, attempts=r.attempts, batch_size=r.batch_size, lr=r.lr,
-        cossim_pow=r.cossim_pow, whiten=True if r.whiten else None, device=cfg.run.device, seed=r.seed, progress=progress,
-        icon_view=r.icon_view, precision=r.precision, border_prior=r.border_prior,
-        objective=r.objective, start=r.start, refine_steps=r.refine_steps, refine_lr=r.refine_lr,
-        overwrite=overwrite,
-    ).describe()
+    return render_cells(cfg.run_dir / "cells.h5", cfg.run_dir / "icons.h5", model, cfg.render, device=cfg.run.device,
+                        progress=progress, overwrite=overwrite).describe()
 
 
 def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,57 @@ def test_bad_collect_values_fail_at_load(tmp_path, line, key):
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert f"[collect] {key}" in str(e.value), str(e.value)
+
+
+# one home for the defaults: the config and the command line read them from the settings objects
+
+
+def _option_defaults(argv: list[str], fields: list[str]) -> dict[str, object]:
+    """What ``atlas *argv`` with no other option sets each settings field of ``fields`` to, with the
+    real parser (a field the command has no option for is missing)."""
+    from atlas.cli import build_parser
+    from atlas.cli.common import FIELD_DESTS as _FIELD_DESTS
+
+    args = vars(build_parser().parse_args(argv))
+    return {name: args[_FIELD_DESTS.get(name, name)] for name in fields if _FIELD_DESTS.get(name, name) in args}
+
+
+def _choices(command: str) -> dict[str, tuple]:
+    from atlas.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {a.dest: tuple(a.choices) for a in sub._actions if a.choices is not None}
+
+
+def test_render_defaults_of_the_config_and_the_command_line_are_render_settings(tmp_path):
+    from atlas.runtime.precision import PRECISIONS
+    from atlas.stages.classes import SubAtlasSettings
+    from atlas.stages.render import ICON_OBJECTIVES, ICON_VIEWS, RENDER_STARTS, RenderSettings
+
+    defaults = RenderSettings()
+    fields = [f.name for f in dataclasses.fields(RenderSettings)]
+    assert load_config(write(tmp_path, '[collect]\nsource = "x"\n')).render == defaults
+    cli = _option_defaults(["render", "run"], fields)
+    assert sorted(cli) == sorted(fields), "every render setting has an option of `atlas render`"
+    assert cli.pop("levels") is None  # no --levels: every level, as the settings' empty levels
+    assert cli == {name: getattr(defaults, name) for name in cli}
+    assert RenderSettings(**{**cli, "levels": None}) == defaults
+    assert _choices("render") == {"icon_view": tuple(ICON_VIEWS), "objective": ICON_OBJECTIVES,
+                                  "start": RENDER_STARTS, "precision": PRECISIONS}
+    # the class atlases render as the stage does, but for their own (fewer) steps
+    sub = SubAtlasSettings()
+    assert {k: getattr(sub, k) for k in ("icon_size", "batch_size", "lr", "objective", "icon_view")} == \
+        {k: getattr(defaults, k) for k in ("icon_size", "batch_size", "lr", "objective", "icon_view")}
+
+
+def test_grid_and_class_atlas_defaults_of_the_config_and_the_command_line_are_their_settings(tmp_path):
+    from atlas.stages.classes import SubAtlasSettings
+    from atlas.stages.grid import GridSettings
+
+    cfg = load_config(write(tmp_path, '[collect]\nsource = "x"\n'))
+    assert cfg.grid == GridSettings() and cfg.classes == SubAtlasSettings()
+    for argv, settings in ((["grid", "run"], GridSettings()), (["classes", "run", "tench"], SubAtlasSettings()),
+                           (["compare", "run", "tench", "goldfish"], SubAtlasSettings())):
+        cli = _option_defaults(argv, [f.name for f in dataclasses.fields(settings)])
+        assert {"sizes", "min_count", "class_top_n"} <= set(cli), argv
+        assert cli == {name: getattr(settings, name) for name in cli}, argv

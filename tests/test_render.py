@@ -390,6 +390,7 @@ def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_
     from PIL import Image
 
     from atlas.optvis import directions, evaluate
+    from atlas.stages.render.batch import _icon_cossim
 
     layer = "inception4c"
     groups = [range(200, 206), range(10, 16), [817, 751, 656, 705, 511, 436]]
@@ -417,7 +418,7 @@ def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_
                                spatial_mean=True)
         before = evaluate(inceptionv1, objective, start).numpy()
     assert (w[4].objective > before).all(), (w[4].objective, before)
-    start_cos = render_mod._icon_cossim(inceptionv1, layer, start, np.stack(children), spatial_mean=True)
+    start_cos = _icon_cossim(inceptionv1, layer, start, np.stack(children), spatial_mean=True)
     assert w[4].cossim.mean() > start_cos.mean() + 0.01, (w[4].cossim, start_cos)
     assert w[4].cossim.mean() > c[4].cossim.mean() - 0.05, (w[4].cossim, c[4].cossim)
     # stopped after grid 4's first batch, then resumed: the same icons

@@ -21,9 +21,8 @@ from distributed import Client, LocalCluster
 
 from atlas.models import AtlasModel, load_model
 from atlas.runtime.distributed import ModelSpec, worker_device
-from atlas.stages import render as render_mod
 from atlas.stages.render import IconBatch, compile_model, render_cells, render_icon_batch
-from atlas.store.icons import read_icons
+from atlas.store.icons import IconsFile, read_icons
 from test_render import write_fake_cells
 from tinynet import Tiny
 
@@ -58,13 +57,13 @@ def test_render_on_dask_with_a_worker_killed_equals_a_single_process_render(tmp_
     assert ref.complete
 
     writes: list[int] = []
-    real_write = render_mod.IconsFile.write
+    real_write = IconsFile.write
 
     def counting_write(self, size, rows, *args):  # records every batch the client writes
         writes.extend((size, int(r)) for r in rows)
         return real_write(self, size, rows, *args)
 
-    monkeypatch.setattr(render_mod.IconsFile, "write", counting_write)
+    monkeypatch.setattr(IconsFile, "write", counting_write)
     spec = ModelSpec(factory="test_render_dask:slow_tiny_model", device="cpu")
     out = tmp_path / "dist.h5"
     outcome: dict[str, object] = {}

@@ -8,14 +8,16 @@ from atlas.cli.common import add_model_args, int_list
 
 
 def _subatlas_args(s: argparse.ArgumentParser) -> None:
+    from atlas.stages.render.settings import RenderSettings
+
     add_model_args(s)
     s.add_argument("--sizes", type=int_list, default="10,20", help="grid sizes (zoom levels) [%(default)s]")
     s.add_argument("--min-count", type=int, default=4, help="rows a cell needs [%(default)s]")
     s.add_argument("--class-top-n", type=int, default=2000,
                    help="rows kept besides those whose top class is the class [%(default)s]")
-    s.add_argument("--icon-size", type=int, default=80)
+    s.add_argument("--icon-size", type=int, default=RenderSettings.icon_size)
     s.add_argument("--steps", type=int, default=128, help="optimisation steps per icon [%(default)s]")
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--batch-size", type=int, default=RenderSettings.batch_size)
     s.add_argument("--overwrite", action="store_true", help="replace the files made with other settings")
 
 

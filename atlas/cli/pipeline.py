@@ -37,7 +37,7 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
                    help="discard existing output / partial run (needed when its settings differ)")
     add_scheduler_arg(s, "one Dask task per block of images; --workers is then decode threads per task")
     s.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
-                   help="where JPEGs are decoded: gpu = in batches on the model's device (torchvision), cpu = PIL "
+                   help="where JPEGs are decoded: gpu = in batches on the model's device (TorchCodec, nvJPEG), cpu = PIL "
                         "in the workers; auto = gpu on CUDA, cpu otherwise [%(default)s]")
     s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="forward and attribution passes under torch.autocast at this precision [%(default)s]")
@@ -126,18 +126,22 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 
 
 def add_grid(sub: argparse._SubParsersAction) -> None:
+    from atlas.stages.grid import GridSettings
+
     """Add ``atlas grid`` to ``sub``."""
     s = sub.add_parser("grid", help="activations + layout -> cells.h5 at several zoom levels")
     s.add_argument("run_dir", nargs="?", default=None)
     s.add_argument("--activations", default=None)
     s.add_argument("--layout", default=None)
     s.add_argument("-o", "--output", default=None, help="cells file [RUN_DIR/cells.h5]")
-    s.add_argument("--sizes", type=int_list, default="20,40,80,160", help="grid sizes [%(default)s]")
-    s.add_argument("--min-count", type=int, default=6, help="drop cells with fewer rows [%(default)s]")
-    s.add_argument("--top-k", type=int, default=5, help="classes kept per cell [%(default)s]")
-    s.add_argument("--examples", type=int, default=8, help="dataset examples per cell [%(default)s]")
+    s.add_argument("--sizes", type=int_list, default=",".join(map(str, GridSettings.sizes)),
+                   help="grid sizes [%(default)s]")
+    s.add_argument("--min-count", type=int, default=GridSettings.min_count,
+                   help="drop cells with fewer rows [%(default)s]")
+    s.add_argument("--top-k", type=int, default=GridSettings.top_k, help="classes kept per cell [%(default)s]")
+    s.add_argument("--examples", type=int, default=GridSettings.n_examples, help="dataset examples per cell [%(default)s]")
     s.add_argument("--class", dest="class_filter", default=None, help="class atlas: only this class's rows")
-    s.add_argument("--class-top-n", type=int, default=2000)
+    s.add_argument("--class-top-n", type=int, default=GridSettings.class_top_n)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_grid)
 
@@ -157,6 +161,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def add_render(sub: argparse._SubParsersAction) -> None:
+    from atlas.stages.render.settings import RenderSettings
+
     """Add ``atlas render`` to ``sub``."""
     s = sub.add_parser("render", help="cells.h5 -> icons.h5: a feature visualization per cell, in batches")
     s.add_argument("run_dir", nargs="?", default=None)
@@ -164,38 +170,39 @@ def add_render(sub: argparse._SubParsersAction) -> None:
     s.add_argument("-o", "--output", default=None, help="icons file [RUN_DIR/icons.h5]")
     add_model_args(s)
     s.add_argument("--levels", type=int_list, default=None, help="grid sizes to render, e.g. 20,40 [all]")
-    s.add_argument("--icon-size", type=int, default=80)
-    s.add_argument("--steps", type=int, default=256,
+    s.add_argument("--icon-size", type=int, default=RenderSettings.icon_size)
+    s.add_argument("--steps", type=int, default=RenderSettings.steps,
                    help="optimizer steps of an icon started from noise: the coarsest level, or every level with "
                         "--start cold (paper: 1024) [%(default)s]")
-    s.add_argument("--attempts", type=int, default=1, help="best of k attempts (paper: 4) [%(default)s]")
-    s.add_argument("--batch-size", type=int, default=32,
+    s.add_argument("--attempts", type=int, default=RenderSettings.attempts,
+                   help="best of k attempts (paper: 4) [%(default)s]")
+    s.add_argument("--batch-size", type=int, default=RenderSettings.batch_size,
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
-    s.add_argument("--lr", type=float, default=0.08, help="Adam learning rate of the icons [%(default)s]")
-    s.add_argument("--cossim-pow", type=float, default=4.0)
-    s.add_argument("--icon-view", choices=("whole", "wide", "notebooks"), default="whole",
+    s.add_argument("--lr", type=float, default=RenderSettings.lr, help="Adam learning rate of the icons [%(default)s]")
+    s.add_argument("--cossim-pow", type=float, default=RenderSettings.cossim_pow)
+    s.add_argument("--icon-view", choices=("whole", "wide", "notebooks"), default=RenderSettings.icon_view,
                    help="what the model sees of an icon each step: the whole icon (78 px), a 62 px window (wide), "
                         "or the paper notebooks' 50 px window (about 2.1x faster on a CPU, pale borders) [%(default)s]")
     s.add_argument("--whiten", action="store_true",
                    help="whiten directions by the activations' inverse covariance (paper's option)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=RenderSettings.seed)
     s.add_argument("--overwrite", action="store_true")
-    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=RenderSettings.precision,
                    help="model passes of the optimization under torch.autocast at this precision [%(default)s]")
-    s.add_argument("--objective", choices=("mean", "center"), default="mean",
+    s.add_argument("--objective", choices=("mean", "center"), default=RenderSettings.objective,
                    help="the direction objective on the layer's activation averaged over the icon (mean) or at its "
                         "center position only, as the paper notebooks (center) [%(default)s]")
-    s.add_argument("--border-prior", type=float, default=0.0,
+    s.add_argument("--border-prior", type=float, default=RenderSettings.border_prior,
                    help="weight of the frame prior that pulls each icon's outer 5 px to a smooth gray, relative to "
                         "the objective (0: none) [%(default)s]")
-    s.add_argument("--start", choices=("cold", "parent"), default="cold",
+    s.add_argument("--start", choices=("cold", "parent"), default=RenderSettings.start,
                    help="cold: every cell from noise with --steps; parent: render the levels coarse to fine, every "
                         "cell of a finer level starting from its parent cell's icon with --refine-steps steps (the "
                         "coarsest level from noise with --steps): about 8x faster a cell, but the cells under one "
                         "coarse cell then share its picture [%(default)s]")
-    s.add_argument("--refine-steps", type=int, default=16,
+    s.add_argument("--refine-steps", type=int, default=RenderSettings.refine_steps,
                    help="steps of a cell that starts from its parent's icon (--start parent) [%(default)s]")
-    s.add_argument("--refine-lr", type=float, default=0.04,
+    s.add_argument("--refine-lr", type=float, default=RenderSettings.refine_lr,
                    help="Adam learning rate of those steps [%(default)s]")
     s.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")

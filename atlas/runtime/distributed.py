@@ -1,4 +1,4 @@
-"""Scale-out on Dask distributed: schedulers, models and sources on workers, render tasks, reduce's chunks.
+"""Scale-out on Dask distributed: schedulers, and the models and sources that workers load.
 
 A *scheduler* is named by a string:
 
@@ -8,18 +8,13 @@ A *scheduler* is named by a string:
 - ``"local"`` or ``"local:N"``: a :class:`distributed.LocalCluster` of ``N`` worker processes
   (default: one per CPU core), one thread each, started for the run and closed after it.
 
-Collect: one task per block of images, in :mod:`atlas.stages.collect.blocks`; the model and the
-source each worker needs come from here (:class:`ModelSpec`, :func:`worker_model`, :func:`worker_source`).
-
-Render (:func:`run_render_batches`): each batch of cells the in-process render would optimize
-together (:class:`atlas.stages.render.IconBatch`) is one task (:func:`render_task`); a worker renders
-it on its own device and returns the icons (a few hundred KB), and the client writes every
-finished batch into ``icons.h5`` (only :mod:`atlas.store` opens HDF5). A worker lost mid-run
-costs the batches it held, which Dask runs again on another worker; each task's result is
-written once, and a batch's icons depend only on the batch, so nothing is missing or doubled.
-With ``device="auto"`` on a machine with several GPUs, the worker named ``k`` (a
-``LocalCluster`` names its workers 0, 1, ...) uses GPU ``k mod n_gpus``; remote workers started
-one per GPU (``CUDA_VISIBLE_DEVICES``) see only their own.
+The stages' tasks live with their stages and use what is here: collect's blocks in
+:mod:`atlas.stages.collect.blocks` (the model and source each worker needs: :class:`ModelSpec`,
+:func:`worker_model`, :func:`worker_source`), render's batches in :mod:`atlas.stages.render.dask`,
+reduce's placement chunks in :mod:`atlas.stages.reduce.stage`. With ``device="auto"`` on a
+machine with several GPUs, the worker named ``k`` (a ``LocalCluster`` names its workers 0, 1, ...)
+uses GPU ``k mod n_gpus`` (:func:`worker_device`); remote workers started one per GPU
+(``CUDA_VISIBLE_DEVICES``) see only their own.
 
 Workers load the model themselves from a small :class:`ModelSpec` (a name, or a
 ``"module:function"`` factory) and keep it per worker process (:func:`worker_model`); sources
@@ -30,7 +25,6 @@ scheduler.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import importlib
@@ -40,8 +34,7 @@ import re
 import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -382,12 +375,6 @@ def keys_digest(keys: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-# --------------------------------------------------------------------------- render tasks
-
-
-_RENDER_MODELS: dict[ModelSpec, AtlasModel] = {}
-
-
 def worker_device(device: str) -> str:
     """The device a Dask worker runs on: ``device``, except that ``"auto"`` on a worker named by
     an integer ``k`` on a machine with several GPUs is ``cuda:{k mod n_gpus}`` (one worker per GPU)."""
@@ -407,82 +394,6 @@ def worker_device(device: str) -> str:
     return f"cuda:{int(name) % n}" if isinstance(name, int) or str(name).isdigit() else device
 
 
-def worker_render_model(spec: ModelSpec) -> AtlasModel:
-    """The model of a render task, loaded once per worker process on :func:`worker_device` (as it
-    is: the render gives the model channels-last inputs itself where that is faster)."""
-    with _CACHE_LOCK:
-        if spec not in _RENDER_MODELS:
-            t0 = time.perf_counter()
-            _RENDER_MODELS[spec] = spec.load(worker_device(spec.device))
-            log.info("worker %d loaded %s for rendering in %.1f s", os.getpid(), spec, time.perf_counter() - t0)
-        return _RENDER_MODELS[spec]
-
-
-def render_task(spec: ModelSpec, batch: Any, render_batch: Callable[[AtlasModel, Any], Any]) -> Any:
-    """The Dask task of one render batch: ``render_batch`` (the render stage passes
-    :func:`atlas.stages.render.render_icon_batch`; this module does not import the stage) on this worker's model."""
-    result = render_batch(worker_render_model(spec), batch)
-    result.worker = f"{socket.gethostname()}:{os.getpid()}"
-    return result
-
-
-def run_render_batches(
-    client: Client,
-    spec: ModelSpec,
-    batches: Sequence[Any],
-    *,
-    render_batch: Callable[[AtlasModel, Any], Any],
-    on_batch: Callable[[Any], None],
-    retries: int = 1,
-) -> int:
-    """Render ``batches`` (:class:`atlas.stages.render.IconBatch`) as Dask tasks, each
-    ``render_batch(model, batch)`` on a worker; ``on_batch(result)`` runs in the client for each
-    finished batch (the render stage writes it there).
-
-    Returns the number of batches done. Raises the first task error after cancelling the rest;
-    batches already handed to ``on_batch`` stay written, so the same render resumes.
-    """
-    from distributed import KilledWorker, as_completed
-
-    if not batches:
-        return 0
-    run = uuid.uuid4().hex[:8]
-    futures = {
-        client.submit(render_task, spec, b, render_batch, key=f"atlas-render-{run}-{b.size}-{int(b.rows[0]):08d}",
-                      retries=retries): b
-        for b in batches
-    }
-    done = 0
-    try:
-        for fut in as_completed(futures):
-            b = futures[fut]
-            try:
-                result = fut.result()
-            except KilledWorker as e:
-                raise RuntimeError(f"render batch of level {b.size}, rows {int(b.rows[0])}..{int(b.rows[-1])}, killed "
-                                   "every worker that ran it (out of memory? try a smaller batch_size); finished "
-                                   "batches are kept, rerun to resume") from e
-            on_batch(result)
-            done += 1
-            fut.release()
-    finally:
-        client.cancel([f for f in futures if not f.done()])
-    return done
-
-
-# --------------------------------------------------------------------------- reduce chunks
-
-
-def slim_for_placement(est: Any) -> Any:
-    """A shallow copy of a fitted :class:`~atlas.stages.reduce.AtlasUMAP` without the UMAP model when
-    placement is knn: the workers need the placer's rows and index, not UMAP's graph."""
-    if getattr(est, "placement", None) != "knn" or not hasattr(est, "umap_"):
-        return est
-    slim = copy.copy(est)
-    del slim.umap_
-    return slim
-
-
 __all__ = [
     "HOW_TO_START",
     "ModelSpec",
@@ -494,12 +405,8 @@ __all__ = [
     "local_cluster",
     "parse_scheduler",
     "portable_source",
-    "render_task",
-    "run_render_batches",
-    "slim_for_placement",
     "worker_device",
     "worker_model",
-    "worker_render_model",
     "worker_slots",
     "worker_source",
 ]

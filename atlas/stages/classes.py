@@ -31,7 +31,7 @@ from atlas.checks import at_least
 from atlas.models import AtlasModel
 from atlas.stages.grid import check_grid_sizes
 from atlas.stages.reduce.placement import REFINE_EPOCHS
-from atlas.stages.render import DEFAULT_ICON_OBJECTIVE, DEFAULT_ICON_VIEW, DEFAULT_LR, check_render_settings
+from atlas.stages.render import RenderSettings, check_render_settings
 from atlas.store.lineage import keep_or_replace
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,13 @@ class SubAtlasSettings:
     min_count: int = 4
     class_top_n: int = 2000
     sample_size: int = 100_000
-    icon_size: int = 80
+    icon_size: int = RenderSettings.icon_size
     steps: int = 128
-    batch_size: int = 32
-    lr: float = DEFAULT_LR
+    batch_size: int = RenderSettings.batch_size
+    lr: float = RenderSettings.lr
     refine_epochs: int = REFINE_EPOCHS
-    objective: str = DEFAULT_ICON_OBJECTIVE
-    icon_view: str = DEFAULT_ICON_VIEW
+    objective: str = RenderSettings.objective
+    icon_view: str = RenderSettings.icon_view
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(str(n) for n in self.names))

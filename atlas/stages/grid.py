@@ -133,7 +133,7 @@ def cell_means(
         acts: ``(N, C)`` activations (float16/32; an h5py dataset works too).
         ids: ``(N,)`` cell id of each row (e.g. from :func:`grid_cells`), in ``[0, n_cells)``.
         n_cells: number of possible ids (``size * size``).
-        min_count: cells with fewer rows are dropped (default 6, see ``DEFAULT_MIN_COUNT``).
+        min_count: cells with fewer rows are dropped (default :data:`DEFAULT_MIN_COUNT`).
         chunk_rows: rows converted to float32 at a time; sums accumulate in float64.
 
     Returns:
@@ -391,9 +391,9 @@ class GridSettings:
     """Everything that decides what ``cells.h5`` holds (hashed into the file).
 
     Attributes:
-        sizes: cells per side of each zoom level (default 20, 40, 80, 160).
-        min_count: cells with fewer rows are dropped (default 6; Lucid's recipe keeps cells
-            with more than 5).
+        sizes: cells per side of each zoom level (default :data:`DEFAULT_SIZES`).
+        min_count: cells with fewer rows are dropped (default :data:`DEFAULT_MIN_COUNT`, as
+            Lucid's recipe).
         top_k: classes kept per cell, by mean attribution.
         n_examples: dataset examples per cell (nearest the cell mean by cosine, one per image).
         class_filter: keep only the rows of one class (name, WordNet id or index; see
@@ -435,7 +435,8 @@ def check_grid_sizes(key: str, sizes: Any) -> tuple[int, ...]:
 
 
 def grid_memory_bytes(sizes: Sequence[int], n_rows: int, channels: int, *, min_count: int = 1,
-                      n_classes: int = 1000, n_examples: int = DEFAULT_EXAMPLES, chunk_rows: int = 32768) -> int:
+                      n_classes: int = 1000, n_examples: int = DEFAULT_EXAMPLES,
+                      chunk_rows: int = GridSettings.chunk_rows) -> int:
     """About the most memory :func:`grid_file` holds for these levels: per level, int64 arrays over
     every cell of the grid (row counts and three cell indexes, 33 bytes a cell) and over the rows
     (cell ids), and per kept cell (at most ``n_rows // min_count`` of them) the float64 sums of its

@@ -55,9 +55,9 @@ def photo_directions(model, paths: list[Path]) -> dict[str, np.ndarray]:
 def directions(model, paths: list[Path], steps: int) -> None:
     dirs = photo_directions(model, paths)
     vecs = np.stack(list(dirs.values()))
-    # atlas icons: exactly what the render stage does for a cell (80 px, cossim_pow 4)
+    # atlas icons: what the render stage does for a cell (80 px, cossim_pow 4), read at the center
     g = [[cell_generator(0, 1, i) for i in range(len(vecs))]]
-    icons, _ = render_directions(model, LAYER, vecs, g, steps=steps)
+    icons, _ = render_directions(model, LAYER, vecs, g, steps=steps, objective="center")
     optvis.save_png(icons, OUT / f"directions_{LAYER}_icons.png")
     for name, img in zip(dirs, icons):
         optvis.save_png(img, OUT / f"direction_{LAYER}_{name}.png")
@@ -81,7 +81,7 @@ def whitened(model, paths: list[Path], steps: int) -> None:
     dirs = photo_directions(model, paths)
     vecs = np.stack(list(dirs.values()))
     g = [[cell_generator(0, 1, i) for i in range(len(vecs))]]
-    icons, _ = render_directions(model, LAYER, vecs, g, steps=steps, whiten=s)
+    icons, _ = render_directions(model, LAYER, vecs, g, steps=steps, whiten=s, objective="center")
     optvis.save_png(icons, OUT / f"directions_{LAYER}_icons_whitened.png")
 
 

@@ -153,6 +153,16 @@ class _ChunkTask:
         return _Placed(start, xy, status)
 
 
+def slim_for_placement(est: AtlasUMAP) -> AtlasUMAP:
+    """A shallow copy of a fitted :class:`AtlasUMAP` without the UMAP model when placement is knn:
+    the workers need the placer's rows and index, not UMAP's graph."""
+    if getattr(est, "placement", None) != "knn" or not hasattr(est, "umap_"):
+        return est
+    slim = copy.copy(est)
+    del slim.umap_
+    return slim
+
+
 def _place_chunk(task: _ChunkTask, start: int, stop: int) -> _Placed:
     """``task(start, stop)`` as a Dask task of its own, for a task scattered to the workers."""
     return task(start, stop)
@@ -189,7 +199,7 @@ def _run_chunks(task: _ChunkTask, bounds: Sequence[tuple[int, int]], writer: Lay
     if client is not None:
         from distributed import as_completed
 
-        from atlas.runtime.distributed import slim_for_placement, worker_slots
+        from atlas.runtime.distributed import worker_slots
 
         shipped = copy.copy(task)
         shipped.est = slim_for_placement(task.est)
