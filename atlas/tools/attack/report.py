@@ -115,22 +115,36 @@ class AttackReport:
 def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasModel, test_x: torch.Tensor,
                  patches: dict[str, torch.Tensor], effects: dict[str, list[PatchEffect]],
                  cands: Sequence[Candidate], test: np.ndarray, univ_x: torch.Tensor | None = None) -> Path:
-    """``report.json``, ``candidates.png`` (the patches with their cells' scores and classes),
-    ``examples.png`` (patched held-out views with the labels before and after) and
-    ``success.png`` (success rate against patch size, per family) in ``out_dir``."""
+    """``report.json`` and ``report.md``, ``candidates.png`` (the patches with their cells' scores
+    and classes), ``examples.png`` (patched held-out views with the labels before and after),
+    ``success.png`` (success rate against patch size, per family) and each family's chosen patch
+    (``patch-FAMILY.png``) in ``out_dir``."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(report.to_json())
     (out / "report.md").write_text(report.table() + "\n")
-    names = model.class_names or imagenet_class_names()
+    _candidates_figure(report, patches, cands, out / "candidates.png")
+    _examples_figure(report, model, test_x, patches, effects, test, out / "examples.png")
+    _success_figure(report, out / "success.png")
     fams = report.families
+    for fam, p in patches.items():
+        r = fams[fam]
+        arr = (p[r.chosen].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(out / f"patch-{fam}.png")
+    return out
 
-    # candidates
+
+def _candidates_figure(report: AttackReport, patches: dict[str, torch.Tensor], cands: Sequence[Candidate],
+                       path: Path) -> None:
+    """The atlas patches with their cells' scores and classes, the chosen baselines, and the
+    photo-crop patches under them."""
+    import matplotlib.pyplot as plt
+
+    fams = report.families
     k = len(cands)
     has_examples = "example" in patches
     fig, axes = plt.subplots(2 if has_examples else 1, k + 2, figsize=(2.6 * (k + 2), 6.4 if has_examples else 3.3),
@@ -156,10 +170,18 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
                 ax.set_title(f"photo crop of {cands[i].name}{star}", fontsize=8)
     fig.suptitle(f"{report.source} -> {report.target}: atlas neighbourhoods by target - source attribution", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "candidates.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
-    # examples: up to 6 held-out views, atlas patch at the best corner, size 40% (or the largest)
+
+def _examples_figure(report: AttackReport, model: AtlasModel, test_x: torch.Tensor, patches: dict[str, torch.Tensor],
+                     effects: dict[str, list[PatchEffect]], test: np.ndarray, path: Path) -> None:
+    """Up to 6 held-out views, atlas patch at the best corner, size 40% (or the closest), with
+    the model's answers before and after."""
+    import matplotlib.pyplot as plt
+
+    names = model.class_names or imagenet_class_names()
+    fams = report.families
     sizes = list(report.settings["sizes"])
     si = min(range(len(sizes)), key=lambda i: abs(sizes[i] - 0.4))
     e = effects["atlas"][fams["atlas"].chosen].subset(test)
@@ -182,10 +204,16 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
     axes[1, 0].text(-0.1, 0.5, "after", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
     fig.suptitle(f"{report.source} + atlas patch ({int(round(100 * sizes[si]))}% width, best corner)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "examples.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
-    # success vs size
+
+def _success_figure(report: AttackReport, path: Path) -> None:
+    """Success rate against patch size per family: held-out views, and the universal images."""
+    import matplotlib.pyplot as plt
+
+    fams = report.families
+    sizes = list(report.settings["sizes"])
     panels = 2 if report.universal_images else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 3.8), squeeze=False)
     colors = {"atlas": "#d62728", "example": "#2ca02c", "random_cell": "#7f7f7f", "noise": "#1f77b4"}
@@ -210,10 +238,5 @@ def write_report(report: AttackReport, out_dir: str | os.PathLike, model: AtlasM
         ax.set_title(f"universal: {report.universal_images} photos of other classes", fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "success.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    for fam, p in patches.items():
-        r = fams[fam]
-        arr = (p[r.chosen].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-        Image.fromarray(arr).save(out / f"patch-{fam}.png")
-    return out
