@@ -18,7 +18,7 @@ import torch
 from atlas.models import AtlasModel
 from atlas.resources import class_index, imagenet_class_names
 from atlas.tools.attack.evaluate import CORNERS, DEFAULT_SIZES, PatchEffect, evaluate_patch, paste, predict
-from atlas.tools.attack.neighbourhoods import Candidate, comparison_cells, comparison_rows
+from atlas.tools.attack.neighbourhoods import Candidate, ComparisonRows, comparison_cells, comparison_rows
 from atlas.tools.attack.patches import example_patches, icon_patches, noise_patches, render_patches
 from atlas.tools.attack.photos import _class_photos, _load, _universal_images, augment_photo, source_images
 from atlas.tools.attack.report import AttackReport, FamilyResult, write_report
@@ -126,19 +126,8 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
 
     # patches
     tr = time.perf_counter()
-    if settings.patch == "icon":
-        atlas_p, rand_p = icon_patches(cands), icon_patches(rands)
-    else:
-        dirs = np.stack([c.direction for c in [*cands, *rands]])
-        both = render_patches(model, layer, dirs, px=settings.patch_px, steps=settings.steps, seed=settings.seed,
-                              progress=progress)
-        atlas_p, rand_p = both[: len(cands)], both[len(cands):]
-    noise_p = noise_patches(settings.noise_patches, settings.patch_px, settings.seed)
-    example_p = example_patches(cands, rows, comp_x, settings.patch_px)
+    fam_patches, fam_names = _family_patches(model, layer, cands, rands, rows, comp_x, settings, progress)
     secs["patches"] = time.perf_counter() - tr
-    fam_patches = {"atlas": atlas_p, "example": example_p, "random_cell": rand_p, "noise": noise_p}
-    fam_names = {"atlas": [c.name for c in cands], "example": [f"example of {c.name}" for c in cands],
-                 "random_cell": [c.name for c in rands], "noise": [f"noise {i}" for i in range(len(noise_p))]}
 
     # evaluate every member on every view; choose on the selection half, report the test half
     te = time.perf_counter()
@@ -187,6 +176,27 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     if out_dir is not None:
         write_report(report, out_dir, model, x[test], fam_patches, effects_by_family, cands, test, univ_x)
     return report
+
+
+def _family_patches(model: AtlasModel, layer: str, cands: Sequence[Candidate], rands: Sequence[Candidate],
+                    rows: ComparisonRows, views: torch.Tensor, settings: AttackSettings, progress: bool
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+    """The patches of the four families and their members' names: the candidates' ("atlas") and
+    the random cells' ("random_cell"), rendered in one batch or their icons; the photo crops of
+    the candidates from the comparison ``views`` ("example"); and the noise patches ("noise")."""
+    if settings.patch == "icon":
+        atlas_p, rand_p = icon_patches(cands), icon_patches(rands)
+    else:
+        dirs = np.stack([c.direction for c in [*cands, *rands]])
+        both = render_patches(model, layer, dirs, px=settings.patch_px, steps=settings.steps, seed=settings.seed,
+                              progress=progress)
+        atlas_p, rand_p = both[: len(cands)], both[len(cands):]
+    noise_p = noise_patches(settings.noise_patches, settings.patch_px, settings.seed)
+    example_p = example_patches(cands, rows, views, settings.patch_px)
+    fam_patches = {"atlas": atlas_p, "example": example_p, "random_cell": rand_p, "noise": noise_p}
+    fam_names = {"atlas": [c.name for c in cands], "example": [f"example of {c.name}" for c in cands],
+                 "random_cell": [c.name for c in rands], "noise": [f"noise {i}" for i in range(len(noise_p))]}
+    return fam_patches, fam_names
 
 
 def _cand_json(c: Candidate) -> dict[str, Any]:
