@@ -1,4 +1,4 @@
-"""The interpretability toolbox around an atlas; each module one tool, each used from the CLI too.
+"""The interpretability toolbox around an atlas; each module or package one tool, each used from the CLI too.
 
 - :mod:`atlas.tools.attribution`: attribution methods for one photo (saliency, Grad-CAM, ...)
 - :mod:`atlas.tools.explain`: a photo explained by those methods, placed on the atlas
