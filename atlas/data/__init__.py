@@ -1,6 +1,7 @@
 """Images in: sources, labels, decoding and loading, for the collect stage and the tools.
 
-- :mod:`atlas.data.sources`: folders, list files, tar shards and globs as ordered image sources
+- :mod:`atlas.data.sources`: folders, list files, tar shards and globs as ordered image sources;
+  :func:`list_photos`, the photo files of a folder (the one list of extensions, :data:`IMAGE_EXTENSIONS`)
 - :mod:`atlas.data.labels`: ImageNet class indices from WordNet ids in paths or list-file labels
 - :mod:`atlas.data.decoding`: bytes -> RGB image, or :class:`BadImage` with a stable skip reason
 - :mod:`atlas.data.loader`: a ``DataLoader`` dataset over a source; bad files counted, never fatal
@@ -27,6 +28,7 @@ from atlas.data.sources import (
     ImageSource,
     ListSource,
     TarSource,
+    list_photos,
     open_source,
 )
 
@@ -46,6 +48,7 @@ __all__ = [
     "collate_images",
     "decode_image",
     "infer_label",
+    "list_photos",
     "load_image",
     "open_photo",
     "open_source",
