@@ -34,8 +34,6 @@ from PIL import Image
 from atlas.models import load_model
 from atlas.stages.collect.rows import attributed_slots, candidate_attribution
 
-EXTS = {".jpg", ".jpeg", ".png"}
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from atlas.data import infer_label
+    from atlas.data import infer_label, list_photos
 
-    photos = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in EXTS)
+    photos = list_photos(args.images)
     photos = [photos[i] for i in np.sort(np.random.default_rng(0).choice(len(photos), args.n, replace=False))]
     model = load_model("inceptionv1", weights=args.weights, device="cpu").to(memory_format=torch.channels_last)
     for p in model.parameters():

@@ -31,6 +31,7 @@ import psutil
 import torch
 from PIL import Image
 
+from atlas.data import list_photos
 from atlas.models import load_model
 from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the summary here")
     args = ap.parse_args(argv)
 
-    paths = sorted(p.resolve() for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    paths = sorted(p.resolve() for p in list_photos(args.images, recursive=False))
     paths = paths[: args.limit]
     model = load_model("inceptionv1", weights=args.weights, device=args.device)
     settings = CollectSettings(layers=(args.layer,))

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atlas.data import list_photos
 from atlas.models import load_model
 from atlas.tools.attribution import last_spatial_layer
 from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS, MethodScores, MethodSettings, evaluate_methods
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.images and args.weights):
         ap.error("--images and --weights are needed (or --merge)")
-    photos = sorted(p.resolve() for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    photos = sorted(p.resolve() for p in list_photos(args.images, recursive=False))
     photos = photos[: args.limit] if args.first else photos[:: max(1, len(photos) // args.limit)][: args.limit]
     photos = photos[args.offset:]
     methods = {"default": DEFAULT_METHODS, "all": ALL_METHODS}.get(args.methods) or tuple(args.methods.split(","))

@@ -31,7 +31,6 @@ import numpy as np
 STAGES = ("collect", "reduce", "grid", "render", "tiles")
 ARTIFACTS = {"collect": ["activations.h5"], "reduce": ["layout.h5", "layout.umap.pkl"], "grid": ["cells.h5"],
              "render": ["icons.h5"], "tiles": ["tiles"]}
-EXTS = {".jpg", ".jpeg", ".png"}
 
 
 def size_of(path: Path) -> int:
@@ -41,7 +40,9 @@ def size_of(path: Path) -> int:
 
 
 def photo_list(root: Path, n: int | None, dest: Path) -> Path:
-    photos = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTS)
+    from atlas.data import list_photos
+
+    photos = list_photos(root)
     if n is not None:
         pick = np.sort(np.random.default_rng(0).choice(len(photos), n, replace=False))
         photos = [photos[i] for i in pick]

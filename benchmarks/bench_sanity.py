@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from atlas.data import list_photos
 from atlas.models import load_model
 from atlas.tools.explain import ALL_METHODS, DEFAULT_METHODS
 from atlas.tools.sanity import cascading_randomization
@@ -40,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    photos = sorted(p.resolve() for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    photos = photos[:: max(1, len(photos) // args.limit)][: args.limit]
+    photos = sorted(p.resolve() for p in list_photos(args.images, recursive=False))
+    every = max(1, len(photos) // args.limit)
+    photos = photos[::every][: args.limit]
     methods = {"default": DEFAULT_METHODS, "all": ALL_METHODS}.get(args.methods) or tuple(args.methods.split(","))
     model = load_model("inceptionv1", weights=args.weights, device="cpu")
     t0 = time.perf_counter()
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ig_steps=args.ig_steps, occlusion_patch=args.occlusion_patch,
                                 occlusion_stride=args.occlusion_stride, igos_iterations=args.igos_iterations,
                                 igos_steps=args.igos_steps)
-    print(f"{r.photos} photos (every {max(1, len(list(Path(args.images).iterdir())) // args.limit)}-th), "
+    print(f"{r.photos} photos (every {every}-th), "
           f"InceptionV1 (BVLC), top-1 class of the trained model, {r.settings}; Spearman rank correlation of "
           f"|map| with the trained model's, mean over photos; passes below {r.threshold}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {time.perf_counter() - t0:.0f} s in all")

@@ -161,7 +161,9 @@ def make_crops(photos: list[Path], n: int, side: int, folder: Path, seed: int = 
 
 
 def _photos(images: Path) -> list[Path]:
-    photos = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    from atlas.data import list_photos
+
+    photos = list_photos(images, recursive=False)
     if not photos:
         raise SystemExit(f"no photos in {images}")
     return photos

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from atlas import optvis
+from atlas.data import list_photos
 from atlas.models import AtlasModel, capture, load_model
 from atlas.optvis.param import PARAMETERIZATIONS
 
@@ -238,7 +239,7 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m != "lucent" or have_lucent()]
 
     model = load_model("inceptionv1", weights=args.weights, device="cpu")
-    photos = sorted(p for p in Path(args.photos).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    photos = list_photos(args.photos)
     photos = photos[::args.photo_stride]
     t0 = time.perf_counter()
     ref = photo_scores(model, specs, photos)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atlas.data import list_photos
 from atlas.models import load_model
 from atlas.pipeline import run_pipeline
 from atlas.stages.collect.rows import CollectSettings
@@ -49,7 +50,7 @@ TARGETS = {"collect_images_per_s": 2000.0, "render_2000_cells_1024_steps_minutes
 
 def _photos(data: Path) -> list[Path]:
     folder = data / "photos"
-    paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = list_photos(folder, recursive=False) if folder.is_dir() else []
     if not paths:
         raise SystemExit(f"no photos in {folder}; fill {data} with benchmarks/make_gpu_data.sh")
     return paths

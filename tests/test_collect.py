@@ -18,6 +18,7 @@ from torch import nn
 
 from atlas.data import SKIP_REASONS, EmptySourceError
 from atlas.models import load_model
+from atlas.stages.collect.rows import capture_until_last
 from atlas.stages.collect.stage import CollectSettings, collect, compute_rows, layer_specs, sample_positions
 from atlas.store.activations import ActivationsFile, parts_dir_for
 
@@ -63,6 +64,16 @@ def test_sample_positions_deterministic_and_away_from_edges():
     allpos = sample_positions(0, (3, 4), CollectSettings(sampling="all"))
     assert allpos.tolist() == [[y, x] for y in range(3) for x in range(4)]
 
+
+def test_capture_until_last_stops_the_forward_after_its_last_layer(tiny_model):
+    ran = []
+    probe = tiny_model.layer("6").register_forward_hook(lambda *_: ran.append("6"))
+    try:
+        got = capture_until_last(tiny_model, torch.rand(2, 3, 32, 32), ["3", "1"])
+    finally:
+        probe.remove()
+    assert ran == [] and sorted(got) == ["1", "3"] and got["3"].shape == (2, 16, 8, 8)
+    assert not got["3"].requires_grad and all(not m._forward_hooks for m in tiny_model.modules())
 
 def test_attribution_equals_autograd_reference(tiny_model):
     """attribution_c = h . d logit_c / d h at the sampled position, for every class c."""

@@ -31,6 +31,7 @@ from atlas.data import (
     decoding,
     infer_label,
     jpeg_batch_decoder,
+    list_photos,
     load_image,
     open_source,
     reason_name,
@@ -300,6 +301,18 @@ def test_folder_source_walks_sorted_and_labels(tmp_path):
     assert src.path("sub/k_palette.gif") == str(tmp_path / "sub" / "k_palette.gif")
     assert open_source(str(tmp_path)).keys() == src.keys()
 
+
+
+def test_list_photos_lists_what_a_folder_source_reads(tmp_path):
+    expect = make_mixed_folder(tmp_path)
+    (tmp_path / "album.jpg").mkdir()  # a folder named like a photo is not one
+    assert list_photos(tmp_path) == [tmp_path / key for key in sorted(expect)]
+    assert list_photos(tmp_path) == [Path(p) for p in map(FolderSource(tmp_path).path, FolderSource(tmp_path).refs())]
+    top = [k for k in sorted(expect) if "/" not in k]
+    assert list_photos(tmp_path, recursive=False) == [tmp_path / key for key in top]
+    assert list_photos(tmp_path / "sub", recursive=False) == [tmp_path / "sub" / "k_palette.gif"]
+    with pytest.raises(ValueError, match="not a folder"):
+        list_photos(tmp_path / "notes.txt")
 
 def test_folder_named_by_its_class_labels_its_images(tmp_path):
     gen.write(tmp_path / WNIDS[5] / "x.jpg", gen.jpeg())

@@ -123,6 +123,59 @@ def test_capture_removes_hooks_even_on_error():
     assert len(layer._forward_hooks) == 0
 
 
+
+def _small_model() -> AtlasModel:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    return load_model(net, input_size=16, class_names=["a", "b"])
+
+
+def test_capture_with_stop_ends_the_forward_after_the_last_layer():
+    model = _small_model()
+    ran, after = [], []
+    probe = model.layer("6").register_forward_hook(lambda *_: ran.append("6"))
+    try:
+        x = torch.rand(2, 3, 16, 16)
+        with capture(model, ["3", "1"], stop=True) as acts:
+            model(x)
+            after.append("block went on")
+        assert ran == [] and after == []  # the linear layer never ran; the block ended with the pass
+        assert set(acts) == {"1", "3"} and acts["3"].shape == (2, 4, 16, 16)
+        with capture(model, ["3"]) as full:
+            out = model(x)
+        assert ran == ["6"] and out.shape == (2, 2)
+        torch.testing.assert_close(acts["3"], full["3"])
+    finally:
+        probe.remove()
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_captured_outputs_keep_their_gradient_also_with_stop():
+    model = _small_model()
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    with capture(model, ["3"], stop=True) as acts:
+        model(x)
+    (grad,) = torch.autograd.grad(acts["3"].sum(), x)
+    assert grad.abs().sum() > 0
+    with capture(model, ["3"], detach=True) as acts:
+        model(x)
+    assert not acts["3"].requires_grad
+
+
+def test_record_outputs_takes_any_named_modules_and_removes_its_hooks():
+    from atlas.models.hooks import record_outputs
+
+    model = _small_model()
+    convs = [(name, m) for name, m in model.net.named_modules() if isinstance(m, nn.Conv2d)]
+    with record_outputs(convs, stop=True) as acts:
+        model(torch.rand(1, 3, 16, 16))
+    assert sorted(acts) == ["0", "2"]
+    with pytest.raises(RuntimeError), record_outputs(convs):
+        raise RuntimeError("boom")  # other errors go through
+    assert all(not m._forward_hooks for m in model.modules())
+
+
 def test_image_transform_caffe_and_torchvision_styles():
     img = Image.new("RGB", (500, 250), (255, 0, 0))
     caffe = ImageTransform(256, 224, keep_aspect=False)

@@ -1,6 +1,7 @@
 """Images in: sources, labels, decoding and loading, for the collect stage and the tools.
 
-- :mod:`atlas.data.sources`: folders, list files, tar shards and globs as ordered image sources
+- :mod:`atlas.data.sources`: folders, list files, tar shards and globs as ordered image sources;
+  :func:`list_photos`, the photo files of a folder (the one list of extensions, :data:`IMAGE_EXTENSIONS`)
 - :mod:`atlas.data.labels`: ImageNet class indices from WordNet ids in paths or list-file labels
 - :mod:`atlas.data.decoding`: bytes -> RGB image, or :class:`BadImage` with a stable skip reason;
   the batched JPEG decoder (TorchCodec where it works, else PIL)
@@ -31,6 +32,7 @@ from atlas.data.sources import (
     ImageSource,
     ListSource,
     TarSource,
+    list_photos,
     open_source,
 )
 
@@ -52,6 +54,7 @@ __all__ = [
     "decode_jpegs",
     "infer_label",
     "jpeg_batch_decoder",
+    "list_photos",
     "load_image",
     "open_photo",
     "open_source",

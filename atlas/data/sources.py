@@ -237,6 +237,27 @@ def _walk_images(root: Path) -> tuple[list[str], int, list[str]]:
     return rels, ignored, examples
 
 
+
+def list_photos(folder: PathLike, *, recursive: bool = True) -> list[Path]:
+    """The photo files in ``folder``: names with an extension of :data:`IMAGE_EXTENSIONS` (any
+    case), hidden entries (names starting with ``.``) skipped, sorted by their path relative to
+    ``folder`` (as a POSIX string). With ``recursive`` (the default) its subfolders are searched
+    too, symlinked folders followed once: the files, in the order, that a folder source
+    (:class:`FolderSource`) reads. Paths are ``folder / relative path``.
+
+    Raises ``ValueError`` when ``folder`` is not a folder.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"{os.fspath(folder)!r} is not a folder; give a folder of photos")
+    if recursive:
+        rels = _walk_images(root)[0]
+    else:
+        with os.scandir(root) as entries:
+            rels = [e.name for e in entries
+                    if not e.name.startswith(".") and _has_image_extension(e.name) and not e.is_dir()]
+    return [root / rel for rel in sorted(rels)]
+
 class ListSource(ImageSource):
     """Images named by path: from a list file (:meth:`from_list_file`) or given directly
     (:meth:`from_paths`). Listed files are not checked for existence; a missing one fails to
@@ -536,5 +557,5 @@ def _from_files(paths: list[str], described: str) -> ImageSource:
     )
 
 
-__all__ = ["IMAGE_EXTENSIONS", "EmptySourceError", "FolderSource", "ImageRef", "ImageSource", "ListSource",
+__all__ = ["IMAGE_EXTENSIONS", "EmptySourceError", "FolderSource", "ImageRef", "ImageSource", "ListSource", "list_photos",
            "SourceSpec", "TarSource", "open_source"]

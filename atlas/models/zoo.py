@@ -30,6 +30,7 @@ from PIL import Image
 from torch import nn
 
 from atlas.checks import SettingError
+from atlas.models.hooks import record_outputs
 from atlas.models.inceptionv1 import InceptionV1, caffe_preprocess
 from atlas.resources import imagenet_class_names
 
@@ -163,29 +164,19 @@ class AtlasModel(nn.Module):
 
 
 @contextmanager
-def capture(model: AtlasModel, layers: Sequence[str], detach: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+def capture(model: AtlasModel, layers: Sequence[str], detach: bool = False, *,
+            stop: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of ``layers`` during forward passes inside the block.
 
     Yields a dict filled on every forward pass (the last call wins when a module runs twice).
     Hooks are removed on exit, also on error. With ``detach=False`` the tensors stay in the
-    graph, so objectives can backpropagate through them.
+    graph, so objectives can backpropagate through them. With ``stop=True`` the forward pass
+    ends right after the last of ``layers`` has run (the layers above cost nothing), and so does
+    the block: code after that call in the block does not run (see
+    :func:`atlas.models.hooks.record_outputs`).
     """
-    acts: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(layer_name: str):
-        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            acts[layer_name] = output.detach() if detach else output
-
-        return hook
-
-    try:
-        for name in layers:
-            handles.append(model.layer(name).register_forward_hook(make_hook(name)))
+    with record_outputs([(name, model.layer(name)) for name in layers], detach=detach, stop=stop) as acts:
         yield acts
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def finishing_order(model: AtlasModel, modules: Sequence[tuple[str, nn.Module]] | None = None,

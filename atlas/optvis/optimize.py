@@ -52,10 +52,6 @@ log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
-class _StopForward(Exception):
-    """Raised by a hook once every needed layer has run; caught by :func:`evaluate`."""
-
-
 def evaluate(model: AtlasModel, objective: Objective, images: torch.Tensor, *,
              redirect_relu: bool = False) -> torch.Tensor:
     """The objective's per-image values (B,) for ``images`` (B, 3, H, W) in [0, 1].
@@ -66,26 +62,14 @@ def evaluate(model: AtlasModel, objective: Objective, images: torch.Tensor, *,
     """
     layers = [name for name in objective.layers if name != LOGITS]
     needs_logits = LOGITS in objective.layers
-    stop_handles = []
-    with capture(model, layers) as acts:
-        try:
-            if not needs_logits and layers:
-                def stop(_m: nn.Module, _i: object, _o: object) -> None:
-                    if all(name in acts for name in layers):
-                        raise _StopForward
-
-                stop_handles = [model.layer(name).register_forward_hook(stop) for name in layers]
-            try:
-                with redirected_relu(redirect_relu):
-                    out = model(images)
-            except _StopForward:
-                out = None
-            found = dict(acts)
-            if needs_logits:
-                found[LOGITS] = out
-        finally:
-            for h in stop_handles:
-                h.remove()
+    out = None
+    # without the logits, the forward pass stops once every hooked layer has run
+    with capture(model, layers, stop=not needs_logits) as acts:
+        with redirected_relu(redirect_relu):
+            out = model(images)
+    found = dict(acts)
+    if needs_logits:
+        found[LOGITS] = out
     return objective(found)
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from atlas.data import list_photos
 from atlas.optvis.color import color_correlation_normalized
 
 __all__ = ["SPECTRUM_FILE", "SPECTRUM_SIZE", "compute_magnitude", "natural_magnitude", "resample_magnitude"]
@@ -43,9 +44,6 @@ log = logging.getLogger(__name__)
 SPECTRUM_FILE = "natural_spectrum.npy"
 #: Side of the photos the packaged magnitude was computed at.
 SPECTRUM_SIZE = 224
-
-_PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-
 
 def _load_square(path: str | os.PathLike, size: int) -> torch.Tensor:
     """A photo as (3, size, size) floats in [0, 1]: shorter side resized to ``size``, center crop."""
@@ -156,10 +154,6 @@ def natural_magnitude(size: int | tuple[int, int], magnitude: np.ndarray | None 
     return resample_magnitude(_packaged() if magnitude is None else magnitude, size)
 
 
-def _photos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in _PHOTO_SUFFIXES)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atlas.optvis.spectrum",
                                  description="compute the mean Fourier magnitude of photos (MACO's fixed magnitude)")
@@ -168,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=SPECTRUM_SIZE, help="center-crop side [%(default)s]")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = [p for folder in args.photos for p in _photos_in(folder)]
+    try:
+        paths = [p for folder in args.photos for p in list_photos(folder)]
+    except ValueError as e:
+        ap.error(str(e))
     if not paths:
         ap.error(f"no photos found under {', '.join(map(str, args.photos))}")
     mag = compute_magnitude(paths, args.size)

@@ -36,7 +36,7 @@ from atlas.checks import SettingError, at_least, available_memory
 from atlas.checks import sizes as check_sizes
 from atlas.store.activations import ActivationsFile
 from atlas.store.cells import CellLevel, write_cells
-from atlas.store.layout import read_layout, read_rows
+from atlas.store.layout import read_layout
 from atlas.store.lineage import check_output, require_current
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def cell_means(
     """Mean activation of every cell holding at least ``min_count`` rows.
 
     Args:
-        acts: ``(N, C)`` activations (float16/32; an h5py dataset works too).
+        acts: ``(N, C)`` activations (float16/32; anything sliced by rows, e.g. a stored dataset, works too).
         ids: ``(N,)`` cell id of each row (e.g. from :func:`grid_cells`), in ``[0, n_cells)``.
         n_cells: number of possible ids (``size * size``).
         min_count: cells with fewer rows are dropped (default :data:`DEFAULT_MIN_COUNT`).
@@ -533,8 +533,8 @@ def grid_file(
         layer_rows = layout.row_ids[rows]
         if np.any(np.diff(layer_rows) <= 0):
             raise ValueError(f"{layout_path}: row_ids are not strictly increasing; rerun reduce")
-        image_index = read_rows(acts.dataset(layer, "image_index"), layer_rows)
-        has_attr = "attribution/top_classes" in acts.file[f"layers/{layer}"]
+        image_index = acts.read_rows(layer, "image_index", layer_rows)
+        has_attr = acts.has(layer, "attribution/top_classes")
         if not has_attr:
             log.warning("%s has no attribution; cells get no top classes (collect with attribution on)",
                         activations_path)
@@ -561,15 +561,14 @@ def grid_file(
 
         n = len(rows)
         chunk = settings.chunk_rows
-        ds = acts.dataset(layer, "activations")
         bar = tqdm(total=2 * n, unit="row", desc=f"grid {layer}", disable=not progress, leave=False)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            a = read_rows(ds, layer_rows[start:stop]).astype(np.float32)
+            a = acts.read_rows(layer, "activations", layer_rows[start:stop]).astype(np.float32)
             tc = tv = None
             if has_attr:
-                tc = read_rows(acts.dataset(layer, "attribution/top_classes"), layer_rows[start:stop])
-                tv = read_rows(acts.dataset(layer, "attribution/top_values"), layer_rows[start:stop])
+                tc = acts.read_rows(layer, "attribution/top_classes", layer_rows[start:stop])
+                tv = acts.read_rows(layer, "attribution/top_values", layer_rows[start:stop])
             for ids, mean_acc, attr_acc in levels.values():
                 mean_acc.add(a, ids[start:stop])
                 if has_attr:
@@ -583,7 +582,7 @@ def grid_file(
             selectors[size] = _ExampleSelector(mean_acc.cell_ids, means[size], settings.n_examples)
         for start in range(0, n, chunk):
             stop = min(n, start + chunk)
-            a = read_rows(ds, layer_rows[start:stop])
+            a = acts.read_rows(layer, "activations", layer_rows[start:stop])
             for size, (ids, _m, _a) in levels.items():
                 selectors[size].add(a, ids[start:stop], np.arange(start, stop), image_index[start:stop])
             bar.update(stop - start)

@@ -55,6 +55,7 @@ from atlas.store.common import (
     settings_hash,
     stamp,
 )
+from atlas.store.layout import read_rows
 from atlas.store.lineage import ID_ATTR, new_id
 
 log = logging.getLogger(__name__)
@@ -294,10 +295,20 @@ class ActivationsFile:
     def dataset(self, layer: str | None, name: str) -> h5py.Dataset:
         return self._f[f"layers/{self.layer(layer)}/{name}"]
 
+    def has(self, layer: str | None, name: str) -> bool:
+        """Whether the layer holds the dataset ``name`` (e.g. ``"attribution/top_classes"``, which a
+        collect without attribution leaves out)."""
+        return name in self._f[f"layers/{self.layer(layer)}"]
+
     def read(self, layer: str | None, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of one row-aligned dataset (e.g. ``"activations"``)."""
         stop = self.n_rows(layer) if stop is None else min(stop, self.n_rows(layer))
         return self.dataset(layer, name)[start:stop]
+
+    def read_rows(self, layer: str | None, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` (strictly increasing) of one row-aligned dataset, in ``ids`` order
+        (:func:`atlas.store.layout.read_rows`: bounded memory whatever the file size)."""
+        return read_rows(self.dataset(layer, name), ids)
 
     def iter_chunks(self, layer: str | None, name: str, chunk_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, rows)`` over a dataset in chunks of ``chunk_rows``; bounded memory."""
@@ -317,3 +328,44 @@ class ActivationsFile:
 
     def skip_reasons(self) -> dict[str, int]:
         return json.loads(self._f["images/status"].attrs["reasons"])
+
+    def skip_counts(self) -> dict[str, int]:
+        """How many images were skipped for each reason, e.g. ``{"unreadable": 2}`` (reasons that
+        skipped none are left out; a code without a stored name is counted under the code)."""
+        names = {code: name for name, code in self.skip_reasons().items()}
+        status = self.image_status()
+        codes, counts = np.unique(status[status != 0], return_counts=True)
+        return {names.get(int(c), str(c)): int(n) for c, n in zip(codes, counts)}
+
+
+@dataclass(frozen=True)
+class RowOrigins:
+    """Where each row of one layer was taken: its image and its position in the layer's grid."""
+
+    image_index: np.ndarray  # (N,) int64: row -> image
+    position: np.ndarray  # (N, 2) int16: (y, x) in the layer's grid
+    grid_shape: tuple[int, int]  # (H, W) of the layer
+    keys: np.ndarray  # (N_img,) str: image keys (names that are not UTF-8 as surrogate escapes)
+    source: str  # the ``source`` attribute: where the images were read from
+    settings_json: str  # the collect settings, as stored
+
+
+def read_row_origins(path: str | os.PathLike, layer: str) -> RowOrigins:
+    """The :class:`RowOrigins` of ``layer`` in an ``activations.h5`` (complete or not: what the
+    tiles stage needs to cut dataset-example thumbnails from the photos).
+
+    Raises :class:`ArtifactError` when the file has no such layer.
+    """
+    with h5py.File(path, "r") as f:
+        if f"layers/{layer}" not in f:
+            raise ArtifactError(f"{path} has no layer {layer!r} (has {list(f.get('layers', {}))})")
+        g = f[f"layers/{layer}"]
+        h, w = (int(v) for v in g.attrs["grid_shape"])
+        return RowOrigins(
+            image_index=g["image_index"][:],
+            position=g["position"][:],
+            grid_shape=(h, w),
+            keys=f["images/key"].asstr(errors="surrogateescape")[:],
+            source=str(f.attrs.get("source", "")),
+            settings_json=str(f.attrs.get("settings_json", "{}")),
+        )

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from atlas.store.common import atomic_h5, open_artifact, stamp
+from atlas.store.common import ArtifactError, atomic_h5, open_artifact, stamp
 from atlas.store.lineage import ID_ATTR, new_id, record_inputs
 
 KIND = "cells"
@@ -128,6 +128,42 @@ def read_cells(path: str | os.PathLike, sizes: Sequence[int] | None = None) -> d
         return out
 
 
+@dataclass
+class LevelArrays:
+    """Some datasets of one level of ``cells.h5``, as stored (see :func:`read_level_arrays`)."""
+
+    size: int
+    min_count: int
+    arrays: dict[str, np.ndarray]
+
+
+def read_level_arrays(path: str | os.PathLike, fields: Sequence[str]) -> tuple[dict[str, Any], list[LevelArrays]]:
+    """The root attributes (arrays as lists) and the datasets ``fields`` of every level of a
+    complete ``cells.h5``, levels in ascending size, datasets as stored (no dtype or shape
+    change): what a reader that needs only some datasets loads (the tiles stage leaves out
+    ``direction``).
+
+    Raises :class:`ArtifactError` naming the fix (``atlas grid``) when the file is not a complete
+    cells file, or lacks a level it lists or one of ``fields``.
+    """
+    with open_artifact(path, KIND, stage="grid") as f:
+        if "levels" not in f:
+            raise ArtifactError(f"{path} has no /levels group; rerun `atlas grid`")
+        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
+        sizes = sorted(int(s) for s in attrs.get("sizes", [])) or sorted(int(k) for k in f["levels"])
+        levels = []
+        for size in sizes:
+            if str(size) not in f["levels"]:
+                raise ArtifactError(f"{path} lists grid size {size} but has no /levels/{size}; rerun `atlas grid`")
+            g = f[f"levels/{size}"]
+            try:
+                arrays = {name: g[name][:] for name in fields}
+            except KeyError as e:
+                raise ArtifactError(f"{path} /levels/{size} lacks a dataset ({e}); rerun `atlas grid`") from e
+            levels.append(LevelArrays(size, int(g.attrs.get("min_count", 1)), arrays))
+    return attrs, levels
+
+
 def cells_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """Root attributes of a complete ``cells.h5`` (settings decoded from JSON)."""
     with open_artifact(path, KIND) as f:
@@ -136,4 +172,5 @@ def cells_attrs(path: str | os.PathLike) -> dict[str, Any]:
     return attrs
 
 
-__all__ = ["KIND", "CellLevel", "cells_attrs", "level_digest", "read_cells", "write_cells"]
+__all__ = ["KIND", "CellLevel", "LevelArrays", "cells_attrs", "level_digest", "read_cells", "read_level_arrays",
+           "write_cells"]

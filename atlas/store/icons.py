@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,8 @@ import numpy as np
 from atlas.store.common import ArtifactError, read_settings, stamp
 from atlas.store.lineage import ID_ATTR, new_id, record_inputs, refuse_other_settings, root_attrs
 
-__all__ = ["KIND", "IconLevel", "IconsFile", "check_settings", "icons_settings", "read_icons"]
+__all__ = ["KIND", "IconLevel", "IconLevelState", "IconsFile", "check_settings", "icons_settings", "read_icon_rows",
+           "read_icon_state", "read_icons"]
 
 log = logging.getLogger(__name__)
 
@@ -268,3 +270,64 @@ def icons_settings(path: str | os.PathLike) -> dict[str, Any]:
     """The settings an ``icons.h5`` was rendered with (decoded ``settings_json``)."""
     with h5py.File(path, "r") as f:
         return read_settings(f)
+
+
+# ------------------------------------------------------------- reading a render in progress
+# The tiles stage reads icons while a render may still be writing them: the file is opened per
+# read, never held open, and an open waits while the writer holds the file's lock (mid-batch).
+
+
+def _open_when_free(path: str | os.PathLike, tries: int = 100, wait: float = 0.1) -> h5py.File:
+    """Open an HDF5 file for reading, waiting while a writer holds its lock (a render mid-batch)."""
+    for attempt in range(tries):
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            if "lock" not in str(e).lower():
+                raise ArtifactError(f"{path} is not a readable HDF5 file ({e}); rerun the stage that writes it") from e
+            if attempt == tries - 1:
+                raise ArtifactError(f"{path} stayed locked by another process for {tries * wait:.0f} s "
+                                    "(a render writing?); run the tiles stage again in a moment") from e
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class IconLevelState:
+    """One level of an ``icons.h5``, its icons left on disk: their dataset's ``shape``
+    ``(M, S, S, 3)``, the ``cell_id`` they were rendered for (None in a file without them) and
+    the ``done`` flags as of now."""
+
+    shape: tuple[int, ...]
+    cell_id: np.ndarray | None
+    done: np.ndarray
+
+
+def read_icon_state(path: str | os.PathLike, sizes: Sequence[int]) -> tuple[dict[str, Any], dict[int, IconLevelState | None]]:
+    """The root attributes of ``icons.h5`` (a render in progress is fine; nothing is checked) and
+    the :class:`IconLevelState` of each of ``sizes`` (None where the file has no icons or done
+    flags for that size yet).
+
+    Raises :class:`ArtifactError` when the file cannot be read, or stays locked by its writer.
+    """
+    with _open_when_free(path) as f:
+        attrs = dict(f.attrs)
+        levels: dict[int, IconLevelState | None] = {}
+        for size in sizes:
+            key = f"levels/{size}"
+            if key not in f or "icons" not in f[key] or "done" not in f[key]:
+                levels[size] = None
+                continue
+            g = f[key]
+            levels[size] = IconLevelState(shape=tuple(g["icons"].shape),
+                                          cell_id=g["cell_id"][:] if "cell_id" in g else None,
+                                          done=g["done"][:])
+    return attrs, levels
+
+
+def read_icon_rows(path: str | os.PathLike, size: int, start: int, stop: int) -> np.ndarray:
+    """Icons ``start:stop`` (rows of level ``size``) of ``icons.h5``, done or not (zeros until
+    done); the file is open only for this read. Raises :class:`ArtifactError` as
+    :func:`read_icon_state`."""
+    with _open_when_free(path) as f:
+        return f[f"levels/{size}/icons"][start:stop]

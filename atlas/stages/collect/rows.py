@@ -37,6 +37,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 
 from atlas.checks import SettingError, at_least, one_of
+from atlas.models import capture
 from atlas.runtime import forward_ad
 
 if TYPE_CHECKING:
@@ -130,33 +131,10 @@ def sample_positions(
     return np.stack([ys + m, xs + m], 1)
 
 
-class _StopForward(Exception):
-    """Raised by a hook once every wanted layer is captured: the rest of the net is not needed."""
-
-
 def capture_until_last(model: AtlasModel, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
     """Outputs of ``layers`` for ``images``, stopping the forward pass after the last of them."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-
-    def make_hook(name: str):
-        def hook(_m, _i, output):
-            captured[name] = output
-            if len(captured) == len(layers):
-                raise _StopForward
-
-        return hook
-
-    try:
-        for name in layers:
-            handles.append(model.layer(name).register_forward_hook(make_hook(name)))
-        with torch.no_grad():
-            model(images)
-    except _StopForward:
-        pass
-    finally:
-        for h in handles:
-            h.remove()
+    with torch.no_grad(), capture(model, layers, stop=True) as captured:
+        model(images)
     return captured
 
 

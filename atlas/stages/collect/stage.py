@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +57,7 @@ from atlas.stages.collect.rows import (
     compute_rows,
     sample_positions,
 )
-from atlas.store.activations import LayerSpec, PartStore, finalize, parts_dir_for
+from atlas.store.activations import ActivationsFile, LayerSpec, PartStore, finalize, parts_dir_for
 from atlas.store.lineage import check_output
 
 if TYPE_CHECKING:
@@ -297,7 +297,8 @@ def collect(
         reasons=SKIP_REASONS,
     )
     # counted from the final file, so blocks done by an earlier (killed) run are included
-    summary.skipped = _skip_counts(output, reason_names)
+    with ActivationsFile(output) as acts:
+        summary.skipped = acts.skip_counts()
     return summary
 
 
@@ -493,15 +494,6 @@ def _weights_id(weights: str | os.PathLike | None) -> str | None:
         return None
     p = Path(weights)
     return f"{p.name}:{p.stat().st_size}" if p.is_file() else str(p)
-
-
-def _skip_counts(output: Path, reason_names: Mapping[int, str]) -> dict[str, int]:
-    import h5py
-
-    with h5py.File(output, "r") as f:
-        status = f["images/status"][:]
-    codes, counts = np.unique(status[status != 0], return_counts=True)
-    return {reason_names.get(int(c), str(c)): int(n) for c, n in zip(codes, counts)}
 
 
 __all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "layer_specs", "sample_positions",

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from atlas.stages.grid import ancestor_rows
 from atlas.stages.tiles.hashing import PLACEHOLDER_DIGEST, U64, mix64
 from atlas.stages.tiles.settings import TilesError
-from atlas.store.common import ArtifactError, open_artifact
+from atlas.store.cells import read_level_arrays
+from atlas.store.common import ArtifactError
+from atlas.store.icons import read_icon_rows, read_icon_state
 
 log = logging.getLogger("atlas.stages.tiles")
 
@@ -51,58 +51,38 @@ def _per_cell(a: np.ndarray, m: int) -> np.ndarray:
     return a.reshape(0, a.shape[-1] if a.ndim > 1 else 0)
 
 
+#: The datasets of ``cells.h5`` the tiles are drawn from (not the cells' directions).
+_CELL_FIELDS = ("cell_id", "coords", "center", "count", "top_classes", "top_values", "example_rows", "example_images")
+
+
 def read_cells(path: Path) -> tuple[dict[str, Any], list[Level]]:
     try:
-        f = open_artifact(path, "cells", stage="grid")
+        attrs, stored = read_level_arrays(path, _CELL_FIELDS)
     except ArtifactError as e:
         raise TilesError(str(e)) from e
-    with f:
-        if "levels" not in f:
-            raise TilesError(f"{path} has no /levels group; rerun `atlas grid`")
-        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in f.attrs.items()}
-        sizes = sorted(int(s) for s in attrs.get("sizes", [])) or sorted(int(k) for k in f["levels"])
-        levels = []
-        for size in sizes:
-            if str(size) not in f["levels"]:
-                raise TilesError(f"{path} lists grid size {size} but has no /levels/{size}; rerun `atlas grid`")
-            g = f[f"levels/{size}"]
-            try:
-                level = Level(
-                    size=size,
-                    min_count=int(g.attrs.get("min_count", 1)),
-                    cell_id=g["cell_id"][:].astype(np.int64),
-                    coords=g["coords"][:].astype(np.int64).reshape(-1, 2),
-                    center=g["center"][:].astype(np.float32).reshape(-1, 2),
-                    count=g["count"][:].astype(np.int64),
-                    top_classes=_per_cell(g["top_classes"][:], len(g["cell_id"])).astype(np.int64),
-                    top_values=_per_cell(g["top_values"][:], len(g["cell_id"])).astype(np.float32),
-                    example_rows=_per_cell(g["example_rows"][:], len(g["cell_id"])).astype(np.int64),
-                    example_images=_per_cell(g["example_images"][:], len(g["cell_id"])).astype(np.int64),
-                )
-            except KeyError as e:
-                raise TilesError(f"{path} /levels/{size} lacks a dataset ({e}); rerun `atlas grid`") from e
-            bad = (level.coords < 0) | (level.coords >= size)
-            if bad.any() or np.any(level.cell_id != level.coords[:, 0] * size + level.coords[:, 1]):
-                raise TilesError(f"{path} /levels/{size}: coords and cell_id disagree or leave the grid; rerun `atlas grid`")
-            levels.append(level)
+    levels = []
+    for lv in stored:
+        a, size = lv.arrays, lv.size
+        m = len(a["cell_id"])
+        level = Level(
+            size=size,
+            min_count=lv.min_count,
+            cell_id=a["cell_id"].astype(np.int64),
+            coords=a["coords"].astype(np.int64).reshape(-1, 2),
+            center=a["center"].astype(np.float32).reshape(-1, 2),
+            count=a["count"].astype(np.int64),
+            top_classes=_per_cell(a["top_classes"], m).astype(np.int64),
+            top_values=_per_cell(a["top_values"], m).astype(np.float32),
+            example_rows=_per_cell(a["example_rows"], m).astype(np.int64),
+            example_images=_per_cell(a["example_images"], m).astype(np.int64),
+        )
+        bad = (level.coords < 0) | (level.coords >= size)
+        if bad.any() or np.any(level.cell_id != level.coords[:, 0] * size + level.coords[:, 1]):
+            raise TilesError(f"{path} /levels/{size}: coords and cell_id disagree or leave the grid; rerun `atlas grid`")
+        levels.append(level)
     if not levels:
         raise TilesError(f"{path} has no grid levels; rerun `atlas grid` with at least one size")
     return attrs, levels
-
-
-def open_h5(path: Path, tries: int = 100, wait: float = 0.1) -> h5py.File:
-    """Open an HDF5 file for reading, waiting while a writer holds its lock (render mid-batch)."""
-    for attempt in range(tries):
-        try:
-            return h5py.File(path, "r")
-        except OSError as e:
-            if "lock" not in str(e).lower():
-                raise TilesError(f"{path} is not a readable HDF5 file ({e}); rerun the stage that writes it") from e
-            if attempt == tries - 1:
-                raise TilesError(f"{path} stayed locked by another process for {tries * wait:.0f} s "
-                                 "(a render writing?); run the tiles stage again in a moment") from e
-            time.sleep(wait)
-    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -111,8 +91,15 @@ class IconSource:
     render in progress can keep writing between our reads."""
 
     path: Path
-    key: str  # dataset path, e.g. "levels/40/icons"
+    size: int  # the grid size of the level
     icon_size: int
+
+
+def _icon_rows(source: IconSource, start: int, stop: int) -> np.ndarray:
+    try:
+        return read_icon_rows(source.path, source.size, start, stop)
+    except ArtifactError as e:
+        raise TilesError(str(e)) from e
 
 
 class IconRows:
@@ -126,8 +113,7 @@ class IconRows:
         b = row // self.block
         arr = self._cache.get(b)
         if arr is None:
-            with open_h5(self.source.path) as f:
-                arr = f[self.source.key][b * self.block:(b + 1) * self.block]
+            arr = _icon_rows(self.source, b * self.block, (b + 1) * self.block)
             self._cache[b] = arr
             if len(self._cache) > self.keep:
                 self._cache.popitem(last=False)
@@ -145,8 +131,7 @@ def icon_digests(source: IconSource | None, done: np.ndarray, chunk: int = 1024)
         rows = np.flatnonzero(done[start:start + chunk])
         if not len(rows):
             continue
-        with open_h5(source.path) as f:
-            block = f[source.key][start:start + chunk]
+        block = _icon_rows(source, start, start + chunk)
         for r in rows:
             d = hashlib.blake2b(block[r].tobytes(), digest_size=8).digest()
             out[start + r] = int.from_bytes(d, "little") | 1  # never equals the placeholder mark
@@ -182,33 +167,35 @@ def read_icons(icons_path: Path, cells_path: Path, levels: list[Level]) -> tuple
     (:func:`fill_fallbacks`).
     """
     sources: dict[int, IconSource | None] = {}
-    with open_h5(icons_path) as fi:
-        if fi.attrs.get("kind") != "icons":
-            raise TilesError(f"{icons_path} holds {fi.attrs.get('kind')!r}, not 'icons': pass the render stage's icons.h5")
-        icon_size = int(fi.attrs.get("icon_size", 0))
-        icons_hash = str(fi.attrs.get("settings_hash", ""))
-        for level in levels:
-            key = f"levels/{level.size}"
-            if key not in fi or "icons" not in fi[key] or "done" not in fi[key]:
-                log.warning("%s has no icons for grid %d yet; drawing placeholders", icons_path, level.size)
-                sources[level.size] = None
-                level.done = np.zeros(len(level.cell_id), bool)
-                continue
-            ds = fi[f"{key}/icons"]
-            aligned = "cell_id" not in fi[key] or np.array_equal(fi[f"{key}/cell_id"][:], level.cell_id)
-            if ds.shape[0] != len(level.cell_id) or ds.ndim != 4 or ds.shape[3] != 3 or not aligned:
-                raise TilesError(
-                    f"{icons_path} grid {level.size} holds icons of shape {ds.shape} for other cells than the "
-                    f"{len(level.cell_id)} of {cells_path}: they were rendered from other cells; rerun `atlas render`"
-                )
-            icon_size = icon_size or int(ds.shape[1])
-            sources[level.size] = IconSource(icons_path, f"{key}/icons", int(ds.shape[1]))
-            level.done = fi[f"{key}/done"][:].astype(bool)
+    try:
+        attrs, states = read_icon_state(icons_path, [level.size for level in levels])
+    except ArtifactError as e:
+        raise TilesError(str(e)) from e
+    if attrs.get("kind") != "icons":
+        raise TilesError(f"{icons_path} holds {attrs.get('kind')!r}, not 'icons': pass the render stage's icons.h5")
+    icon_size = int(attrs.get("icon_size", 0))
+    icons_hash = str(attrs.get("settings_hash", ""))
+    for level in levels:
+        state = states[level.size]
+        if state is None:
+            log.warning("%s has no icons for grid %d yet; drawing placeholders", icons_path, level.size)
+            sources[level.size] = None
+            level.done = np.zeros(len(level.cell_id), bool)
+            continue
+        shape = state.shape
+        aligned = state.cell_id is None or np.array_equal(state.cell_id, level.cell_id)
+        if shape[0] != len(level.cell_id) or len(shape) != 4 or shape[3] != 3 or not aligned:
+            raise TilesError(
+                f"{icons_path} grid {level.size} holds icons of shape {shape} for other cells than the "
+                f"{len(level.cell_id)} of {cells_path}: they were rendered from other cells; rerun `atlas render`"
+            )
+        icon_size = icon_size or int(shape[1])
+        sources[level.size] = IconSource(icons_path, level.size, int(shape[1]))
+        level.done = state.done.astype(bool)
     for level in levels:
         level.digest = icon_digests(sources[level.size], level.done)
     fill_fallbacks(levels)
     return sources, icon_size or 64, icons_hash
 
 
-__all__ = ["fill_fallbacks", "icon_digests", "IconRows", "IconSource", "Level", "open_h5",
-           "read_cells", "read_icons"]
+__all__ = ["fill_fallbacks", "icon_digests", "IconRows", "IconSource", "Level", "read_cells", "read_icons"]

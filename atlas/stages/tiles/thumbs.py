@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
@@ -22,6 +21,9 @@ from tqdm.auto import tqdm
 from atlas.stages.tiles.files import write_atomic
 from atlas.stages.tiles.inputs import Level
 from atlas.stages.tiles.settings import TilesError, TileSettings
+from atlas.store.activations import read_row_origins
+from atlas.store.common import ArtifactError
+from atlas.store.lineage import root_attrs
 
 log = logging.getLogger("atlas.stages.tiles")
 
@@ -146,17 +148,13 @@ def make_thumbs(
     activations_path: Path, layer: str, rows: np.ndarray, out: Path, settings: TileSettings, progress: bool
 ) -> tuple[int, int]:
     """Write missing thumbnails of layer ``rows``; returns (written, failed images)."""
-    with h5py.File(activations_path, "r") as f:
-        if f"layers/{layer}" not in f:
-            raise TilesError(f"{activations_path} has no layer {layer!r} (has {list(f.get('layers', {}))}); "
-                             "pass the activations.h5 the cells were made from")
-        g = f[f"layers/{layer}"]
-        image_index = g["image_index"][:]
-        position = g["position"][:]
-        grid_h, grid_w = (int(v) for v in g.attrs["grid_shape"])
-        keys = f["images/key"].asstr(errors="surrogateescape")[:]  # keys that are not UTF-8: their bytes
-        source = str(f.attrs.get("source", ""))
-        view = ModelView.from_settings(str(f.attrs.get("settings_json", "{}")))
+    try:
+        origins = read_row_origins(activations_path, layer)
+    except ArtifactError as e:
+        raise TilesError(f"{e}; pass the activations.h5 the cells were made from") from e
+    image_index, position, keys, source = origins.image_index, origins.position, origins.keys, origins.source
+    grid_h, grid_w = origins.grid_shape
+    view = ModelView.from_settings(origins.settings_json)
     rows = rows[(rows >= 0) & (rows < len(image_index))]
     existing = existing_thumbs(out)
     todo = np.array([r for r in rows.tolist() if r not in existing], dtype=np.int64)
@@ -219,8 +217,8 @@ def write_thumbs(
     rows = np.unique(np.concatenate([lv.example_rows[:, :settings.examples_per_cell].ravel() for lv in levels]))
     written, failed = make_thumbs(activations_path, layer, rows[rows >= 0], out, settings, progress)
     state["thumbs"] = key
-    with h5py.File(activations_path, "r") as fa:
-        info = {"settings_hash": str(fa.attrs.get("settings_hash", "")), "source": str(fa.attrs.get("source", ""))}
+    attrs = root_attrs(activations_path) or {}
+    info = {"settings_hash": str(attrs.get("settings_hash", "")), "source": str(attrs.get("source", ""))}
     return written, failed, existing_thumbs(out), info
 
 

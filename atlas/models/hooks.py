@@ -1,0 +1,58 @@
+"""Forward hooks that record what named modules output, and can end the forward pass early.
+
+:func:`record_outputs` is the one place hooks are put on modules to read their outputs: the
+model's :func:`~atlas.models.capture` (layers by name), the collect stage's capture of the
+layers it stores and feature visualization's evaluation of an objective all go through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class StopForward(Exception):
+    """Raised by a recording hook once every wanted module has run: the rest of the forward
+    pass is not needed. :func:`record_outputs` catches it at the end of its block."""
+
+
+@contextmanager
+def record_outputs(modules: Iterable[tuple[str, nn.Module]], *, detach: bool = False,
+                   stop: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the output of each ``(name, module)`` during forward passes inside the block.
+
+    Yields a dict ``{name: output}`` filled on every forward pass (the last call wins when a
+    module runs twice). With ``detach=False`` the tensors stay in the graph, so gradients flow
+    through them. With ``stop=True`` the forward pass that has run every module ends right after
+    the last of them (:class:`StopForward`, caught here): the block ends there too, so code after
+    that call in the block does not run. Hooks are removed on exit, also on error.
+    """
+    modules = list(modules)
+    wanted = {name for name, _module in modules}
+    outputs: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+            outputs[name] = output.detach() if detach else output
+            if stop and len(outputs) == len(wanted):
+                raise StopForward
+
+        return hook
+
+    handles = []
+    try:
+        for name, module in modules:
+            handles.append(module.register_forward_hook(make_hook(name)))
+        try:
+            yield outputs
+        except StopForward:
+            pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+__all__ = ["StopForward", "record_outputs"]
