@@ -21,6 +21,19 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
                    help="also paste the patches over these photos of many classes (flip-to-target rate)")
     s.add_argument("--universal-limit", type=int, default=None, help="use at most this many universal photos")
     s.add_argument("--level", type=int, default=None, help="grid size to take cells from [middle size]")
+    s.add_argument("--protocol", choices=("best", "article"), default="best",
+                   help="best: each family's best patch chosen on some views, measured on the rest; article: the "
+                        "Activation Atlas article's protocol (ten patches per family, every photo x patch counted, "
+                        "dynamic and static placement, bootstrap intervals) [%(default)s]")
+    s.add_argument("--kind", choices=("target", "third", "both"), default=None,
+                   help="neighbourhoods that become patches: the comparison atlas's best cells (target: they "
+                        "depict the target), cells of a third class that push toward the target (third), or both "
+                        "side by side (article protocol only) [target; article: both]")
+    s.add_argument("--patches", type=int, default=10, help="article protocol: patches per family [%(default)s]")
+    s.add_argument("--controls", type=int, default=10,
+                   help="article protocol: noise patches and random-cell patches [%(default)s]")
+    s.add_argument("--max-photos", type=int, default=None,
+                   help="article protocol: use at most this many source photos, evenly spaced [all]")
     s.add_argument("--candidates", type=int, default=4, help="atlas cells to try [%(default)s]")
     s.add_argument("--random-cells", type=int, default=4, help="random cells for the baseline [%(default)s]")
     s.add_argument("--noise-patches", type=int, default=4, help="noise patches for the baseline [%(default)s]")
@@ -31,9 +44,9 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--sizes", type=float_list, default="0.2,0.3,0.4,0.5", help="patch sizes, fractions of the width [%(default)s]")
     s.add_argument("--corner", default="br", choices=("tl", "tr", "bl", "br"), help="static corner [%(default)s]")
     s.add_argument("--augment", type=int, default=24, help="views per source photo when there are few [%(default)s]")
-    s.add_argument("--selection-fraction", type=float, default=0.5,
-                   help="share of the source views each family's patch is chosen on; the rest measure it "
-                        "[%(default)s]")
+    s.add_argument("--selection-fraction", type=float, default=None,
+                   help="share of the source views each family's patch is chosen on (article: the photos that "
+                        "rank the candidates and pick the static placement); the rest measure it [0.5; article: 0.25]")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("-o", "--out", default=None, help="report folder [RUN_DIR/attacks/SOURCE-to-TARGET]")
     s.set_defaults(func=cmd_attack)
@@ -45,12 +58,18 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from atlas.models import load_model
     from atlas.tools.attack import AttackSettings, run_attack
 
+    if args.protocol == "article":
+        return _cmd_attack_article(args)
+    if args.kind == "both":
+        raise SystemExit("atlas attack: error: --kind both needs --protocol article (the best-of protocol "
+                         "reports one kind; run it once with --kind target and once with --kind third)")
     settings = AttackSettings(
         source=args.source, target=args.target, level=args.level, candidates=args.candidates,
         random_cells=args.random_cells, noise_patches=args.noise_patches, patch=args.patch, patch_px=args.patch_px,
         steps=args.steps, sizes=args.sizes, static_corner=args.corner,
         augment=args.augment, seed=args.seed, universal_limit=args.universal_limit,
-        selection_fraction=args.selection_fraction,
+        selection_fraction=0.5 if args.selection_fraction is None else args.selection_fraction,
+        kind=args.kind or "target",
     )
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
     out = Path(args.out or Path(args.run_dir) / "attacks" / f"{args.source}-to-{args.target}".replace(" ", "_"))
@@ -65,6 +84,34 @@ def cmd_attack(args: argparse.Namespace) -> int:
     print(report.table())
     print(f"wrote {out}/report.json, report.md, candidates.png, examples.png, success.png "
           f"({report.seconds['total']:.0f} s)")
+    return 0
+
+
+def _cmd_attack_article(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from atlas.models import load_model
+    from atlas.tools.attack import ProtocolSettings, run_protocol
+
+    settings = ProtocolSettings(
+        source=args.source, target=args.target, kind=args.kind or "both", level=args.level, patches=args.patches,
+        controls=args.controls, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
+        selection_fraction=0.25 if args.selection_fraction is None else args.selection_fraction,
+        augment=args.augment, max_photos=args.max_photos, universal_limit=args.universal_limit, seed=args.seed)
+    model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
+    out = Path(args.out or Path(args.run_dir) / "attacks" / f"{args.source}-to-{args.target}".replace(" ", "_"))
+    report = run_protocol(model, args.run_dir, settings, images=args.images, target_images=args.target_images,
+                          universal=args.universal, out_dir=out, progress=not args.quiet)
+    print(f"left out as the source's and target's close relatives: {', '.join(report.excluded)}")
+    for kind, cands in report.candidates.items():
+        print(f"{kind} candidates (cell, push, rows, top classes):")
+        for c in cands:
+            print(f"  cell {c['cell'][0]}:{c['cell'][1]},{c['cell'][2]}  {c['score']:+.4f}  {c['count']} rows  "
+                  f"[{', '.join(c['classes'][:3])}]")
+    print(f"{report.n_source_correct} of {report.n_source_views} views of {report.source!r} classified correctly; "
+          f"{report.n_selection} rank the candidates and pick the static placement, {report.n_test} measure")
+    print(report.table())
+    print(f"wrote {out}/protocol.json, protocol.md, patches.png ({report.seconds['total']:.0f} s)")
     return 0
 
 

@@ -32,6 +32,12 @@ icon and noise patches), :mod:`~atlas.tools.attack.evaluate` (steps 3 and 4: pas
 answers, success rates, Wilson intervals), :mod:`~atlas.tools.attack.photos` (the source views and
 the photos of each class), :mod:`~atlas.tools.attack.report` (the report, its tables and figures)
 and :mod:`~atlas.tools.attack.run` (the settings and :func:`run_attack`, the steps in order).
+
+The article's own protocol (``--protocol article``: ten patches per pair, every photo x patch
+counted, dynamic and static placement, bootstrap intervals) is :mod:`~atlas.tools.attack.protocol`
+(the counting) and :mod:`~atlas.tools.attack.article` (:func:`run_protocol`, end to end); the
+neighbourhoods of a *third* class, the article's kind of patch (a steam locomotive that turns a
+snorkel into a scuba diver), are found by :mod:`~atlas.tools.attack.third`.
 """
 
 from atlas.tools.attack.evaluate import (
@@ -48,9 +54,26 @@ from atlas.tools.attack.neighbourhoods import Candidate, ComparisonRows, compari
 from atlas.tools.attack.patches import example_patches, icon_patches, noise_patches, render_patches
 from atlas.tools.attack.photos import augment_photo, source_images
 from atlas.tools.attack.report import FAMILIES, AttackReport, FamilyResult, write_report
-from atlas.tools.attack.run import AttackSettings, run_attack
+
+from atlas.tools.attack.run import AttackSettings, run_attack  # isort: skip
+from atlas.tools.attack.article import KINDS, ProtocolReport, ProtocolSettings, run_protocol, write_protocol_report
+from atlas.tools.attack.protocol import ProtocolCounts, ProtocolResult, protocol_result, two_way_bootstrap
+from atlas.tools.attack.third import atlas_example_patches, excluded_classes, push_gradient, third_class_cells
 
 __all__ = [
+    "KINDS",
+    "ProtocolCounts",
+    "ProtocolReport",
+    "ProtocolResult",
+    "ProtocolSettings",
+    "atlas_example_patches",
+    "excluded_classes",
+    "protocol_result",
+    "push_gradient",
+    "run_protocol",
+    "third_class_cells",
+    "two_way_bootstrap",
+    "write_protocol_report",
     "CORNERS",
     "DEFAULT_SIZES",
     "FAMILIES",

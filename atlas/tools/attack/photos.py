@@ -61,19 +61,20 @@ def _load(path: str, model: AtlasModel) -> Image.Image | None:
         return None
 
 
-def source_images(model: AtlasModel, source: int, photos: Sequence[str], *, augment: int = 24, seed: int = 0,
-                  batch_size: int = 32) -> tuple[torch.Tensor, int]:
+def source_views(model: AtlasModel, source: int, photos: Sequence[str], *, augment: int = 24, seed: int = 0,
+                 batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray, int]:
     """Views of the source-class ``photos`` that the model classifies as ``source`` (top-1):
     ``augment`` views per photo when there are few photos (one view each from 8 photos on).
-    Returns the images and the number of views tried; a clear error when none is classified
-    as the source."""
+    Returns the images, the index into ``photos`` of each one's photo, and the number of views
+    tried; a clear error when none is classified as the source."""
     gen = torch.Generator().manual_seed(seed)
     per = max(1, augment if len(photos) < 8 else 1)
-    views = []
-    for p in photos:
+    views, owner = [], []
+    for i, p in enumerate(photos):
         img = _load(p, model)
         if img is not None:
             views.append(augment_photo(img, model, per, gen))
+            owner += [i] * len(views[-1])
     if not views:
         raise ValueError("none of the source photos could be read")
     x = torch.cat(views)
@@ -82,7 +83,14 @@ def source_images(model: AtlasModel, source: int, photos: Sequence[str], *, augm
         names = model.class_names or imagenet_class_names()
         raise ValueError(f"the model classifies none of the {len(x)} views of {len(photos)} photo(s) of "
                          f"{names[source]!r} as {names[source]!r}; give photos it gets right (--images)")
-    return x[ok], len(x)
+    return x[ok], np.asarray(owner)[ok.numpy()], len(x)
+
+
+def source_images(model: AtlasModel, source: int, photos: Sequence[str], *, augment: int = 24, seed: int = 0,
+                  batch_size: int = 32) -> tuple[torch.Tensor, int]:
+    """:func:`source_views` without the photo of each view: the images and the views tried."""
+    x, _owner, tried = source_views(model, source, photos, augment=augment, seed=seed, batch_size=batch_size)
+    return x, tried
 
 
 def _class_photos(run_dir: Path, c: int, given: str | os.PathLike | None, names: Sequence[str], flag: str) -> list[str]:

@@ -22,6 +22,7 @@ from atlas.tools.attack.neighbourhoods import Candidate, ComparisonRows, compari
 from atlas.tools.attack.patches import example_patches, icon_patches, noise_patches, render_patches
 from atlas.tools.attack.photos import _class_photos, _load, _universal_images, augment_photo, source_images
 from atlas.tools.attack.report import AttackReport, FamilyResult, write_report
+from atlas.tools.attack.third import atlas_example_patches, excluded_classes, push_gradient, third_class_cells
 
 log = logging.getLogger("atlas.tools.attack")
 
@@ -46,6 +47,8 @@ class AttackSettings:
     universal_limit: int | None = None
     batch_size: int = 32
     selection_fraction: float = 0.5  # share of the source views each family's patch is chosen on
+    kind: str = "target"  # "target": the comparison atlas's best cells; "third": cells of a third class
+
 
     def __post_init__(self) -> None:
         if self.patch not in ("optvis", "icon"):
@@ -55,6 +58,9 @@ class AttackSettings:
         self.sizes = tuple(float(s) for s in self.sizes)
         if not self.sizes or not all(0 < s <= 1 for s in self.sizes):
             raise ValueError(f"sizes are fractions of the image width in (0, 1], got {self.sizes}")
+        if self.kind not in ("target", "third"):
+            raise ValueError(f"kind must be 'target' or 'third' (both side by side: protocol 'article'), "
+                             f"not {self.kind!r}")
         if self.candidates < 1:
             raise ValueError("candidates must be at least 1")
         if not 0 < self.selection_fraction < 1:
@@ -109,7 +115,9 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     rows = comparison_rows(model, layer, comp_x, s_idx, t_idx, batch_size=settings.batch_size,
                            progress=progress)
     cands, rands, level = comparison_cells(run_dir, rows, level=settings.level, k=settings.candidates,
-                                           n_random=settings.random_cells, seed=settings.seed, class_names=names)
+                                           n_random=settings.random_cells + (settings.candidates if settings.kind == "third"
+                                                                             else 0),
+                                           seed=settings.seed, class_names=names)
     secs["comparison"] = time.perf_counter() - tc
     log.info("candidates for %s -> %s:\n%s", names[s_idx], names[t_idx], "\n".join(c.describe() for c in cands))
 
@@ -123,10 +131,17 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
         log.warning("only %d source views: the patch is chosen and measured on the same views", len(x))
     with torch.no_grad():
         p_before = predict(model, x, settings.batch_size)[:, t_idx].numpy()
+    if settings.kind == "third":  # ranked on the selection views, so that the measured ones play no part
+        tc = time.perf_counter()
+        cands = _third_candidates(model, run_dir, layer, level, x[sel], s_idx, t_idx, names, settings)
+        taken = {(c.iy, c.ix) for c in cands}
+        rands = [c for c in rands if (c.iy, c.ix) not in taken][: settings.random_cells]
+        secs["comparison"] += time.perf_counter() - tc
 
     # patches
     tr = time.perf_counter()
-    fam_patches, fam_names = _family_patches(model, layer, cands, rands, rows, comp_x, settings, progress)
+    fam_patches, fam_names = _family_patches(model, layer, cands, rands, rows, comp_x, settings, progress,
+                                             run_dir=run_dir)
     secs["patches"] = time.perf_counter() - tr
 
     # evaluate every member on every view; choose on the selection half, report the test half
@@ -178,9 +193,25 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     return report
 
 
+def _third_candidates(model: AtlasModel, run_dir: Path, layer: str, level: int, views: torch.Tensor, source: int,
+                      target: int, names: Sequence[str], settings: AttackSettings) -> list[Candidate]:
+    """The third-class cells of grid ``level`` that push ``views`` of the source most toward the
+    target (:mod:`atlas.tools.attack.third`)."""
+    from atlas.store.cells import read_cells
+
+    cells = read_cells(run_dir / "cells.h5", [level])[level]
+    exclude = excluded_classes(source, target, len(names))
+    grad = push_gradient(model, layer, views, source, target, batch_size=max(1, settings.batch_size // 2))
+    cands = third_class_cells(cells, grad, exclude, k=settings.candidates, class_names=names)
+    if not cands:
+        raise ValueError(f"no cell of grid {level} pushes toward {names[target]!r} and depicts a third class; "
+                         "try another --level")
+    return cands
+
+
 def _family_patches(model: AtlasModel, layer: str, cands: Sequence[Candidate], rands: Sequence[Candidate],
-                    rows: ComparisonRows, views: torch.Tensor, settings: AttackSettings, progress: bool
-                    ) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
+                    rows: ComparisonRows, views: torch.Tensor, settings: AttackSettings, progress: bool, *,
+                    run_dir: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, list[str]]]:
     """The patches of the four families and their members' names: the candidates' ("atlas") and
     the random cells' ("random_cell"), rendered in one batch or their icons; the photo crops of
     the candidates from the comparison ``views`` ("example"); and the noise patches ("noise")."""
@@ -192,7 +223,12 @@ def _family_patches(model: AtlasModel, layer: str, cands: Sequence[Candidate], r
                               progress=progress)
         atlas_p, rand_p = both[: len(cands)], both[len(cands):]
     noise_p = noise_patches(settings.noise_patches, settings.patch_px, settings.seed)
-    example_p = example_patches(cands, rows, views, settings.patch_px)
+    if settings.kind == "third":  # crops of the atlas photos nearest the cells' directions
+        if run_dir is None:
+            raise ValueError("third-class example patches need the atlas run's folder")
+        example_p = atlas_example_patches(run_dir, cands, model, settings.patch_px)[0]
+    else:  # crops of the comparison views that push most toward the target
+        example_p = example_patches(cands, rows, views, settings.patch_px)
     fam_patches = {"atlas": atlas_p, "example": example_p, "random_cell": rand_p, "noise": noise_p}
     fam_names = {"atlas": [c.name for c in cands], "example": [f"example of {c.name}" for c in cands],
                  "random_cell": [c.name for c in rands], "noise": [f"noise {i}" for i in range(len(noise_p))]}
