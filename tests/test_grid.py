@@ -258,9 +258,9 @@ def test_the_command_prints_no_traceback_for_a_grid_beyond_memory(run: dict) -> 
 
 
 def test_a_grid_bigger_than_the_available_memory_is_refused_with_an_estimate(run: dict, monkeypatch) -> None:
-    import atlas.stages.grid as grid_mod
+    import atlas.stages.grid.stage as grid_stage
 
-    monkeypatch.setattr(grid_mod, "available_memory", lambda: 64 << 20)
+    monkeypatch.setattr(grid_stage, "available_memory", lambda: 64 << 20)
     with pytest.raises(ValueError, match="MiB") as e:
         grid_file(run["acts"], run["layout"], run["cells"], sizes=(2, 2000), min_count=1, progress=False)
     msg = str(e.value)
