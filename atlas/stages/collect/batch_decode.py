@@ -30,7 +30,7 @@ libjpeg-turbo: identical on the 1000 ImageNet sample photos). The batched path r
 and crops like :class:`~atlas.models.ImageTransform`. PIL's bilinear filter differs from this
 in rounding: on the ImageNet sample the two paths differ by 0.23 levels of 255 on average over
 100 photos, 99% of pixels by at most 2, the largest single pixel by 57
-(``tests/test_batch_decode.py`` checks a mean below 1.5 levels and the activations' cosine
+(``tests/data/test_batch_decode.py`` checks a mean below 1.5 levels and the activations' cosine
 above 0.99). PIL also decodes large JPEGs at a reduced DCT scale (``draft``) where that stays
 above the resize target; the batched path always decodes at full size and lets the antialiased
 resize do the reduction, so such photos differ a little more.

@@ -49,7 +49,7 @@ from atlas.tools.attribution.cams import (
 )
 from atlas.tools.attribution.evaluation import CurveResult, deletion_insertion
 
-# _gaussian_blur and _modified_relus (below): private, but tests/test_attribution.py imports them from here
+# _gaussian_blur and _modified_relus (below): private, but tests/tools/test_attribution.py imports them from here
 from atlas.tools.attribution.evaluation import _gaussian_blur as _gaussian_blur
 from atlas.tools.attribution.gradients import (
     AttributionFn,

@@ -257,7 +257,7 @@ def test_a_parent_render_killed_and_resumed_equals_an_uninterrupted_one(tmp_path
     cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
     full = render_cells(cells, tmp_path / "full.h5", tiny, batch_size=3, **WARM)
     script = tmp_path / "render.py"
-    script.write_text(_KILLED_RENDER.format(tests=str(Path(__file__).parent), warm=WARM))
+    script.write_text(_KILLED_RENDER.format(tests=str(Path(__file__).parents[1]), warm=WARM))
     out = tmp_path / "killed.h5"
     for kill_at, done in ((1, {2: 3, 4: 0}), (2, {2: 4, 4: 3}), (-1, {2: 4, 4: 9})):
         proc = subprocess.run([sys.executable, str(script), str(cells), str(out), str(kill_at)],

@@ -31,7 +31,7 @@ from atlas.web.notebook import AtlasView, ImageView
 from atlasfixture import write_fake_run
 from test_viewer import browser  # noqa: F401 (browser is a fixture)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "docs" / "notebook.ipynb"
 
 

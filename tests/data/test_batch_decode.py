@@ -46,7 +46,7 @@ from atlas.stages.collect.rows import capture_until_last
 from atlas.stages.collect.stage import CollectSettings, collect
 from tinynet import Tiny
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # torchvision.io's decoders warn that they are deprecated (torchvision 0.29): that warning fails these tests
 NO_TORCHVISION_DECODING = pytest.mark.filterwarnings(
     "error:The image decoding and encoding capabilities of TorchVision:DeprecationWarning")
