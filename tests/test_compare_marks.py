@@ -189,3 +189,16 @@ def test_a_changed_report_is_read_again_and_an_old_comparison_has_no_axis(server
         path.write_text(before)
     assert comparison_axis({"title": "Comparison: b (left) vs a (right)"}) is None  # tiled before it was recorded
     assert comparison_axis({"comparison": {"left": {"name": "b"}, "right": "a"}}) is None
+
+
+def test_an_export_holds_the_marks_the_server_answers(server, pair, tmp_path) -> None:
+    from urllib.parse import quote
+
+    from atlas.web.export import export_site
+
+    export_site(pair["run"], tmp_path / "site")
+    _, answer = _get(server, f"/api/attacks?run={quote(pair['id'])}")
+    assert json.loads((tmp_path / "site" / "data" / pair["id"] / "attacks.json").read_text()) == answer
+    assert not (tmp_path / "site" / "data" / "tiles" / "attacks.json").exists()  # the main atlas has none
+    listed = {r["id"]: r for r in json.loads((tmp_path / "site" / "atlas.json").read_text())["runs"]}
+    assert listed[pair["id"]]["comparison"]["left"]["name"] == pair["b"]
