@@ -1,6 +1,6 @@
-"""A comparison atlas's axis (which class lies on which side, from the manifest) and the
-neighbourhoods `atlas attack` chose for its two classes (``/api/attacks``), placed on it through
-their rows; checked against positions computed here from the files."""
+"""A comparison atlas in the viewer: its axis (which class lies on which side, from the manifest)
+and the neighbourhoods `atlas attack` chose for its two classes (``/api/attacks``), placed on it
+through their rows; checked against positions computed here from the files."""
 
 from __future__ import annotations
 
@@ -202,3 +202,65 @@ def test_an_export_holds_the_marks_the_server_answers(server, pair, tmp_path) ->
     assert not (tmp_path / "site" / "data" / "tiles" / "attacks.json").exists()  # the main atlas has none
     listed = {r["id"]: r for r in json.loads((tmp_path / "site" / "atlas.json").read_text())["runs"]}
     assert listed[pair["id"]]["comparison"]["left"]["name"] == pair["b"]
+
+
+@pytest.mark.browser
+def test_the_viewer_draws_the_axis_and_the_marks_of_a_comparison(server, pair, reports) -> None:
+    from test_viewer import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
+
+    sync_playwright = _require_browser()
+    level, full, off = reports["level"], reports["full"], reports["off"]
+    center = reports["on"][full].mean(axis=0)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+        page.goto(server.base_url + f"#run={pair['id']}")
+        page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        page.wait_for_selector("#axis:not([hidden])", timeout=10_000)
+        page.wait_for_function("() => document.body.dataset.attackMarks === '1'", timeout=10_000)
+
+        # the axis: the left class to the left of "attribution difference", the right one to its right
+        assert page.inner_text("#axis-left") == pair["b"] and page.inner_text("#axis-right") == pair["a"]
+        assert page.inner_text("#axis-mid") == "attribution difference"
+        box = {k: page.locator(f"#axis-{k}").bounding_box() for k in ("left", "mid", "right")}
+        assert box["left"]["x"] + box["left"]["width"] <= box["mid"]["x"]
+        assert box["mid"]["x"] + box["mid"]["width"] <= box["right"]["x"]
+        assert "←" in page.inner_text("#axis .axis-side.left") and "→" in page.inner_text("#axis .axis-side.right")
+
+        # the target cell, chosen by both reports: one mark at the centroid of its rows, labelled
+        key = f"{level}:{full // level}:{full % level}"
+        expected = page.evaluate(
+            "([u, v]) => { const p = atlasViewer.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v)); "
+            "const r = document.getElementById('map').getBoundingClientRect(); return [p.x + r.left, p.y + r.top]; }",
+            [float(center[0]), float(center[1])])
+        dots = page.locator(f"path.attack-mark[data-cell='{key}']")
+        assert dots.count() == 1
+        b = dots.bounding_box()
+        assert abs(b["x"] + b["width"] / 2 - expected[0]) < 3 and abs(b["y"] + b["height"] / 2 - expected[1]) < 3
+        label = page.inner_text(f".attack-label[data-cell='{key}']")
+        assert f"cell {level}:{full // level},{full % level}" in label and pair["a"] in label
+        assert "target · 40% flipped" in label and "target · 75% flipped" in label
+        assert page.locator("#attack-list li").count() == 2  # the list has a line per report
+
+        # the third-class cell with no row here is listed, not drawn; its odd class name is text
+        off_key = f"{level}:{off // level}:{off % level}"
+        assert page.locator(f"path.attack-mark[data-cell='{off_key}']").count() == 0
+        listed = page.inner_text(f"#attack-off-list li[data-cell='{off_key}']")
+        assert PAYLOAD in listed and "third" in listed
+        assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.atlasPwned") is None
+
+        page.uncheck("#attack-toggle")  # the legend's checkbox hides the marks
+        assert page.locator("path.attack-mark").count() == 0
+        page.check("#attack-toggle")
+        assert page.locator("path.attack-mark").count() == 1
+
+        page.select_option("#run-select", "tiles")  # the main atlas: no axis, no marks
+        page.wait_for_function("() => document.querySelector('#run-select').value === 'tiles'")
+        page.wait_for_selector("#axis", state="hidden", timeout=10_000)
+        page.wait_for_timeout(500)
+        assert page.locator("path.attack-mark").count() == 0 and page.is_hidden("#attack-part")
+        browser.close()
+    assert errors == [], errors
