@@ -26,6 +26,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from atlas.checks import at_least
 from atlas.models import AtlasModel
@@ -35,6 +36,9 @@ from atlas.stages.render import RenderSettings, check_render_settings
 from atlas.store.lineage import keep_or_replace
 
 log = logging.getLogger(__name__)
+
+#: what a comparison atlas's x axis is (the right class's attribution minus the left class's)
+COMPARISON_AXIS = "attribution difference"
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,9 @@ def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, mod
                      settings: SubAtlasSettings | None = None, *, device: str = "auto",
                      progress: bool = True, overwrite: bool = False) -> SubAtlasSummary:
     """The comparison atlas of ``class_a`` (right) and ``class_b`` (left) in ``RUN/compare/<a>--<b>/``
-    (``overwrite`` as in :func:`class_atlas`)."""
+    (``overwrite`` as in :func:`class_atlas`). Its tiles manifest records which class lies on
+    which side (``comparison``: ``{"left": {"index", "name"}, "right": {...}, "x": ...}``), which
+    the viewer draws as an axis."""
     from atlas.stages.reduce import comparison_file, resolve_class
 
     settings = settings or SubAtlasSettings()
@@ -159,8 +165,10 @@ def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, mod
     keep_or_replace(lambda again: comparison_file(run_dir / "activations.h5", folder / "layout.h5", a, b,
                                                   top_n=settings.class_top_n, overwrite=again), overwrite)
     title = f"Comparison: {_name_of(model, b)} (left) vs {_name_of(model, a)} (right); x = attribution difference"
+    axis = {"left": {"index": b, "name": _name_of(model, b)}, "right": {"index": a, "name": _name_of(model, a)},
+            "x": COMPARISON_AXIS}
     return _finish(run_dir, folder, model, settings, title, t0, device=device, progress=progress,
-                   overwrite=overwrite)
+                   overwrite=overwrite, comparison=axis)
 
 
 def _name_of(model: AtlasModel, index: int) -> str:
@@ -170,9 +178,10 @@ def _name_of(model: AtlasModel, index: int) -> str:
 
 
 def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSettings, title: str,
-            t0: float, *, device: str, progress: bool, overwrite: bool = False) -> SubAtlasSummary:
+            t0: float, *, device: str, progress: bool, overwrite: bool = False,
+            comparison: dict[str, Any] | None = None) -> SubAtlasSummary:
     """Grid, render and tile a sub-atlas whose ``layout.h5`` is written (``overwrite``: replace
-    the outputs made with other settings)."""
+    the outputs made with other settings; ``comparison``: a comparison's axis, for the manifest)."""
     from atlas.stages.grid import GridSettings, grid_file
     from atlas.stages.render import render_cells
     from atlas.stages.tiles import build_tiles
@@ -189,12 +198,13 @@ def _finish(run_dir: Path, folder: Path, model: AtlasModel, settings: SubAtlasSe
         icon_view=settings.icon_view, lr=settings.lr, overwrite=again), overwrite)
     tiles = keep_or_replace(lambda again: build_tiles(
         folder / "cells.h5", folder / "icons.h5", folder / "tiles", activations_path=run_dir / "activations.h5",
-        title=title, progress=progress, class_names=model.class_names, overwrite=again), overwrite)
+        title=title, comparison=comparison, progress=progress, class_names=model.class_names, overwrite=again),
+        overwrite)
     rows = int(read_layout(folder / "layout.h5").valid.sum())
     # the cells' hash holds the layout's, so a rewritten layout is never "current" here
     current = grid.up_to_date and rendered.up_to_date and not (tiles.tiles_written or tiles.metadata_written)
     return SubAtlasSummary(folder, rows, sum(rendered.rendered.values()), time.perf_counter() - t0, up_to_date=current)
 
 
-__all__ = ["SubAtlasSettings", "SubAtlasSummary", "class_atlas", "class_folder", "compare_folder",
+__all__ = ["COMPARISON_AXIS", "SubAtlasSettings", "SubAtlasSummary", "class_atlas", "class_folder", "compare_folder",
            "comparison_atlas", "slug"]

@@ -12,6 +12,9 @@
     DIR/data/<run>/classes/<index>.json   per class, the highlight `atlas serve` computes for
                                    /api/class (:func:`atlas.web.serve.api.class_highlight`, every level)
     DIR/data/<run>/classes/index.json     the class indices that have a file
+    DIR/data/<run>/attacks.json    a comparison atlas: where the cells `atlas attack` chose for its
+                                   two classes lie on it, as `atlas serve` answers /api/attacks
+                                   (:func:`atlas.web.serve.attacks.attack_marks`)
 
 Nothing of atlas runs where the site is hosted: ``python -m http.server -d DIR`` (or any web
 server, or object storage) serves it, at any path. A static host sends no security headers, so
@@ -38,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from atlas.web.serve.api import channel_view_entries, class_highlight, level_attribution, overlay_entries, read_region
+from atlas.web.serve.attacks import attack_marks
 from atlas.web.serve.files import CONTENT_TYPES, CSP_META, VIEWER_DIR
-from atlas.web.serve.runs import MAX_SCAN_DEPTH, Run, data_url, find_runs, ordered_runs
+from atlas.web.serve.runs import MAX_SCAN_DEPTH, Run, comparison_axis, data_url, find_runs, ordered_runs
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +222,8 @@ def export_site(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overw
             _write_json(dest / "overlays" / "index.json", {"kind": "atlas-overlays", "overlays": overlay_entries(run)},
                         summary, "overlays")
             _write_json(dest / "channels" / "index.json", {"views": channel_view_entries(run)}, summary, "channels")
+            if comparison_axis(run.manifest) is not None:
+                _write_json(dest / "attacks.json", attack_marks(run, root.resolve()), summary, "attacks")
             described.append({**run.describe(), "base": data_url(run_id, "data/")})
         _write_json(partial / "atlas.json", {"kind": EXPORT_KIND, "api": False, "runs": described}, summary, "manifest")
         if out.exists():

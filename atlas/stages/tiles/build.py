@@ -8,10 +8,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from atlas.stages.tiles.files import write_atomic
 from atlas.stages.tiles.hashing import array_digest
@@ -90,6 +91,7 @@ def build_tiles(
     thumb_size: int = 64,
     class_names: Sequence[str] | None = None,
     title: str | None = None,
+    comparison: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TilesSummary:
     """Draw the tile pyramid of an atlas and write its metadata (see the module docstring).
@@ -106,6 +108,9 @@ def build_tiles(
         progress: show tqdm progress bars.
         class_names: names of the model's classes (default: the 1000 ImageNet classes).
         title: a title for the viewer (default: ``model · layer``).
+        comparison: what a class-comparison atlas's x axis means, written to the manifest as
+            ``comparison`` (``{"left": {"index", "name"}, "right": {"index", "name"}, "x": str}``;
+            :func:`atlas.stages.classes.comparison_atlas` passes it); the viewer draws it as an axis.
         overwrite: redraw a pyramid that was drawn with other settings; without it such a
             pyramid is left as it is and :class:`~atlas.store.common.SettingsChangedError` names
             the changed settings.
@@ -211,6 +216,8 @@ def build_tiles(
         },
         "classes": class_names,
     }
+    if comparison is not None:
+        manifest["comparison"] = json.loads(json.dumps(dict(comparison)))
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     write_atomic(out / STATE_FILE, json.dumps(state).encode())
     summary = TilesSummary(

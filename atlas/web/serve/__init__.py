@@ -8,7 +8,8 @@ size), so a rebuilt tile is picked up at once.
 
 Modules: :mod:`~atlas.web.serve.runs` (which atlases a folder holds), :mod:`~atlas.web.serve.files`
 (static files, safely), :mod:`~atlas.web.serve.api` (the JSON API and the functions ``atlas export``
-shares), :mod:`~atlas.web.serve.server` (the server, routing, :func:`serve`).
+shares), :mod:`~atlas.web.serve.attacks` (attack reports placed on a comparison atlas),
+:mod:`~atlas.web.serve.server` (the server, routing, :func:`serve`).
 
 Routes (``GET`` and ``HEAD`` only; every other method gets 405)::
 
@@ -24,6 +25,9 @@ Routes (``GET`` and ``HEAD`` only; every other method gets 405)::
     /api/classes?run=&q=[&limit=]     class names matching a query (autocomplete)
     /api/overlays?run=                photos placed on the atlas by `atlas explain --atlas`
                                       (the run's overlays/index.json; an empty list when none)
+    /api/attacks?run=                 a comparison atlas (RUN/compare/<a>--<b>/tiles): where the
+                                      cells chosen by `atlas attack` for its two classes (the
+                                      reports in RUN/attacks/*/) lie on it; 404 for other atlases
 
 ``<run>`` is the path of a tiles folder (one holding a ``manifest.json`` of kind
 ``atlas-tiles``) relative to the served folder, e.g. ``tiles`` or ``runA/tiles``; ``run`` may be

@@ -8,6 +8,9 @@ Routes (``run`` may be left out when one atlas is served)::
     /api/classes?run=&q=[&limit=]     class names matching a query (autocomplete)
     /api/overlays?run=                photos placed on the atlas by `atlas explain --atlas`
                                       (the run's overlays/index.json; an empty list when none)
+    /api/attacks?run=                 a comparison atlas: where the neighbourhoods chosen by
+                                      `atlas attack` for its two classes lie on it
+                                      (:func:`atlas.web.serve.attacks.attack_marks`)
 
 A class highlight is, per grid level, ``{"max": m, "cells": [[cell id, attribution], ...]}``
 over the cells whose top classes hold the class with a positive value (:func:`class_highlight`);
@@ -20,12 +23,14 @@ import gzip
 import hashlib
 import json
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from atlas.web.serve.attacks import attack_marks, comparison_folders, report_files
 from atlas.web.serve.errors import HTTPError, parse_int
 from atlas.web.serve.files import LRU, inside
-from atlas.web.serve.runs import Run, data_url, ordered_runs
+from atlas.web.serve.runs import Run, comparison_axis, data_url, ordered_runs
 
 #: per class index: (cell ids, attribution values) of the cells whose top classes hold it
 Attribution = dict[int, tuple[list[int], list[float]]]
@@ -91,6 +96,7 @@ class ApiServer(Protocol):
     """What :class:`JsonApi` needs of its server (:class:`~atlas.web.serve.server.AtlasServer` has it)."""
 
     parsed: LRU
+    root: Path
 
     def runs(self) -> dict[str, Run]: ...
 
@@ -224,6 +230,28 @@ class JsonApi:
 
     def _api_channels(self, query: dict[str, str]) -> None:
         self._send_json({"views": channel_view_entries(self.server.run(query.get("run")))})
+
+    def _api_attacks(self, query: dict[str, str]) -> None:
+        run = self.server.run(query.get("run"))
+        if comparison_axis(run.manifest) is None:
+            raise HTTPError(404, f"atlas {run.id!r} is not a comparison atlas (one built by `atlas compare RUN A B`, "
+                                 "which records its two classes); attacks are marked on comparisons only")
+        root = self.server.root
+        where = comparison_folders(run, root)
+        files = report_files(where[1], root) if where else []
+        stamps = []
+        for path in (where[0] / "layout.h5", where[1] / "layout.h5") if where else ():
+            try:
+                st = path.stat()
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append(None)
+        key = ("attacks", run.id, run.mtime_ns, tuple(stamps), tuple((str(f.path), f.stamp) for f in files))
+        doc = self.server.parsed.get(key)
+        if doc is None:
+            doc = attack_marks(run, root, files)
+            self.server.parsed.put(key, doc, 1024 + 512 * (len(doc["marks"]) + len(doc["off_map"])))
+        self._send_json(doc)
 
 
 __all__ = ["ApiServer", "Attribution", "JsonApi", "channel_view_entries", "class_highlight", "level_attribution", "overlay_entries",

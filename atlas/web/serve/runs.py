@@ -3,7 +3,8 @@
 Each one carries ``warnings``: what is out of date about it (an input rebuilt since its tiles
 were drawn, or cells made from a layout laid out again since; see
 :func:`atlas.stages.tiles.metadata.manifest_warnings`). ``/api/runs`` lists them and the viewer shows
-them; the server logs them when it starts.
+them; the server logs them when it starts. A comparison atlas also carries ``comparison``:
+which class lies on which side (:func:`comparison_axis`), which the viewer draws as an axis.
 """
 
 from __future__ import annotations
@@ -46,7 +47,28 @@ class Run:
             "levels": [lv.get("size") for lv in m.get("levels", [])],
             "base": data_url(self.id, "/data/"),
             "warnings": list(self.warnings),
+            "comparison": comparison_axis(m),
         }
+
+
+def comparison_axis(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """Which class a comparison atlas puts on which side, from its manifest's ``comparison``
+    (written by :func:`atlas.stages.classes.comparison_atlas`): ``{"left": {"index", "name"},
+    "right": {"index", "name"}, "x": what x is}``; None for any other atlas, for a comparison
+    tiled before the manifest recorded it, and for a malformed entry."""
+    entry = manifest.get("comparison")
+    if not isinstance(entry, dict):
+        return None
+    sides = {}
+    for side in ("left", "right"):
+        cls = entry.get(side)
+        if not isinstance(cls, dict) or not isinstance(cls.get("name"), str) or not cls["name"]:
+            return None
+        index = cls.get("index")
+        sides[side] = {"index": index if isinstance(index, int) and not isinstance(index, bool) else None,
+                       "name": cls["name"]}
+    x = entry.get("x")
+    return {**sides, "x": x if isinstance(x, str) and x else "attribution difference"}
 
 
 def data_url(run_id: str, prefix: str) -> str:
@@ -120,4 +142,4 @@ def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
     return runs
 
 
-__all__ = ["MAX_SCAN_DEPTH", "Run", "data_url", "find_runs", "run_name"]
+__all__ = ["MAX_SCAN_DEPTH", "Run", "comparison_axis", "data_url", "find_runs", "run_name"]

@@ -270,10 +270,11 @@ class AtlasHandler(StaticFiles, JsonApi, BaseHTTPRequestHandler):
                 "classes": self._api_classes,
                 "overlays": self._api_overlays,
                 "channels": self._api_channels,
+                "attacks": self._api_attacks,
             }.get(parts[1])
             if handler is None:
                 raise HTTPError(404, f"no API /api/{parts[1]}; try /api/runs, /api/class, /api/cell, /api/classes, "
-                                     "/api/overlays, /api/channels")
+                                     "/api/overlays, /api/channels, /api/attacks")
             return handler(query)
         raise HTTPError(404, "not found")
 

@@ -13,6 +13,11 @@
  *     api/overlays?run=             from `atlas serve`
  *     <base>overlays/index.json     written by `atlas explain` (always present in an export)
  *   <base>overlays/<name>.json      one photo's positions on the atlas
+ *   a comparison atlas (`atlas compare`): its run's "comparison" (which class lies on which
+ *   side) is drawn as an axis along the bottom; the neighbourhoods that `atlas attack` chose for
+ *   its two classes are marked on it (and the cells not on this map listed):
+ *     api/attacks?run=              from `atlas serve`
+ *     <base>attacks.json            written by `atlas export`
  * Map units are pixels at the deepest tiled zoom; the layout's unit square starts at margin_px
  * and is content_px wide. The URL hash (run, z, x, y, class, cell, photo) restores a view.
  *
@@ -33,6 +38,7 @@
     regions: new Map(), klass: null, selected: null, hover: null, hoverRect: null, selectedRect: null,
     restoring: false, hashTimer: 0, tilesLoaded: 0,
     overlays: [], shown: new Map(), // photo overlays: index entries; name -> Leaflet layer group
+    attacks: null, attackLayer: null, // a comparison's attack marks: api/attacks answer; their layer group
   };
 
   // ---- small helpers ------------------------------------------------------------------------
@@ -546,9 +552,150 @@
     part.hidden = false;
   }
 
+  // ---- a comparison atlas: its axis, and the neighbourhoods an attack chose --------------
+  // The run's "comparison" (from the manifest `atlas compare` wrote) says which class lies on
+  // which side; api/attacks?run= (atlas serve) places the cells of the attack reports of the
+  // same two classes on this map: a mark per cell (the centroid of its rows here, their box),
+  // and the cells none of whose rows is on this map, listed only.
+
+  function renderAxis() {
+    const axis = $('axis');
+    const c = state.run && state.run.comparison;
+    if (!c || !c.left || !c.right) {
+      axis.hidden = true;
+      axis.replaceChildren();
+      delete document.body.dataset.axis;
+      return;
+    }
+    axis.replaceChildren(
+      el('span', { cls: 'axis-side left', title: `more attributed to “${c.left.name}”` }, [
+        el('span', { cls: 'arrow', 'aria-hidden': 'true', text: '←' }),
+        el('span', { id: 'axis-left', cls: 'axis-name', text: c.left.name }),
+      ]),
+      el('span', { cls: 'axis-rule', 'aria-hidden': 'true' }),
+      el('span', { id: 'axis-mid', cls: 'axis-mid', text: c.x || 'attribution difference' }),
+      el('span', { cls: 'axis-rule', 'aria-hidden': 'true' }),
+      el('span', { cls: 'axis-side right', title: `more attributed to “${c.right.name}”` }, [
+        el('span', { id: 'axis-right', cls: 'axis-name', text: c.right.name }),
+        el('span', { cls: 'arrow', 'aria-hidden': 'true', text: '→' }),
+      ]),
+    );
+    axis.setAttribute('aria-label', `Comparison axis: ${c.left.name} to the left, ${c.right.name} to the right; x is the ${c.x || 'attribution difference'}`);
+    axis.hidden = false;
+    document.body.dataset.axis = '1';
+  }
+
+  function percent(v) {
+    return typeof v === 'number' && Number.isFinite(v) ? `${Math.round(100 * v)}%` : null;
+  }
+
+  function markKind(mark) { return mark.kind === 'third' ? 'third' : 'target'; }
+
+  function cellName(mark) {
+    const [size, iy, ix] = mark.cell;
+    return `cell ${size}:${iy},${ix}`;
+  }
+
+  function flipped(mark) {
+    const rate = percent(mark.success);
+    return rate ? ` · ${rate} flipped` : '';
+  }
+
+  function classesText(marks) {
+    const named = marks.find((m) => (m.classes || []).length);
+    return named ? named.classes.slice(0, 3).join(', ') : 'no positive class';
+  }
+
+  // the label of the marks of one cell (one per report that chose it): kind, cell, success
+  // rate and top classes; a list entry adds the attack and how many of the cell's rows are here
+  function markLabel(marks, withCounts) {
+    const first = marks[0];
+    const lines = marks.length === 1
+      ? [el('b', { text: `${markKind(first)} · ${cellName(first)}${flipped(first)}` })]
+      : [el('b', { text: cellName(first) }),
+        ...marks.map((m) => el('span', { text: `${markKind(m)}${flipped(m)} (${m.source} → ${m.target})` }))];
+    const children = [];
+    for (const line of lines) children.push(line, el('br'));
+    children.push(el('span', { text: classesText(marks) }));
+    if (withCounts) {
+      children.push(el('br'), el('span', { cls: 'muted', text: `${first.source} → ${first.target} · ${fmt.format(first.rows)} of the cell's ${fmt.format(first.cell_rows)} rows on this map` }));
+    }
+    return el('span', { cls: 'attack-text' }, children);
+  }
+
+  function drawAttackMarks() {
+    if (state.attackLayer) { state.attackLayer.remove(); state.attackLayer = null; }
+    const doc = state.attacks;
+    const on = $('attack-toggle').checked;
+    document.body.dataset.attackMarks = '0';
+    if (!doc || !on || !state.map) return;
+    const group = L.layerGroup();
+    const byCell = new Map(); // a cell chosen by several reports is one mark with every report's line
+    for (const mark of doc.marks) {
+      const key = mark.cell.join(':');
+      if (!byCell.has(key)) byCell.set(key, []);
+      byCell.get(key).push(mark);
+    }
+    for (const marks of byCell.values()) {
+      const mark = marks[0];
+      const kind = markKind(mark);
+      const [x0, y0, x1, y1] = mark.bbox;
+      L.rectangle(L.latLngBounds(toLatLng(x0, y0), toLatLng(x1, y1)), {
+        className: `attack-box attack-${kind}`, weight: 1.5, dashArray: '4 4', fill: false, interactive: false,
+      }).addTo(group);
+      const dot = L.circleMarker(toLatLng(mark.center[0], mark.center[1]), {
+        radius: 7, weight: 2.5, className: `attack-mark attack-${kind}`, fillOpacity: 0.35,
+      }).bindTooltip(markLabel(marks, false), {
+        permanent: true, direction: 'top', offset: [0, -8], className: `attack-label attack-${kind}`,
+      });
+      dot.on('mouseover', () => dot.setStyle({ radius: 9 }));
+      dot.on('mouseout', () => dot.setStyle({ radius: 7 }));
+      // the elements exist once the map has a view (openRun sets it after the side panels load)
+      dot.on('add', () => Object.assign(dot.getElement().dataset, { cell: mark.cell.join(':'), kind }));
+      dot.on('tooltipopen', (ev) => { ev.tooltip.getElement().dataset.cell = mark.cell.join(':'); });
+      dot.addTo(group);
+    }
+    group.addTo(state.map);
+    state.attackLayer = group;
+    document.body.dataset.attackMarks = String(byCell.size);
+  }
+
+  async function loadAttacks() {
+    state.attacks = null;
+    const part = $('attack-part');
+    part.hidden = true;
+    if (!state.run.comparison) return;
+    const doc = await runIndex('attacks', 'attacks.json');
+    if (!doc || !Array.isArray(doc.marks) || !Array.isArray(doc.off_map)) return;
+    const valid = (m) => m && Array.isArray(m.cell) && m.cell.length === 3;
+    const finite = (a, n) => Array.isArray(a) && a.length === n && a.every((v) => typeof v === 'number' && Number.isFinite(v));
+    doc.marks = doc.marks.filter((m) => valid(m) && finite(m.center, 2) && finite(m.bbox, 4));
+    doc.off_map = doc.off_map.filter(valid);
+    if (!doc.marks.length && !doc.off_map.length) return; // no attack of these two classes yet
+    state.attacks = doc;
+    $('attack-list').replaceChildren(...doc.marks.map((mark) => el('li', { cls: `attack-item attack-${markKind(mark)}` }, [
+      el('button', {
+        type: 'button', cls: 'link', title: 'Show this neighbourhood',
+        onclick: () => {
+          if (!$('attack-toggle').checked) { $('attack-toggle').checked = true; drawAttackMarks(); }
+          state.map.flyTo(toLatLng(mark.center[0], mark.center[1]), Math.max(state.map.getZoom(), 1), { duration: 0.5 });
+        },
+      }, [markLabel([mark], true)]),
+    ])));
+    $('attack-off-list').replaceChildren(...doc.off_map.map((mark) => el('li', {
+      cls: `attack-item attack-${markKind(mark)}`, 'data-cell': mark.cell.join(':'), title: mark.reason || '',
+    }, [markLabel([mark], true)])));
+    $('attack-off').hidden = doc.off_map.length === 0;
+    $('attack-success').textContent = doc.success ? `flipped: ${doc.success}` : '';
+    $('attack-success').hidden = !doc.success || !doc.marks.concat(doc.off_map).some((m) => typeof m.success === 'number');
+    document.body.dataset.attackOffMap = String(doc.off_map.length);
+    part.hidden = false;
+  }
+
   async function loadSidePanels() {
-    await Promise.all([loadOverlays(), loadChannelViews()]);
-    $('photos').hidden = $('photos-part').hidden && $('channel-views').hidden;
+    await Promise.all([loadOverlays(), loadChannelViews(), loadAttacks()]);
+    $('photos').hidden = $('photos-part').hidden && $('channel-views').hidden && $('attack-part').hidden;
+    drawAttackMarks();
   }
 
   // ---- search box with autocomplete ---------------------------------------------------------
@@ -713,7 +860,7 @@
     state.regions.clear();
     state.classIndex = null;
     hideHover();
-    if (state.map) { state.map.remove(); state.map = null; state.highlightLayer = null; state.selectedRect = null; }
+    if (state.map) { state.map.remove(); state.map = null; state.highlightLayer = null; state.selectedRect = null; state.attackLayer = null; }
     state.klass = null;
     state.selected = null;
     $('panel').hidden = true;
@@ -735,6 +882,7 @@
     if (warnings.length) $('subtitle').textContent += ' · out of date';
     document.documentElement.style.setProperty('--bg', m.background);
     $('run-select').value = run.id;
+    renderAxis();
 
     const k = Math.pow(2, -m.max_native_zoom);
     const crs = L.extend({}, L.CRS.Simple, { transformation: new L.Transformation(k, 0, k, 0) });
@@ -779,6 +927,7 @@
   async function main() {
     setupSearch();
     $('panel-close').addEventListener('click', closePanel);
+    $('attack-toggle').addEventListener('change', drawAttackMarks);
     document.addEventListener('keydown', (ev) => {
       const typing = ev.target instanceof HTMLInputElement || ev.target instanceof HTMLSelectElement;
       if (ev.key === '/' && !typing) { ev.preventDefault(); $('search-input').focus(); }
