@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from test_reduce import LAYER, write_activations
 
 from atlas.stages.grid import (
     GridSettings,
@@ -19,7 +20,6 @@ from atlas.stages.grid import (
 )
 from atlas.store.cells import cells_attrs, read_cells
 from atlas.store.layout import NONFINITE, PLACED, ZERO, LayoutWriter
-from test_reduce import LAYER, write_activations
 
 
 def write_layout(path: Path, xy: np.ndarray, status: np.ndarray | None = None,

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 from distributed import Client, LocalCluster
+from test_render import write_fake_cells
 
 from atlas.models import AtlasModel, load_model
 from atlas.runtime.distributed import ModelSpec, worker_device
 from atlas.stages.render import IconBatch, compile_model, render_cells, render_icon_batch
 from atlas.store.icons import IconsFile, read_icons
-from test_render import write_fake_cells
 from tinynet import Tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")

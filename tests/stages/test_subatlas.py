@@ -138,7 +138,7 @@ class_top_n = 40
 @pytest.mark.browser
 def test_viewer_switches_to_a_class_atlas_and_a_comparison(run: Path, model, two_classes, tmp_path: Path) -> None:
     from atlas.web.serve import make_server
-    from test_viewer import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
+    from browserkit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
 
     a, b = two_classes
     class_atlas(run, str(a), model, SMALL, device="cpu", progress=False)

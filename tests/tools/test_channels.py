@@ -158,7 +158,7 @@ def test_cli_channels(tmp_path, capsys):
 
 @pytest.mark.browser
 def test_static_page_in_headless_chromium(tiny, photo, tmp_path):
-    from test_viewer import CHROMIUM, CHROMIUM_ARGS, _require_browser
+    from browserkit import CHROMIUM, CHROMIUM_ARGS, _require_browser
 
     sync_playwright = _require_browser()
     v = channel_view(tiny, photo, "relu2", top=3, cache_dir=tmp_path / "cache", **SMALL)

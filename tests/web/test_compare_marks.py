@@ -206,7 +206,7 @@ def test_an_export_holds_the_marks_the_server_answers(server, pair, tmp_path) ->
 
 @pytest.mark.browser
 def test_the_viewer_draws_the_axis_and_the_marks_of_a_comparison(server, pair, reports) -> None:
-    from test_viewer import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
+    from browserkit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
 
     sync_playwright = _require_browser()
     level, full, off = reports["level"], reports["full"], reports["off"]

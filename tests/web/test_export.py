@@ -17,13 +17,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_viewer import Page, browser  # noqa: F401 (browser is a fixture)
 
 from atlas.cli import main
 from atlas.stages.tiles import build_tiles
 from atlas.web.export import export_site
 from atlas.web.serve import make_server
 from atlasfixture import write_fake_run
-from test_viewer import Page, browser  # noqa: F401 (browser is a fixture)
 
 SIZES = (6, 12, 24)
 

@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_viewer import browser  # noqa: F401 (browser is a fixture)
 
 import atlas
 from atlas.stages.tiles import build_tiles
 from atlas.web.notebook import AtlasView, ImageView
 from atlasfixture import write_fake_run
-from test_viewer import browser  # noqa: F401 (browser is a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "docs" / "notebook.ipynb"

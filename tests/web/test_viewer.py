@@ -20,33 +20,11 @@ import pytest
 from atlas.stages.tiles import build_tiles
 from atlas.web.serve import make_server
 from atlasfixture import write_fake_run
+from browserkit import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, _require_browser
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = os.environ.get("ATLAS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run",
-    "--disable-component-update", "--disable-sync",
-]
-VIEWPORT = {"width": 1280, "height": 800}
 RUN = "alpha/tiles"
-
-
-def _require_browser():
-    problems = []
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-        problems.append("the playwright package is missing (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        problems.append(f"{CHROMIUM} is missing (apt-get install -y chromium, or set ATLAS_CHROMIUM)")
-    if problems:
-        message = "; ".join(problems)
-        if os.environ.get("ATLAS_REQUIRE_BROWSER"):
-            pytest.fail(f"browser tests required (ATLAS_REQUIRE_BROWSER is set) but {message}")
-        pytest.skip(f"browser tests skipped: {message}")
-    return sync_playwright
 
 
 @pytest.fixture(scope="module")

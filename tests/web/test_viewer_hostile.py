@@ -26,9 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_viewer import Page, browser  # noqa: F401 (browser is a fixture)
 
 from atlas.web.serve import make_server
-from test_viewer import Page, browser  # noqa: F401 (browser is a fixture)
 
 pytestmark = pytest.mark.browser
 
