@@ -130,7 +130,7 @@ def test_run_protocol_end_to_end_reports_both_kinds_and_the_controls(model, tiny
     src = tmp_path / "src.txt"
     src.write_text(str(photos / "p0.jpg") + "\n")
     settings = ProtocolSettings(source, target, kind="both", level=4, patches=2, controls=2, patch_px=32, steps=3,
-                                sizes=(0.3, 0.5), augment=12, min_count=1)
+                                sizes=(0.3, 0.5), augment=12, min_count=1, screen=3)
     report = run_protocol(model, tiny_run, settings, images=src, target_images=src, out_dir=tmp_path / "out",
                           progress=False)
     assert list(report.families) == ["third", "third_example", "target", "target_example", "random_cell", "noise"]
@@ -145,6 +145,14 @@ def test_run_protocol_end_to_end_reports_both_kinds_and_the_controls(model, tiny
         assert r.dynamic == pytest.approx(np.mean(r.per_patch_dynamic))
         assert r.dynamic_ci[0] <= r.dynamic <= r.dynamic_ci[1]
         assert r.static_corner in ("tl", "tr", "bl", "br") and r.static_size in (0.3, 0.5)
+    # screening: 3 third-class cells rendered and tried on the selection views, the best 2 kept
+    kept = [c for c in report.screening if c.get("kept")]
+    assert len(report.screening) == 3 and len(kept) == 2
+    assert min(c["selection_dynamic"] for c in kept) >= max(c["selection_dynamic"] for c in report.screening
+                                                           if not c.get("kept"))
+    assert {tuple(c["cell"]) for c in report.candidates["third"]} == {tuple(c["cell"]) for c in kept}
+    with pytest.raises(ValueError, match="screen"):
+        ProtocolSettings("a", "b", patches=10, screen=5)
     doc = json.loads((tmp_path / "out" / "protocol.json").read_text())
     assert doc["families"]["noise"]["members"] == ["noise 0", "noise 1"]
     assert (tmp_path / "out" / "patches.png").stat().st_size > 0

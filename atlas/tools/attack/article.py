@@ -41,6 +41,7 @@ class ProtocolSettings:
     kind: str = "third"  # "third", "target" or "both": which neighbourhoods become patches
     level: int | None = None
     patches: int = 10  # per family, as in the article
+    screen: int = 0  # third kind: render this many top cells by push, keep the `patches` best on the selection photos
     controls: int = 10  # noise patches and random cells
     patch_px: int = 112
     steps: int = 256
@@ -62,6 +63,9 @@ class ProtocolSettings:
         self.sizes = tuple(float(s) for s in self.sizes)
         if not self.sizes or not all(0 < s <= 1 for s in self.sizes):
             raise ValueError(f"sizes are fractions of the image width in (0, 1], got {self.sizes}")
+        if self.screen and self.screen < self.patches:
+            raise ValueError(f"screen ({self.screen}) renders the candidates that the best {self.patches} are kept "
+                             "from: give at least --patches, or 0 for no screening")
         if self.patches < 1 or self.controls < 0:
             raise ValueError("patches must be at least 1 and controls at least 0")
         if not 0 < self.selection_fraction < 1:
@@ -85,6 +89,7 @@ class ProtocolReport:
     n_test: int
     families: dict[str, ProtocolResult]
     seconds: dict[str, float] = field(default_factory=dict)
+    screening: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -150,14 +155,19 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
     tc = time.perf_counter()
     exclude = excluded_classes(s_idx, t_idx, len(names), max_hops=settings.max_hops, max_group=settings.max_group)
     by_kind: dict[str, list[Candidate]] = {}
+    rendered_before: dict[str, torch.Tensor] = {}
+    screening: list[dict[str, Any]] = []
     examples: dict[str, torch.Tensor] = {}
     if settings.kind in ("third", "both"):
         grad = push_gradient(model, layer, x[sel], s_idx, t_idx, batch_size=max(1, settings.batch_size // 2))
-        third = third_class_cells(cells, grad, exclude, k=settings.patches, top=settings.top,
+        third = third_class_cells(cells, grad, exclude, k=max(settings.patches, settings.screen), top=settings.top,
                                   min_count=settings.min_count, class_names=names)
         if not third:
             raise ValueError(f"no cell of grid {level} with {settings.min_count}+ rows pushes toward "
                              f"{names[t_idx]!r} and depicts a third class; try another --level")
+        if len(third) > settings.patches:
+            third, rendered_before["third"], screening = _screen(model, layer, third, x[sel], t_idx, settings,
+                                                                 progress)
         by_kind["third"] = third
         examples["third"] = atlas_example_patches(run_dir, third, model, settings.patch_px)[0]
     if settings.kind in ("target", "both"):
@@ -186,18 +196,23 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
     secs["candidates"] = time.perf_counter() - tc
 
     tr = time.perf_counter()
-    dirs = np.stack([c.direction for c in [*cands, *rands]])
-    rendered = render_patches(model, layer, dirs, px=settings.patch_px, steps=settings.steps, seed=settings.seed,
-                              progress=progress)
+    todo = [c for kind, cs in by_kind.items() if kind not in rendered_before for c in cs] + rands
+    rendered = (render_patches(model, layer, np.stack([c.direction for c in todo]), px=settings.patch_px,
+                               steps=settings.steps, seed=settings.seed, progress=progress)
+                if todo else torch.empty(0, 3, settings.patch_px, settings.patch_px))
     fam_patches: dict[str, torch.Tensor] = {}
     members: dict[str, list[str]] = {}
     labels: dict[str, list[str]] = {}
     at = 0
     for kind, cs in by_kind.items():
-        fam_patches[kind], fam_patches[f"{kind}_example"] = rendered[at: at + len(cs)], examples[kind]
+        if kind in rendered_before:
+            fam_patches[kind] = rendered_before[kind]
+        else:
+            fam_patches[kind] = rendered[at: at + len(cs)]
+            at += len(cs)
+        fam_patches[f"{kind}_example"] = examples[kind]
         members[kind], members[f"{kind}_example"] = [c.name for c in cs], [f"photo of {c.name}" for c in cs]
         labels[kind] = labels[f"{kind}_example"] = [", ".join(c.classes) for c in cs]
-        at += len(cs)
     fam_patches["random_cell"] = rendered[at:]
     members["random_cell"], labels["random_cell"] = [c.name for c in rands], [", ".join(c.classes) for c in rands]
     fam_patches["noise"] = noise_patches(settings.controls, settings.patch_px, settings.seed)
@@ -243,10 +258,29 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
         sorted(names[i] for i in exclude),
         {**{kind: [_cand_json(c) for c in cs] for kind, cs in by_kind.items()},
          "random_cell": [_cand_json(c) for c in rands]},
-        tried, len(x), len(sel), len(test), results, secs)
+        tried, len(x), len(sel), len(test), results, secs, screening)
     if out_dir is not None:
         write_protocol_report(report, out_dir, fam_patches)
     return report
+
+
+def _screen(model: AtlasModel, layer: str, cands: list[Candidate], views: torch.Tensor, target: int,
+            settings: ProtocolSettings, progress: bool) -> tuple[list[Candidate], torch.Tensor, list[dict[str, Any]]]:
+    """Render every candidate and keep the ``settings.patches`` that flip most of the selection
+    ``views`` (best corner and size per view; ties: the target probability): the patches and the
+    screening record. The measured photos play no part."""
+    imgs = render_patches(model, layer, np.stack([c.direction for c in cands]), px=settings.patch_px,
+                          steps=settings.steps, seed=settings.seed, progress=progress)
+    scores, record = [], []
+    for c, p in zip(cands, imgs):
+        e = evaluate_patch(model, views, p, target, settings.sizes, tuple(CORNERS), batch_size=settings.batch_size)
+        rate, prob = float(e.hit.any((0, 1)).mean()), float(e.target_prob.max((0, 1)).mean())
+        scores.append(rate + 1e-3 * prob)
+        record.append({**_cand_json(c), "selection_dynamic": rate, "selection_prob": prob})
+    keep = np.argsort(-np.asarray(scores), kind="stable")[: settings.patches]
+    for i in keep:
+        record[i]["kept"] = True
+    return [cands[i] for i in keep], imgs[torch.from_numpy(keep)], record
 
 
 def write_protocol_report(report: ProtocolReport, out_dir: str | os.PathLike,
