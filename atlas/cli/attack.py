@@ -30,6 +30,10 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
                         "depict the target), cells of a third class that push toward the target (third), or both "
                         "side by side (article protocol only) [target; article: both]")
     s.add_argument("--patches", type=int, default=10, help="article protocol: patches per family [%(default)s]")
+    s.add_argument("--rank", choices=("push", "attribution"), default="push",
+                   help="article protocol, third kind: rank the cells by the push of their direction on the "
+                        "selection photos (gradient), or by their atlas rows' own attribution to the target minus "
+                        "the source (the article's comparison atlas over every photo) [%(default)s]")
     s.add_argument("--screen", type=int, default=0,
                    help="article protocol, third kind: render this many cells with the largest push and keep the "
                         "--patches that flip most selection photos (0: the first --patches by push) [%(default)s]")
@@ -98,7 +102,7 @@ def _cmd_attack_article(args: argparse.Namespace) -> int:
 
     settings = ProtocolSettings(
         source=args.source, target=args.target, kind=args.kind or "both", level=args.level, patches=args.patches,
-        controls=args.controls, screen=args.screen, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
+        controls=args.controls, rank=args.rank, screen=args.screen, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
         selection_fraction=0.25 if args.selection_fraction is None else args.selection_fraction,
         augment=args.augment, max_photos=args.max_photos, universal_limit=args.universal_limit, seed=args.seed)
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)

@@ -3,6 +3,8 @@
 :func:`record_outputs` is the one place hooks are put on modules to read their outputs: the
 model's :func:`~atlas.models.capture` (layers by name), the collect stage's capture of the
 layers it stores and feature visualization's evaluation of an objective all go through it.
+:func:`layer_as_leaf` is the other kind, a hook that replaces a layer's output by a leaf so that
+gradients stop there (collect's per-position attribution, the patch attack's push).
 """
 
 from __future__ import annotations
@@ -55,4 +57,24 @@ def record_outputs(modules: Iterable[tuple[str, nn.Module]], *, detach: bool = F
             h.remove()
 
 
-__all__ = ["StopForward", "record_outputs"]
+@contextmanager
+def layer_as_leaf(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Make ``module``'s output a leaf of the graph inside the block: the forward pass goes on
+    from a detached copy that requires grad, yielded as ``{"h": leaf}``. A backward pass from
+    the logits then stops at the layer (nothing below it is differentiated) and leaves
+    ``d/dh`` in ``leaf.grad``. The hook is removed on exit, also on error."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().requires_grad_(True)
+        captured["h"] = leaf
+        return leaf
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+__all__ = ["StopForward", "layer_as_leaf", "record_outputs"]

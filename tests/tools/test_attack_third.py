@@ -17,6 +17,7 @@ from atlas.tools.attack import (
     AttackSettings,
     ProtocolCounts,
     ProtocolSettings,
+    atlas_class_attribution,
     excluded_classes,
     protocol_result,
     run_attack,
@@ -193,3 +194,55 @@ def test_cli_article_protocol_as_typed(tiny_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "target candidates" in r.stdout and "| noise (1) |" in r.stdout
     assert (tmp_path / "cli" / "protocol.json").is_file()
+
+
+def test_atlas_class_attribution_is_the_cells_mean_over_their_rows(tiny_run):
+    import h5py
+
+    from atlas.stages.grid import grid_cells
+
+    # the classes the tiny atlas's rows list most often, and one they never list
+    with h5py.File(tiny_run / "activations.h5", "r") as f:
+        layer = [k for k in f["layers"]][0]
+        tc = f[f"layers/{layer}/attribution/top_classes"][:]
+        tv = f[f"layers/{layer}/attribution/top_values"][:].astype(np.float64)
+    with h5py.File(tiny_run / "layout.h5", "r") as f:
+        valid, xy, row_ids = f["valid"][:], f["xy"][:], f["row_ids"][:]
+    common = np.bincount(tc.ravel().astype(np.int64)).argsort()[::-1][:2]
+    absent = int(np.setdiff1d(np.arange(1000), tc.ravel())[0])
+    classes = [int(common[0]), int(common[1]), absent]
+    attr, counts = atlas_class_attribution(tiny_run, 4, classes)
+    assert attr.shape == (16, 3) and counts.sum() == valid.sum()
+    ids = grid_cells(xy[valid], 4)
+    rows = row_ids[valid]
+    for j, c in enumerate(classes):
+        per_row = np.where(tc[rows] == c, tv[rows], 0.0).sum(1)
+        for cell in range(16):
+            here = ids == cell
+            want = per_row[here].mean() if here.any() else 0.0
+            assert attr[cell, j] == pytest.approx(want, abs=1e-9)
+    assert not attr[:, 2].any()  # a class no row lists has no attribution anywhere
+    assert attr[:, 0].any()
+
+
+def test_ranking_by_the_atlas_rows_attribution(model, tiny_run, tmp_path):
+    import h5py
+
+    source, _target, photos = _source_target(model, tiny_run)
+    with h5py.File(tiny_run / "activations.h5", "r") as f:  # a target the atlas's rows attribute to
+        layer = [k for k in f["layers"]][0]
+        listed = np.bincount(f[f"layers/{layer}/attribution/top_classes"][:].ravel().astype(np.int64))
+    names = model.class_names
+    target = next(names[int(c)] for c in listed.argsort()[::-1] if names[int(c)] != source)
+    src = tmp_path / "src.txt"
+    src.write_text(str(photos / "p0.jpg") + "\n")
+    settings = ProtocolSettings(source, target, kind="third", rank="attribution", level=4, patches=2, controls=1,
+                                patch_px=32, steps=2, sizes=(0.5,), augment=8, min_count=1, top=1)
+    report = run_protocol(model, tiny_run, settings, images=src, progress=False)
+    assert list(report.families) == ["third", "third_example", "random_cell", "noise"]
+    attr, _ = atlas_class_attribution(tiny_run, 4, [class_index(target), class_index(source)])
+    for c in report.candidates["third"]:  # the score is the cell's target-minus-source attribution
+        cell = c["cell"][1] * 4 + c["cell"][2]
+        assert c["score"] == pytest.approx(attr[cell, 0] - attr[cell, 1]) and c["score"] > 0
+    with pytest.raises(ValueError, match="rank must be one of push, attribution"):
+        ProtocolSettings("a", "b", rank="gradient")

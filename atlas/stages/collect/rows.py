@@ -38,6 +38,7 @@ import torch.autograd.forward_ad as fwAD
 
 from atlas.checks import SettingError, at_least, one_of
 from atlas.models import capture
+from atlas.models.hooks import layer_as_leaf
 from atlas.runtime import forward_ad
 
 if TYPE_CHECKING:
@@ -223,19 +224,8 @@ def position_attribution(
         ``classes`` (B, m): the classes;
         ``attr`` (B, m, H, W): ``h . d logit_c / d h`` at every position for each class.
     """
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m, _i, output):
-        leaf = output.detach().requires_grad_(True)
-        captured["h"] = leaf
-        return leaf
-
-    handle = model.layer(layer).register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            logits = model(images)
-    finally:
-        handle.remove()
+    with layer_as_leaf(model.layer(layer)) as captured, torch.enable_grad():
+        logits = model(images)
     h = captured["h"]
     if h.dim() != 4:
         raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)})")

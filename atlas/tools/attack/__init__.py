@@ -56,12 +56,27 @@ from atlas.tools.attack.photos import augment_photo, source_images
 from atlas.tools.attack.report import FAMILIES, AttackReport, FamilyResult, write_report
 
 from atlas.tools.attack.run import AttackSettings, run_attack  # isort: skip
-from atlas.tools.attack.article import KINDS, ProtocolReport, ProtocolSettings, run_protocol, write_protocol_report
+from atlas.tools.attack.article import (
+    KINDS,
+    RANKS,
+    ProtocolReport,
+    ProtocolSettings,
+    run_protocol,
+    write_protocol_report,
+)
 from atlas.tools.attack.protocol import ProtocolCounts, ProtocolResult, protocol_result, two_way_bootstrap
-from atlas.tools.attack.third import atlas_example_patches, excluded_classes, push_gradient, third_class_cells
+from atlas.tools.attack.third import (
+    atlas_class_attribution,
+    atlas_example_patches,
+    excluded_classes,
+    push_gradient,
+    third_class_cells,
+)
 
 __all__ = [
     "KINDS",
+    "RANKS",
+    "atlas_class_attribution",
     "ProtocolCounts",
     "ProtocolReport",
     "ProtocolResult",

@@ -15,19 +15,27 @@ import numpy as np
 import torch
 
 from atlas.models import AtlasModel
-from atlas.resources import class_index, imagenet_class_names
 from atlas.resources.wordnet import DEFAULT_MAX_GROUP, DEFAULT_MAX_HOPS
 from atlas.tools.attack.evaluate import CORNERS, DEFAULT_SIZES, evaluate_patch, paste, predict
 from atlas.tools.attack.neighbourhoods import Candidate, comparison_cells, comparison_rows
 from atlas.tools.attack.patches import example_patches, noise_patches, render_patches
 from atlas.tools.attack.photos import _class_photos, _load, _universal_images, augment_photo, source_views
 from atlas.tools.attack.protocol import ProtocolCounts, ProtocolResult, protocol_result, protocol_table
-from atlas.tools.attack.run import _cand_json
-from atlas.tools.attack.third import atlas_example_patches, excluded_classes, push_gradient, third_class_cells
+from atlas.tools.attack.run import _cand_json, pair_and_layer
+from atlas.tools.attack.third import (
+    atlas_class_attribution,
+    atlas_example_patches,
+    excluded_classes,
+    push_gradient,
+    third_class_cells,
+)
 
 #: which neighbourhoods become patches: of a third class, of the target (the comparison atlas's
 #: best cells), or both, reported side by side
 KINDS = ("third", "target", "both")
+#: how third-class cells are ranked: by the first-order push of their direction on the selection
+#: photos, or by their atlas rows' own attribution to the target minus the source
+RANKS = ("push", "attribution")
 
 # ---- the whole protocol ---------------------------------------------------------------------------
 
@@ -41,6 +49,7 @@ class ProtocolSettings:
     kind: str = "third"  # "third", "target" or "both": which neighbourhoods become patches
     level: int | None = None
     patches: int = 10  # per family, as in the article
+    rank: str = "push"  # third kind: "push" (gradient on the selection photos) or "attribution" (the atlas rows')
     screen: int = 0  # third kind: render this many top cells by push, keep the `patches` best on the selection photos
     controls: int = 10  # noise patches and random cells
     patch_px: int = 112
@@ -63,6 +72,8 @@ class ProtocolSettings:
         self.sizes = tuple(float(s) for s in self.sizes)
         if not self.sizes or not all(0 < s <= 1 for s in self.sizes):
             raise ValueError(f"sizes are fractions of the image width in (0, 1], got {self.sizes}")
+        if self.rank not in RANKS:
+            raise ValueError(f"rank must be one of {', '.join(RANKS)}, not {self.rank!r}")
         if self.screen and self.screen < self.patches:
             raise ValueError(f"screen ({self.screen}) renders the candidates that the best {self.patches} are kept "
                              "from: give at least --patches, or 0 for no screening")
@@ -114,20 +125,11 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
     from tqdm.auto import tqdm
 
     from atlas.store.cells import cells_attrs, read_cells
-    from atlas.store.layout import read_layout
 
     t0 = time.perf_counter()
     secs: dict[str, float] = {}
-    names = model.class_names or imagenet_class_names()
-    s_idx, t_idx = class_index(settings.source, names), class_index(settings.target, names)
-    if s_idx == t_idx:
-        raise ValueError(f"source and target are the same class ({names[s_idx]!r})")
-    run_dir = Path(run_dir)
-    for f, stage in (("layout.h5", "reduce"), ("cells.h5", "grid")):
-        if not (run_dir / f).is_file():
-            raise ValueError(f"{run_dir} holds no {f}; give the folder of an atlas run (run `atlas {stage}` first)")
-    layer = str(read_layout(run_dir / "layout.h5").attrs.get("layer"))
-    model.layer(layer)
+    names, s_idx, t_idx, run_dir, layer = pair_and_layer(model, run_dir, settings.source, settings.target,
+                                                         need_cells=True)
     sizes_avail = [int(v) for v in cells_attrs(run_dir / "cells.h5")["sizes"]]
     level = settings.level or sizes_avail[len(sizes_avail) // 2]
     if level not in sizes_avail:
@@ -159,9 +161,14 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
     screening: list[dict[str, Any]] = []
     examples: dict[str, torch.Tensor] = {}
     if settings.kind in ("third", "both"):
-        grad = push_gradient(model, layer, x[sel], s_idx, t_idx, batch_size=max(1, settings.batch_size // 2))
+        if settings.rank == "attribution":  # the atlas rows' own attribution, target minus source
+            attr, _ = atlas_class_attribution(run_dir, level, [t_idx, s_idx])
+            grad, push = None, (attr[:, 0] - attr[:, 1])[cells.cell_id]
+        else:  # first order on the selection photos
+            grad = push_gradient(model, layer, x[sel], s_idx, t_idx, batch_size=max(1, settings.batch_size // 2))
+            push = None
         third = third_class_cells(cells, grad, exclude, k=max(settings.patches, settings.screen), top=settings.top,
-                                  min_count=settings.min_count, class_names=names)
+                                  min_count=settings.min_count, class_names=names, push=push)
         if not third:
             raise ValueError(f"no cell of grid {level} with {settings.min_count}+ rows pushes toward "
                              f"{names[t_idx]!r} and depicts a third class; try another --level")

@@ -68,6 +68,26 @@ class AttackSettings:
                              f"got {self.selection_fraction}")
 
 
+def pair_and_layer(model: AtlasModel, run_dir: str | os.PathLike, source: str, target: str, *,
+                   need_cells: bool = False) -> tuple[list[str], int, int, Path, str]:
+    """Check an attack's class pair and run folder: the model's class names, the source and
+    target indices, the run folder and its atlas's layer (clear errors for an unknown or
+    repeated class and a folder that is not an atlas run)."""
+    from atlas.store.layout import read_layout
+
+    names = list(model.class_names or imagenet_class_names())
+    s_idx, t_idx = class_index(source, names), class_index(target, names)
+    if s_idx == t_idx:
+        raise ValueError(f"source and target are the same class ({names[s_idx]!r})")
+    run_dir = Path(run_dir)
+    for f, stage in (("layout.h5", "reduce"), ("cells.h5", "grid"))[: 2 if need_cells else 1]:
+        if not (run_dir / f).is_file():
+            raise ValueError(f"{run_dir} holds no {f}; give the folder of an atlas run (after `atlas {stage}`)")
+    layer = str(read_layout(run_dir / "layout.h5").attrs.get("layer"))
+    model.layer(layer)
+    return names, s_idx, t_idx, run_dir, layer
+
+
 def _select(effects: Sequence[PatchEffect], sel: np.ndarray) -> tuple[int, list[float]]:
     """The member with the best mean dynamic success on the selection views (ties: mean target
     probability)."""
@@ -88,19 +108,9 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     default the photos labelled with that class in the atlas's own image source. ``universal``: a
     folder of photos of many classes for the universal mode (default: none).
     """
-    from atlas.store.layout import read_layout
-
     t0 = time.perf_counter()
     secs: dict[str, float] = {}
-    names = model.class_names or imagenet_class_names()
-    s_idx, t_idx = class_index(settings.source, names), class_index(settings.target, names)
-    if s_idx == t_idx:
-        raise ValueError(f"source and target are the same class ({names[s_idx]!r})")
-    run_dir = Path(run_dir)
-    if not (run_dir / "layout.h5").is_file():
-        raise ValueError(f"{run_dir} holds no layout.h5; give the folder of an atlas run (after `atlas reduce`)")
-    layer = str(read_layout(run_dir / "layout.h5").attrs.get("layer"))
-    model.layer(layer)
+    names, s_idx, t_idx, run_dir, layer = pair_and_layer(model, run_dir, settings.source, settings.target)
     src_paths = _class_photos(run_dir, s_idx, images, names, "--images")
     tgt_paths = _class_photos(run_dir, t_idx, target_images, names, "--target-images")
 

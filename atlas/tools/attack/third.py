@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas.models import AtlasModel
+from atlas.models.hooks import layer_as_leaf
 from atlas.resources import imagenet_wnids
 from atlas.resources.wordnet import DEFAULT_MAX_GROUP, DEFAULT_MAX_HOPS, close_relatives
 from atlas.tools.attack.neighbourhoods import Candidate
@@ -35,20 +36,9 @@ def push_gradient(model: AtlasModel, layer: str, images: torch.Tensor, source: i
     position: ``(C,)`` float64."""
     total, n = None, 0
     for start in range(0, len(images), batch_size):
-        captured: dict[str, torch.Tensor] = {}
-
-        def hook(_m, _i, output):
-            leaf = output.detach().requires_grad_(True)
-            captured["h"] = leaf
-            return leaf
-
-        handle = model.layer(layer).register_forward_hook(hook)
-        try:
-            with torch.enable_grad():
-                logits = model(images[start:start + batch_size].to(model.device))
-                (logits[:, target] - logits[:, source]).sum().backward()
-        finally:
-            handle.remove()
+        with layer_as_leaf(model.layer(layer)) as captured, torch.enable_grad():
+            logits = model(images[start:start + batch_size].to(model.device))
+            (logits[:, target] - logits[:, source]).sum().backward()
         g = captured["h"].grad
         if g is None or g.dim() != 4:
             raise ValueError(f"layer {layer!r} gives no spatial gradient (output {tuple(captured['h'].shape)})")
@@ -72,13 +62,21 @@ def excluded_classes(source: int, target: int, n_classes: int, *, max_hops: int 
     return out
 
 
-def third_class_cells(cells, grad: np.ndarray, exclude: set[int], *, k: int = 10, top: int = 3,
-                      min_count: int = 8, class_names: Sequence[str]) -> list[Candidate]:
+def third_class_cells(cells, grad: np.ndarray | None, exclude: set[int], *, k: int = 10, top: int = 3,
+                      min_count: int = 8, class_names: Sequence[str], push: np.ndarray | None = None
+                      ) -> list[Candidate]:
     """The ``k`` cells of one grid level (a :class:`~atlas.store.cells.CellLevel`) with the largest
-    push ``grad . direction`` whose first ``top`` classes hold none of ``exclude`` and that hold at
-    least ``min_count`` rows. ``score`` is the push; the candidates carry the cell's direction and
-    top classes, and ``example_row`` is the atlas row nearest the direction (``cells.h5``)."""
-    push = cells.direction.astype(np.float64) @ grad
+    push ``grad . direction`` (or the given ``push``, one value per cell of ``cells``) whose first
+    ``top`` classes hold none of ``exclude`` and that hold at least ``min_count`` rows. ``score``
+    is the push; the candidates carry the cell's direction and top classes, and ``example_row``
+    is the atlas row nearest the direction (``cells.h5``)."""
+    if push is None:
+        if grad is None:
+            raise ValueError("give the gradient or the push of every cell")
+        push = cells.direction.astype(np.float64) @ grad
+    push = np.asarray(push, np.float64)
+    if push.shape != (len(cells.cell_id),):
+        raise ValueError(f"push has shape {push.shape}, not one value per cell ({len(cells.cell_id)})")
     size = int(cells.size)
     out = []
     for i in np.argsort(-push, kind="stable"):
@@ -95,6 +93,37 @@ def third_class_cells(cells, grad: np.ndarray, exclude: set[int], *, k: int = 10
                              cells.direction[i].astype(np.float32), None,
                              example_row=int(ex[0]) if len(ex) and ex[0] >= 0 else -1))
     return out
+
+
+def atlas_class_attribution(run_dir: str | os.PathLike, level: int, classes: Sequence[int]
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """The class-comparison atlas over every photo of the atlas, as the article reads it: for each
+    cell of grid ``level`` (by cell id), the mean over its atlas rows of each class's attribution
+    ``h . d logit_c / d h`` at the row's position of its own photo, ``(level * level,
+    len(classes))``, and the rows per cell. A row that does not list the class among its stored
+    top classes counts 0 (collect keeps each row's ``top_k`` classes), so the means understate
+    weak attributions; a cell full of, say, locomotive smoke that the model reads as "scuba
+    diver" stands out."""
+    from atlas.stages.grid import grid_cells
+    from atlas.store.activations import ActivationsFile
+    from atlas.store.layout import read_layout
+
+    run_dir = Path(run_dir)
+    layout = read_layout(run_dir / "layout.h5")
+    rows = np.flatnonzero(layout.valid)
+    with ActivationsFile(run_dir / "activations.h5") as acts:
+        layer = acts.layer(layout.layer)
+        if not acts.has(layer, "attribution/top_classes"):
+            raise ValueError(f"{run_dir / 'activations.h5'} holds no attribution; collect with attribution on, "
+                             "or rank the cells by their push (rank='push')")
+        tc = acts.read_rows(layer, "attribution/top_classes", layout.row_ids[rows])
+        tv = acts.read_rows(layer, "attribution/top_values", layout.row_ids[rows]).astype(np.float64)
+    ids = grid_cells(layout.xy[rows], level)
+    counts = np.bincount(ids, minlength=level * level)
+    out = np.zeros((level * level, len(classes)))
+    for j, c in enumerate(classes):
+        out[:, j] = np.bincount(ids, weights=np.where(tc == c, tv, 0.0).sum(1), minlength=level * level)
+    return out / np.maximum(counts, 1)[:, None], counts
 
 
 def atlas_example_patches(run_dir: str | os.PathLike, cands: Sequence[Candidate], model: AtlasModel, px: int,
