@@ -126,9 +126,9 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 
 
 def add_grid(sub: argparse._SubParsersAction) -> None:
+    """Add ``atlas grid`` to ``sub``."""
     from atlas.stages.grid import GridSettings
 
-    """Add ``atlas grid`` to ``sub``."""
     s = sub.add_parser("grid", help="activations + layout -> cells.h5 at several zoom levels")
     s.add_argument("run_dir", nargs="?", default=None)
     s.add_argument("--activations", default=None)
@@ -161,9 +161,9 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def add_render(sub: argparse._SubParsersAction) -> None:
+    """Add ``atlas render`` to ``sub``."""
     from atlas.stages.render.settings import RenderSettings
 
-    """Add ``atlas render`` to ``sub``."""
     s = sub.add_parser("render", help="cells.h5 -> icons.h5: a feature visualization per cell, in batches")
     s.add_argument("run_dir", nargs="?", default=None)
     s.add_argument("--cells", default=None)

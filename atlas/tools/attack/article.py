@@ -17,9 +17,21 @@ import torch
 from atlas.models import AtlasModel
 from atlas.resources.wordnet import DEFAULT_MAX_GROUP, DEFAULT_MAX_HOPS
 from atlas.tools.attack.evaluate import CORNERS, DEFAULT_SIZES, evaluate_patch, paste, predict
-from atlas.tools.attack.neighbourhoods import Candidate, comparison_cells, comparison_rows
+from atlas.tools.attack.neighbourhoods import (
+    Candidate,
+    cell_class_ids,
+    comparison_cells,
+    comparison_rows,
+    grid_level,
+    random_cell_rows,
+)
 from atlas.tools.attack.patches import example_patches, noise_patches, render_patches
-from atlas.tools.attack.photos import _class_photos, _load, _universal_images, augment_photo, source_views
+from atlas.tools.attack.photos import (
+    _class_photos,
+    _universal_images,
+    comparison_views,
+    source_views,
+)
 from atlas.tools.attack.protocol import ProtocolCounts, ProtocolResult, protocol_result, protocol_table
 from atlas.tools.attack.run import _cand_json, pair_and_layer
 from atlas.tools.attack.third import (
@@ -124,17 +136,11 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
     """
     from tqdm.auto import tqdm
 
-    from atlas.store.cells import cells_attrs, read_cells
-
     t0 = time.perf_counter()
     secs: dict[str, float] = {}
     names, s_idx, t_idx, run_dir, layer = pair_and_layer(model, run_dir, settings.source, settings.target,
                                                          need_cells=True)
-    sizes_avail = [int(v) for v in cells_attrs(run_dir / "cells.h5")["sizes"]]
-    level = settings.level or sizes_avail[len(sizes_avail) // 2]
-    if level not in sizes_avail:
-        raise ValueError(f"{run_dir / 'cells.h5'} has grid sizes {sizes_avail}, not {level}; pick one (--level)")
-    cells = read_cells(run_dir / "cells.h5", [level])[level]
+    level, cells = grid_level(run_dir, settings.level)
 
     # source photos: one view each (the photo as the model sees it), those classified correctly
     src_paths = _class_photos(run_dir, s_idx, images, names, "--images")
@@ -179,12 +185,9 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
         examples["third"] = atlas_example_patches(run_dir, third, model, settings.patch_px)[0]
     if settings.kind in ("target", "both"):
         tgt_paths = _class_photos(run_dir, t_idx, target_images, names, "--target-images")
-        gen = torch.Generator().manual_seed(settings.seed + 1)
-        per = lambda ps: max(1, 24 if len(ps) < 8 else 1)  # noqa: E731
         # the target's photos and the selection photos of the source: none of the measured ones
         sel_paths = src_paths if len(src_paths) < 8 else [q for i, q in enumerate(src_paths) if i % step == 0]
-        comp_x = torch.cat([augment_photo(im, model, per(ps), gen) for ps in (tgt_paths, sel_paths)
-                            for im in (_load(q, model) for q in ps) if im is not None])
+        comp_x = comparison_views(model, (tgt_paths, sel_paths), augment=settings.augment, seed=settings.seed + 1)
         rows = comparison_rows(model, layer, comp_x, s_idx, t_idx, batch_size=max(1, settings.batch_size // 2),
                                progress=progress)
         tgt, _, _ = comparison_cells(run_dir, rows, level=level, k=settings.patches, n_random=0,
@@ -192,13 +195,9 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
         by_kind["target"] = tgt
         examples["target"] = example_patches(tgt, rows, comp_x, settings.patch_px)
     cands = [c for kind in by_kind.values() for c in kind]
-    taken = {c.iy * level + c.ix for c in cands}
-    pool = [i for i, c in enumerate(cells.cell_id) if int(c) not in taken]
-    rng = np.random.default_rng(settings.seed)
-    rand_i = rng.choice(pool, size=min(settings.controls, len(pool)), replace=False) if pool else []
+    rand_i = random_cell_rows(cells, {c.iy * level + c.ix for c in cands}, settings.controls, settings.seed)
     rands = [Candidate(level, int(cells.cell_id[i]) // level, int(cells.cell_id[i]) % level, 0.0, 0.0, 0.0,
-                       int(cells.count[i]), [names[int(c)] for c, v in zip(cells.top_classes[i], cells.top_values[i])
-                                             if v > 0 and 0 <= c < len(names)][: settings.top],
+                       int(cells.count[i]), [names[c] for c in cell_class_ids(cells, i, len(names))][: settings.top],
                        cells.direction[i].astype(np.float32)) for i in rand_i]
     secs["candidates"] = time.perf_counter() - tc
 

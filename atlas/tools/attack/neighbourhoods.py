@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +92,32 @@ def comparison_rows(model: AtlasModel, layer: str, images: torch.Tensor, source:
                           np.concatenate(pos), grid)
 
 
+def grid_level(run_dir: Path, level: int | None) -> tuple[int, Any]:
+    """Grid ``level`` of the run's ``cells.h5`` (default: its middle size) and its cells (a
+    :class:`~atlas.store.cells.CellLevel`); a clear error for a size the file does not have."""
+    from atlas.store.cells import cells_attrs, read_cells
+
+    sizes = [int(v) for v in cells_attrs(run_dir / "cells.h5")["sizes"]]
+    level = level or sizes[len(sizes) // 2]
+    if level not in sizes:
+        raise ValueError(f"{run_dir / 'cells.h5'} has grid sizes {sizes}, not {level}; pick one of them (--level)")
+    return level, read_cells(run_dir / "cells.h5", [level])[level]
+
+
+def cell_class_ids(cells: Any, i: int, n_classes: int) -> list[int]:
+    """The top classes of row ``i`` of a grid level by the atlas's attribution, strongest first
+    (those with a positive value and an index below ``n_classes``)."""
+    return [int(c) for c, v in zip(cells.top_classes[i], cells.top_values[i]) if v > 0 and 0 <= c < n_classes]
+
+
+def random_cell_rows(cells: Any, taken: set[int], n: int, seed: int) -> list[int]:
+    """``n`` rows of a grid level drawn at random (seeded) among the cells whose id is not in
+    ``taken``: the random-cell baseline."""
+    pool = [i for i, c in enumerate(cells.cell_id) if int(c) not in taken]
+    rng = np.random.default_rng(seed)
+    return [int(i) for i in rng.choice(pool, size=min(n, len(pool)), replace=False)] if pool else []
+
+
 def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level: int | None = None, k: int = 4,
                      n_random: int = 4, min_rows: int = 8, seed: int = 0,
                      class_names: Sequence[str] | None = None) -> tuple[list[Candidate], list[Candidate], int]:
@@ -102,18 +129,13 @@ def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level:
     random (direction: the cell's own mean, as in ``cells.h5``) for the baseline, and the level."""
     from atlas.stages.grid import grid_cells
     from atlas.stages.reduce import load_placer, project
-    from atlas.store.cells import cells_attrs, read_cells
     from atlas.store.icons import read_icons
 
     run_dir = Path(run_dir)
     for name, stage in (("layout.h5", "reduce"), ("cells.h5", "grid")):
         if not (run_dir / name).is_file():
             raise ValueError(f"{run_dir} holds no {name}; give the folder of an atlas run (run `atlas {stage}` first)")
-    sizes = [int(v) for v in cells_attrs(run_dir / "cells.h5")["sizes"]]
-    level = level or sizes[len(sizes) // 2]
-    if level not in sizes:
-        raise ValueError(f"{run_dir / 'cells.h5'} has grid sizes {sizes}, not {level}; pick one of them (--level)")
-    cells = read_cells(run_dir / "cells.h5", [level])[level]
+    level, cells = grid_level(run_dir, level)
     layout_path = run_dir / "layout.h5"
     xy = project(layout_path, rows.acts.astype(np.float32), est=load_placer(layout_path))
     ok = np.isfinite(xy).all(1)
@@ -136,8 +158,7 @@ def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level:
 
     def info(cid: int) -> tuple[list[str], np.ndarray | None]:
         i, j = cell_row.get(cid), icon_row.get(cid)
-        classes = [] if i is None else [names[int(c)] for c, v in zip(cells.top_classes[i], cells.top_values[i])
-                                       if v > 0 and 0 <= c < len(names)]
+        classes = [] if i is None else [names[c] for c in cell_class_ids(cells, i, len(names))]
         icon = icons.icons[j] if icons is not None and j is not None and bool(icons.done[j]) else None
         return classes, icon
 
@@ -159,11 +180,8 @@ def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level:
         cands.append(Candidate(level, cid // level, cid % level, float(mean_diff[u]), float(mean_t[u]),
                                float(mean_s[u]), int(cnt[u]), classes, direction.astype(np.float32), icon,
                                example_row=best))
-    taken = {c.iy * level + c.ix for c in cands}
-    pool = [i for i, c in enumerate(cells.cell_id) if int(c) not in taken]
-    rng = np.random.default_rng(seed)
     rands = []
-    for i in rng.choice(pool, size=min(n_random, len(pool)), replace=False) if pool else []:
+    for i in random_cell_rows(cells, {c.iy * level + c.ix for c in cands}, n_random, seed):
         cid = int(cells.cell_id[i])
         classes, icon = info(cid)
         hit = np.flatnonzero(uniq == cid)

@@ -36,22 +36,30 @@ def example_patches(cands: Sequence[Candidate], rows: ComparisonRows, views: tor
     centred on the position and kept inside the view), resized to ``px``: ``(K, 3, px, px)``."""
     if rows.position is None:
         raise ValueError("these comparison rows carry no positions; compute them with comparison_rows")
-    gh, gw = rows.grid
     out = []
     for c in cands:
         if c.example_row < 0:
             raise ValueError(f"{c.name} has no example row")
-        view = views[int(rows.image[c.example_row])]
-        _, h, w = view.shape
-        y, x = rows.position[c.example_row]
-        side = max(2, int(round(fraction * min(h, w))))
-        cy, cx = (float(y) + 0.5) / gh * h, (float(x) + 0.5) / gw * w
-        top = int(min(max(round(cy - side / 2), 0), h - side))
-        left = int(min(max(round(cx - side / 2), 0), w - side))
-        crop = view[:, top:top + side, left:left + side][None]
-        out.append(F.interpolate(crop.float(), size=(px, px), mode="bilinear", align_corners=False,
-                                 antialias=True)[0].clamp(0, 1))
+        out.append(crop_around(views[int(rows.image[c.example_row])], rows.position[c.example_row], rows.grid,
+                               px, fraction))
     return torch.stack(out)
+
+
+def crop_around(view: torch.Tensor, position: Sequence[int], grid: tuple[int, int], px: int,
+                fraction: float = 0.5) -> torch.Tensor:
+    """The square crop of ``view`` ``(3, H, W)`` around the layer position ``(y, x)`` of a
+    ``grid`` ``(gh, gw)`` (``fraction`` of the view's width, centred on the position and kept
+    inside the view), resized to ``px``: ``(3, px, px)`` in [0, 1]."""
+    gh, gw = grid
+    _, h, w = view.shape
+    y, x = position
+    side = max(2, int(round(fraction * min(h, w))))
+    cy, cx = (float(y) + 0.5) / gh * h, (float(x) + 0.5) / gw * w
+    top = int(min(max(round(cy - side / 2), 0), h - side))
+    left = int(min(max(round(cx - side / 2), 0), w - side))
+    crop = view[:, top:top + side, left:left + side][None]
+    return F.interpolate(crop.float(), size=(px, px), mode="bilinear", align_corners=False,
+                         antialias=True)[0].clamp(0, 1)
 
 def noise_patches(n: int, px: int, seed: int = 0) -> torch.Tensor:
     """``n`` uniform-noise patches ``(n, 3, px, px)``: the baseline every patch must beat."""

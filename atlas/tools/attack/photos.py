@@ -61,6 +61,16 @@ def _load(path: str, model: AtlasModel) -> Image.Image | None:
         return None
 
 
+def comparison_views(model: AtlasModel, photo_sets: Sequence[Sequence[str]], *, augment: int = 24,
+                     seed: int = 0) -> torch.Tensor:
+    """The views the class-comparison rows are computed from: for each set of photos in turn,
+    ``augment`` views per photo when the set has fewer than 8 photos (one each from 8 on), from
+    one seeded generator; unreadable photos are skipped."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.cat([augment_photo(im, model, max(1, augment if len(ps) < 8 else 1), gen)
+                      for ps in photo_sets for im in (_load(q, model) for q in ps) if im is not None])
+
+
 def source_views(model: AtlasModel, source: int, photos: Sequence[str], *, augment: int = 24, seed: int = 0,
                  batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray, int]:
     """Views of the source-class ``photos`` that the model classifies as ``source`` (top-1):

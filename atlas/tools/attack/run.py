@@ -18,9 +18,14 @@ import torch
 from atlas.models import AtlasModel
 from atlas.resources import class_index, imagenet_class_names
 from atlas.tools.attack.evaluate import CORNERS, DEFAULT_SIZES, PatchEffect, evaluate_patch, paste, predict
-from atlas.tools.attack.neighbourhoods import Candidate, ComparisonRows, comparison_cells, comparison_rows
+from atlas.tools.attack.neighbourhoods import Candidate, ComparisonRows, comparison_cells, comparison_rows, grid_level
 from atlas.tools.attack.patches import example_patches, icon_patches, noise_patches, render_patches
-from atlas.tools.attack.photos import _class_photos, _load, _universal_images, augment_photo, source_images
+from atlas.tools.attack.photos import (
+    _class_photos,
+    _universal_images,
+    comparison_views,
+    source_images,
+)
 from atlas.tools.attack.report import AttackReport, FamilyResult, write_report
 from atlas.tools.attack.third import atlas_example_patches, excluded_classes, push_gradient, third_class_cells
 
@@ -117,11 +122,7 @@ def run_attack(model: AtlasModel, run_dir: str | os.PathLike, settings: AttackSe
     # the class-comparison atlas, from views of both classes' photos (their own seed, so that the
     # views the patches are measured on are other crops)
     tc = time.perf_counter()
-    gen = torch.Generator().manual_seed(settings.seed + 1)
-    per = lambda ps: max(1, settings.augment if len(ps) < 8 else 1)  # noqa: E731
-    views = [augment_photo(im, model, per(ps), gen)
-             for ps in (tgt_paths, src_paths) for im in (_load(q, model) for q in ps) if im is not None]
-    comp_x = torch.cat(views)
+    comp_x = comparison_views(model, (tgt_paths, src_paths), augment=settings.augment, seed=settings.seed + 1)
     rows = comparison_rows(model, layer, comp_x, s_idx, t_idx, batch_size=settings.batch_size,
                            progress=progress)
     cands, rands, level = comparison_cells(run_dir, rows, level=settings.level, k=settings.candidates,
@@ -207,9 +208,7 @@ def _third_candidates(model: AtlasModel, run_dir: Path, layer: str, level: int, 
                       target: int, names: Sequence[str], settings: AttackSettings) -> list[Candidate]:
     """The third-class cells of grid ``level`` that push ``views`` of the source most toward the
     target (:mod:`atlas.tools.attack.third`)."""
-    from atlas.store.cells import read_cells
-
-    cells = read_cells(run_dir / "cells.h5", [level])[level]
+    _, cells = grid_level(run_dir, level)
     exclude = excluded_classes(source, target, len(names))
     grad = push_gradient(model, layer, views, source, target, batch_size=max(1, settings.batch_size // 2))
     cands = third_class_cells(cells, grad, exclude, k=settings.candidates, class_names=names)

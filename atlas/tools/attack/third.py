@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from atlas.models import AtlasModel
 from atlas.models.hooks import layer_as_leaf
 from atlas.resources import imagenet_wnids
 from atlas.resources.wordnet import DEFAULT_MAX_GROUP, DEFAULT_MAX_HOPS, close_relatives
-from atlas.tools.attack.neighbourhoods import Candidate
+from atlas.tools.attack.neighbourhoods import Candidate, cell_class_ids
+from atlas.tools.attack.patches import crop_around
 
 
 def push_gradient(model: AtlasModel, layer: str, images: torch.Tensor, source: int, target: int, *,
@@ -82,14 +82,13 @@ def third_class_cells(cells, grad: np.ndarray | None, exclude: set[int], *, k: i
     for i in np.argsort(-push, kind="stable"):
         if push[i] <= 0 or len(out) >= k:
             break
-        vals, cls = cells.top_values[i], cells.top_classes[i]
-        mine = [int(c) for c, v in zip(cls, vals) if v > 0 and c >= 0][:top]
+        mine = cell_class_ids(cells, i, len(class_names))[:top]
         if int(cells.count[i]) < min_count or not mine or set(mine) & exclude:
             continue
         cid = int(cells.cell_id[i])
         ex = cells.example_rows[i]
         out.append(Candidate(size, cid // size, cid % size, float(push[i]), float(push[i]), 0.0, int(cells.count[i]),
-                             [class_names[c] for c in mine if c < len(class_names)],
+                             [class_names[c] for c in mine],
                              cells.direction[i].astype(np.float32), None,
                              example_row=int(ex[0]) if len(ex) and ex[0] >= 0 else -1))
     return out
@@ -140,7 +139,7 @@ def atlas_example_patches(run_dir: str | os.PathLike, cands: Sequence[Candidate]
         root = Path(str(acts.attrs.get("source", "")))
         keys = acts.image_keys()
         layer = acts.layer()
-        gh, gw = acts.spec(layer).grid_shape
+        grid = acts.spec(layer).grid_shape
         info = {}
         for c in cands:
             if c.example_row >= 0:
@@ -154,14 +153,7 @@ def atlas_example_patches(run_dir: str | os.PathLike, cands: Sequence[Candidate]
         if key and "::" not in key:
             try:
                 view = model.image_transform(decode_image((root / key).read_bytes()))
-                _, h, w = view.shape
-                side = max(2, int(round(fraction * min(h, w))))
-                cy, cx = (float(pos[0]) + 0.5) / gh * h, (float(pos[1]) + 0.5) / gw * w
-                top = int(min(max(round(cy - side / 2), 0), h - side))
-                left = int(min(max(round(cx - side / 2), 0), w - side))
-                crop = view[:, top:top + side, left:left + side][None].float()
-                patch = F.interpolate(crop, size=(px, px), mode="bilinear", align_corners=False,
-                                      antialias=True)[0].clamp(0, 1)
+                patch = crop_around(view, pos, grid, px, fraction)
             except (BadImage, OSError):
                 key = ""
         out.append(patch)
