@@ -92,6 +92,8 @@ def build_tiles(
     class_names: Sequence[str] | None = None,
     title: str | None = None,
     comparison: Mapping[str, Any] | None = None,
+    layer_set: Sequence[str] | None = None,
+    aligned: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> TilesSummary:
     """Draw the tile pyramid of an atlas and write its metadata (see the module docstring).
@@ -111,6 +113,12 @@ def build_tiles(
         comparison: what a class-comparison atlas's x axis means, written to the manifest as
             ``comparison`` (``{"left": {"index", "name"}, "right": {"index", "name"}, "x": str}``;
             :func:`atlas.stages.classes.comparison_atlas` passes it); the viewer draws it as an axis.
+        layer_set: the layers of a multi-layer run, in the model's order, written to the manifest
+            as ``layer_set``; the viewer shows a row of them to switch between the run's layer atlases
+            (``RUN/layers/<layer>/tiles``).
+        aligned: one side of an aligned atlas, written to the manifest as ``aligned``
+            (``{"name", "side": "a" | "b", "label", "peer": the other side's tiles folder relative to
+            this one, "peer_label"}``); the viewer shows both sides with linked pan and zoom.
         overwrite: redraw a pyramid that was drawn with other settings; without it such a
             pyramid is left as it is and :class:`~atlas.store.common.SettingsChangedError` names
             the changed settings.
@@ -218,6 +226,10 @@ def build_tiles(
     }
     if comparison is not None:
         manifest["comparison"] = json.loads(json.dumps(dict(comparison)))
+    if layer_set is not None:
+        manifest["layer_set"] = [str(x) for x in layer_set]
+    if aligned is not None:
+        manifest["aligned"] = json.loads(json.dumps(dict(aligned)))
     write_atomic(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     write_atomic(out / STATE_FILE, json.dumps(state).encode())
     summary = TilesSummary(
