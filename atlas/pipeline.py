@@ -12,6 +12,14 @@ ways forward. ``overwrite=True`` (``atlas run CONFIG --overwrite``) replaces suc
 stages after one then rebuild from it, as their inputs changed. There is deliberately no config
 key for it: left in a config, it would discard finished work on every later run.
 
+A config naming several layers (``[collect] layers``) makes a multi-layer run: collect reads
+every layer in one pass into the run's ``activations.h5``, and reduce, grid, render and tiles
+run once per layer, each layer's files in ``RUN/layers/<layer>/`` (``layout.h5``, ``cells.h5``,
+``icons.h5``, ``tiles/``; :func:`layer_folders`), each skipped or resumed on its own, so a
+kill during the third layer's render keeps the first two layers' icons. Each layer's tiles
+record the run's layers (``layer_set``), which the viewer shows as a row to switch between.
+A single-layer run keeps its files in the run folder itself.
+
 With a scheduler (``[run] scheduler`` or ``scheduler=``), collect and reduce's placement run on
 Dask distributed (:mod:`atlas.runtime.distributed`); the connection (or local cluster) is made when the
 first of them has work and shared by both. Grid, render and tiles run in this process.
@@ -62,20 +70,43 @@ def _collect(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, o
     return summary.describe()
 
 
+def layer_folders(cfg: PipelineConfig) -> list[tuple[str | None, Path]]:
+    """Where each layer's reduce, grid, render and tiles files go: ``[(None, RUN)]`` for a
+    single-layer run (``None``: the activations file's only layer), ``[(layer, RUN/layers/<layer>)]``
+    in the config's order for a multi-layer one."""
+    layers = cfg.collect.settings.layers
+    if len(layers) == 1:
+        return [(None, cfg.run_dir)]
+    return [(name, cfg.run_dir / "layers" / name) for name in layers]
+
+
+def _per_layer(cfg: PipelineConfig, step: Callable[[str | None, Path], str]) -> str:
+    """Run ``step(layer, folder)`` for every layer folder; one summary, each line named by its layer."""
+    done = []
+    for layer, folder in layer_folders(cfg):
+        folder.mkdir(parents=True, exist_ok=True)
+        if layer is not None:
+            log.info("layer %s", layer)
+        summary = step(layer, folder)
+        done.append(summary if layer is None else f"[{layer}] {summary}")
+    return "\n".join(done)
+
+
 def _reduce(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.stages.reduce import reduce_file
 
-    d = cfg.run_dir
-    return reduce_file(d / "activations.h5", d / "layout.h5", cfg.reduce, progress=progress,
-                       scheduler=scheduler, overwrite=overwrite).describe()
+    acts = cfg.run_dir / "activations.h5"
+    return _per_layer(cfg, lambda layer, d: reduce_file(
+        acts, d / "layout.h5", cfg.reduce, layer=layer, progress=progress, scheduler=scheduler,
+        overwrite=overwrite).describe())
 
 
 def _grid(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.stages.grid import grid_file
 
-    d = cfg.run_dir
-    return grid_file(d / "activations.h5", d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress,
-                     overwrite=overwrite).describe()
+    acts = cfg.run_dir / "activations.h5"
+    return _per_layer(cfg, lambda layer, d: grid_file(
+        acts, d / "layout.h5", d / "cells.h5", cfg.grid, progress=progress, overwrite=overwrite).describe())
 
 
 def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
@@ -84,19 +115,29 @@ def _render(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, ov
 
     model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
                        device=cfg.run.device)
-    return render_cells(cfg.run_dir / "cells.h5", cfg.run_dir / "icons.h5", model, cfg.render, device=cfg.run.device,
-                        progress=progress, overwrite=overwrite).describe()
+    return _per_layer(cfg, lambda layer, d: render_cells(
+        d / "cells.h5", d / "icons.h5", model, cfg.render, device=cfg.run.device, progress=progress,
+        overwrite=overwrite).describe())
 
 
 def _tiles(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
     from atlas.stages.tiles import build_tiles
 
-    d, t = cfg.run_dir, cfg.tiles
-    return build_tiles(
-        d / "cells.h5", d / "icons.h5", d / "tiles", activations_path=d / "activations.h5", tile_size=t.tile_size,
-        density_scaling=t.density_scaling, tile_format=t.format, examples_per_cell=t.examples,
-        title=t.title or None, progress=progress, overwrite=overwrite,
-    ).describe()
+    t, layers = cfg.tiles, cfg.collect.settings.layers
+    multi = len(layers) > 1
+
+    def tiles(layer: str | None, d: Path) -> str:
+        title = t.title or None
+        if multi and title:
+            title = f"{title} · {layer}"
+        return build_tiles(
+            d / "cells.h5", d / "icons.h5", d / "tiles", activations_path=cfg.run_dir / "activations.h5",
+            tile_size=t.tile_size, density_scaling=t.density_scaling, tile_format=t.format,
+            examples_per_cell=t.examples, title=title, layer_set=list(layers) if multi else None,
+            progress=progress, overwrite=overwrite,
+        ).describe()
+
+    return _per_layer(cfg, tiles)
 
 
 def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
@@ -108,11 +149,14 @@ def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, o
         return "no class atlases configured ([classes] names, compare)"
     model = load_model(cfg.model.name, weights=cfg.model.weights or None, random_init=cfg.model.random_init,
                        device=cfg.run.device)
-    done = [class_atlas(cfg.run_dir, n, model, c, device=cfg.run.device, progress=progress, overwrite=overwrite)
-            for n in c.names]
-    done += [comparison_atlas(cfg.run_dir, a, b, model, c, device=cfg.run.device, progress=progress,
-                              overwrite=overwrite)
-             for a, b in c.compare]
+    done = []
+    for layer, _ in layer_folders(cfg):
+        done += [class_atlas(cfg.run_dir, n, model, c, layer=layer, device=cfg.run.device, progress=progress,
+                             overwrite=overwrite)
+                 for n in c.names]
+        done += [comparison_atlas(cfg.run_dir, a, b, model, c, layer=layer, device=cfg.run.device,
+                                  progress=progress, overwrite=overwrite)
+                 for a, b in c.compare]
     return "; ".join(s.describe() for s in done)
 
 

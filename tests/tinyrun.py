@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 
-def make_config(tmp_path: Path, n_photos: int = 12) -> Path:
+def make_config(tmp_path: Path, n_photos: int = 12, layers: tuple[str, ...] = ("inception4c",),
+                sampling: str = "random", extra: str = "", collect_extra: str = "") -> Path:
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -29,10 +30,12 @@ name = "inceptionv1"
 random_init = true
 [collect]
 source = "{photos}"
-layers = ["inception4c"]
+layers = [{", ".join(f'"{name}"' for name in layers)}]
+sampling = "{sampling}"
 positions_per_image = 3
 batch_size = 4
 workers = 0
+{collect_extra}
 [reduce]
 n_neighbors = 5
 [grid]
@@ -44,5 +47,5 @@ icon_size = 64
 batch_size = 8
 [tiles]
 tile_size = 128
-""")
+{extra}""")
     return cfg

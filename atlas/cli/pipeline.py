@@ -17,8 +17,9 @@ def add_collect(sub: argparse._SubParsersAction) -> None:
     add_model_args(s)
     s.add_argument("--layer", action="append", default=None,
                    help="layer to collect; repeat for several [inception4c]")
-    s.add_argument("--sampling", choices=("random", "all"), default="random",
-                   help="random positions per image (paper) or all positions [%(default)s]")
+    s.add_argument("--sampling", choices=("random", "all", "shared"), default="random",
+                   help="random positions per image (paper), all positions, or shared: the same random places "
+                        "of each photo in every layer, drawn on the coarsest layer's grid [%(default)s]")
     s.add_argument("--positions", type=int, default=1, help="random positions per image [%(default)s]")
     s.add_argument("--edge-margin", type=int, default=1, help="border cells never sampled [%(default)s]")
     s.add_argument("--seed", type=int, default=0)

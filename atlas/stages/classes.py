@@ -11,7 +11,8 @@ Each one lives in its own folder inside the run, with the files of a run::
     RUN/compare/<a>--<b>/          layout.h5  cells.h5  icons.h5  tiles/
 
 (folders named by the class names, e.g. ``classes/english-springer``, whatever form the class
-was given in).
+was given in). In a multi-layer run (``layer=``) they go in that layer's folder,
+``RUN/layers/<layer>/classes/<class name>/`` and ``RUN/layers/<layer>/compare/<a>--<b>/``.
 
 so ``atlas serve RUN`` lists them in the viewer's atlas picker beside the main atlas. Every
 step skips what is complete and current, as the stages do, so a rerun of the same command or
@@ -123,9 +124,16 @@ def compare_folder(run_dir: str | os.PathLike, class_a: str, class_b: str) -> Pa
     return Path(run_dir) / "compare" / f"{slug(class_a)}--{slug(class_b)}"
 
 
+def _root(run_dir: Path, layer: str | None) -> Path:
+    """The folder a sub-atlas's ``classes/`` or ``compare/`` folder goes in: the run's, or its layer's."""
+    return run_dir if layer is None else run_dir / "layers" / layer
+
+
 def class_atlas(run_dir: str | os.PathLike, name: str, model: AtlasModel, settings: SubAtlasSettings | None = None,
-                *, device: str = "auto", progress: bool = True, overwrite: bool = False) -> SubAtlasSummary:
-    """The class atlas of ``name`` in ``RUN/classes/<name>/`` (see the module docstring).
+                *, layer: str | None = None, device: str = "auto", progress: bool = True,
+                overwrite: bool = False) -> SubAtlasSummary:
+    """The class atlas of ``name`` in ``RUN/classes/<name>/`` (see the module docstring); of
+    ``layer`` in ``RUN/layers/<layer>/classes/<name>/`` (needed when the run has several layers).
 
     A file of the class atlas made with other settings stops it
     (:class:`~atlas.store.common.SettingsChangedError`, nothing touched) unless ``overwrite``,
@@ -137,21 +145,22 @@ def class_atlas(run_dir: str | os.PathLike, name: str, model: AtlasModel, settin
     run_dir = Path(run_dir)
     index = resolve_class(name)
     label = _name_of(model, index)
-    folder = class_folder(run_dir, label)
+    folder = class_folder(_root(run_dir, layer), label)
     folder.mkdir(parents=True, exist_ok=True)
     reduce_settings = ReduceSettings(class_filter=str(index), class_top_n=settings.class_top_n,
                                      sample_size=settings.sample_size, refine_epochs=settings.refine_epochs)
     keep_or_replace(lambda again: reduce_file(run_dir / "activations.h5", folder / "layout.h5", reduce_settings,
-                                              progress=progress, overwrite=again), overwrite)
-    return _finish(run_dir, folder, model, settings, f"Class atlas: {label}", t0, device=device, progress=progress,
+                                              layer=layer, progress=progress, overwrite=again), overwrite)
+    title = f"Class atlas: {label}" + (f" · {layer}" if layer else "")
+    return _finish(run_dir, folder, model, settings, title, t0, device=device, progress=progress,
                    overwrite=overwrite)
 
 
 def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, model: AtlasModel,
-                     settings: SubAtlasSettings | None = None, *, device: str = "auto",
-                     progress: bool = True, overwrite: bool = False) -> SubAtlasSummary:
+                     settings: SubAtlasSettings | None = None, *, layer: str | None = None,
+                     device: str = "auto", progress: bool = True, overwrite: bool = False) -> SubAtlasSummary:
     """The comparison atlas of ``class_a`` (right) and ``class_b`` (left) in ``RUN/compare/<a>--<b>/``
-    (``overwrite`` as in :func:`class_atlas`). Its tiles manifest records which class lies on
+    (``layer`` and ``overwrite`` as in :func:`class_atlas`). Its tiles manifest records which class lies on
     which side (``comparison``: ``{"left": {"index", "name"}, "right": {...}, "x": ...}``), which
     the viewer draws as an axis."""
     from atlas.stages.reduce import comparison_file, resolve_class
@@ -160,11 +169,12 @@ def comparison_atlas(run_dir: str | os.PathLike, class_a: str, class_b: str, mod
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     a, b = resolve_class(class_a), resolve_class(class_b)
-    folder = compare_folder(run_dir, _name_of(model, a), _name_of(model, b))
+    folder = compare_folder(_root(run_dir, layer), _name_of(model, a), _name_of(model, b))
     folder.mkdir(parents=True, exist_ok=True)
     keep_or_replace(lambda again: comparison_file(run_dir / "activations.h5", folder / "layout.h5", a, b,
-                                                  top_n=settings.class_top_n, overwrite=again), overwrite)
+                                                  layer=layer, top_n=settings.class_top_n, overwrite=again), overwrite)
     title = f"Comparison: {_name_of(model, b)} (left) vs {_name_of(model, a)} (right); x = attribution difference"
+    title += f" · {layer}" if layer else ""
     axis = {"left": {"index": b, "name": _name_of(model, b)}, "right": {"index": a, "name": _name_of(model, a)},
             "x": COMPARISON_AXIS}
     return _finish(run_dir, folder, model, settings, title, t0, device=device, progress=progress,

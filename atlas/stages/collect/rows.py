@@ -29,7 +29,7 @@ Rows of a batch are buffered per block of images and committed atomically (:func
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from atlas.models import AtlasModel
     from atlas.store.activations import LayerSpec, PartStore
 
-Sampling = Literal["random", "all"]
+Sampling = Literal["random", "all", "shared"]
 Rows = dict[str, dict[str, np.ndarray]]
 
 
@@ -56,8 +56,12 @@ class CollectSettings:
     Attributes:
         layers: layer names of the model, e.g. ``("inception4c",)``.
         sampling: ``"random"`` (``positions_per_image`` distinct positions per image, at least
-            ``edge_margin`` cells from the border; the paper's default is one) or ``"all"``
-            (every position of the grid, margin ignored).
+            ``edge_margin`` cells from the border; the paper's default is one), ``"all"``
+            (every position of the grid, margin ignored) or ``"shared"`` (for several layers of
+            different grids: ``positions_per_image`` positions drawn as ``"random"`` draws them
+            on the coarsest layer's grid, and each layer's row is the cell of its own grid that
+            holds the centre of that coarse cell, so row i of every layer looks at the same part
+            of the same photo; see :func:`shared_positions`).
         positions_per_image: k for random sampling.
         edge_margin: border cells excluded from random sampling (padding artifacts live there).
         seed: positions of image i come from ``np.random.default_rng([seed, i])``, so they do
@@ -88,7 +92,7 @@ class CollectSettings:
     def __post_init__(self) -> None:
         if not self.layers or not all(isinstance(n, str) and n for n in self.layers):
             raise SettingError("layers", f"must name at least one layer (e.g. inception4c), got {self.layers!r}")
-        one_of("sampling", self.sampling, ("random", "all"))
+        one_of("sampling", self.sampling, ("random", "all", "shared"))
         at_least("positions_per_image", self.positions_per_image, 1)
         at_least("edge_margin", self.edge_margin, 0)
         at_least("top_k", self.top_k, 1)
@@ -130,6 +134,41 @@ def sample_positions(
     flat = rng.choice(ih * iw, size=k, replace=False)
     ys, xs = np.divmod(flat, iw)
     return np.stack([ys + m, xs + m], 1)
+
+
+def shared_positions(
+    image_index: int,
+    grid_shapes: Sequence[tuple[int, int]],
+    settings: CollectSettings,
+) -> list[np.ndarray]:
+    """Positions (k, 2) of one image in each of ``grid_shapes``, the same k places of the photo.
+
+    The places are drawn on the coarsest grid (fewest cells) as ``"random"`` sampling draws them
+    (``positions_per_image``, ``edge_margin`` in that grid's cells, seeded by ``(seed,
+    image_index)``); in a finer H x W grid a coarse cell (y, x) of an h x w grid becomes the cell
+    holding its centre, ``(floor((y + 0.5) H / h), floor((x + 0.5) W / w))``. Layers of one
+    grid get identical positions, so their rows line up one to one.
+    """
+    coarse = min(grid_shapes, key=lambda g: (g[0] * g[1], g))
+    base = sample_positions(image_index, coarse, replace(settings, sampling="random"))
+    out = []
+    for h, w in grid_shapes:
+        ys = np.floor((base[:, 0] + 0.5) * h / coarse[0]).astype(base.dtype)
+        xs = np.floor((base[:, 1] + 0.5) * w / coarse[1]).astype(base.dtype)
+        out.append(np.stack([np.minimum(ys, h - 1), np.minimum(xs, w - 1)], 1))
+    return out
+
+
+def batch_positions(image_indices: Sequence[int], specs: Sequence[LayerSpec],
+                    settings: CollectSettings) -> dict[str, np.ndarray]:
+    """Positions (B, k, 2) of every layer for a batch of images (:func:`sample_positions`, or
+    :func:`shared_positions` with ``sampling = "shared"``)."""
+    if settings.sampling == "shared":
+        grids = [s.grid_shape for s in specs]
+        per_image = [shared_positions(int(i), grids, settings) for i in image_indices]
+        return {s.name: np.stack([p[j] for p in per_image]) for j, s in enumerate(specs)}
+    return {s.name: np.stack([sample_positions(int(i), s.grid_shape, settings) for i in image_indices])
+            for s in specs}
 
 
 def capture_until_last(model: AtlasModel, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -271,10 +310,7 @@ def compute_rows(
     b = images.shape[0]
     out: Rows = {}
     act_dtype = np.float16 if settings.dtype == "float16" else np.float32
-    positions = {
-        s.name: np.stack([sample_positions(int(i), s.grid_shape, settings) for i in image_indices])
-        for s in specs
-    }  # layer -> (B, k, 2)
+    positions = batch_positions(image_indices, specs, settings)  # layer -> (B, k, 2)
     batch_idx = torch.arange(b, device=images.device)
     label_t = None if labels is None else torch.as_tensor(np.asarray(labels, np.int64), device=images.device)
 
@@ -372,4 +408,5 @@ def commit_block(parts: PartStore, blk: int, buf: dict, specs: Sequence[LayerSpe
 
 __all__ = ["CollectSettings", "Sampling", "attributed_slots", "buffer_batch", "candidate_attribution",
            "candidate_classes", "capture_until_last", "commit_block", "compute_rows", "empty_rows",
-           "position_attribution", "sample_positions"]
+           "position_attribution", "sample_positions",
+           "shared_positions", "batch_positions"]

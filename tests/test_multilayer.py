@@ -1,0 +1,116 @@
+"""Multi-layer runs: one collect pass, then reduce, grid, render and tiles per layer."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+import atlas.stages.render as render_pkg
+from atlas.config import load_config
+from atlas.pipeline import layer_folders, run_pipeline
+from atlas.stages.collect import CollectSettings
+from atlas.stages.collect.rows import shared_positions
+from atlas.store.activations import ActivationsFile
+from tinyrun import make_config
+
+LAYERS = ("inception4e", "inception5b")
+
+
+def test_shared_positions_are_the_same_places_in_every_grid():
+    settings = CollectSettings(layers=("a", "b", "c"), sampling="shared", positions_per_image=5, edge_margin=1)
+    fine, same, coarse = shared_positions(7, [(28, 28), (14, 14), (7, 7)], settings)
+    again = shared_positions(7, [(7, 7), (14, 14)], settings)
+    np.testing.assert_array_equal(coarse, again[0])  # drawn on the coarsest grid, whatever the order
+    np.testing.assert_array_equal(same, again[1])
+    assert len({tuple(p) for p in coarse}) == 5 and (coarse >= 1).all() and (coarse <= 5).all()
+    # the finer cell holds the coarse cell's centre: (y + 0.5) / 7 of the photo's height
+    np.testing.assert_array_equal(same, np.floor((coarse + 0.5) * 2))
+    np.testing.assert_array_equal(fine, np.floor((coarse + 0.5) * 4))
+    centre = (coarse + 0.5) / 7
+    assert (np.abs((fine + 0.5) / 28 - centre) <= 0.5 / 28 + 1e-9).all()
+    other = shared_positions(8, [(7, 7)], settings)[0]
+    assert not np.array_equal(other, coarse)  # another photo, other places
+
+
+def test_multilayer_run_builds_every_layer_then_skips_everything(tmp_path):
+    cfg_path = make_config(tmp_path, 12, layers=LAYERS, sampling="shared",
+                           collect_extra="attribution_classes = 3")
+    cfg = load_config(cfg_path)
+    run = tmp_path / "run"
+    assert layer_folders(cfg) == [(name, run / "layers" / name) for name in LAYERS]
+    collected = run_pipeline(cfg, only="collect", progress=False)["collect"]
+    with ActivationsFile(run / "activations.h5") as f:  # a class both layers' rows are attributed to
+        tops = [Counter(np.asarray(f.read_rows(name, "attribution/top_classes", np.arange(36))).ravel().tolist())
+                for name in LAYERS]
+    cls = max(tops[0], key=lambda c: (min(tops[0][c], tops[1][c]), -c))
+    assert min(tops[0][cls], tops[1][cls]) >= 3, (tops[0].most_common(3), tops[1].most_common(3))
+    cfg_path.write_text(cfg_path.read_text() + f'[classes]\nnames = ["{cls}"]\nsizes = [2]\nsteps = 2\n')
+    cfg = load_config(cfg_path)
+    first = {"collect": collected, **run_pipeline(cfg, start="reduce", progress=False)}
+    with ActivationsFile(run / "activations.h5") as f:
+        assert f.layers == list(LAYERS)
+        assert [f.n_rows(name) for name in LAYERS] == [36, 36]  # 12 photos x 3 shared places
+        pos = {name: np.asarray(f.read_rows(name, "position", np.arange(36))) for name in LAYERS}
+        images = [np.asarray(f.read_rows(name, "image_index", np.arange(36))) for name in LAYERS]
+    np.testing.assert_array_equal(images[0], images[1])
+    np.testing.assert_array_equal(pos["inception4e"], np.floor((pos["inception5b"] + 0.5) * 2))
+    for name in LAYERS:
+        folder = run / "layers" / name
+        for artifact in ("layout.h5", "cells.h5", "icons.h5", "tiles/manifest.json"):
+            assert (folder / artifact).is_file(), (name, artifact)
+        manifest = json.loads((folder / "tiles" / "manifest.json").read_text())
+        assert manifest["layer"] == name and manifest["layer_set"] == list(LAYERS)
+        (class_tiles,) = (folder / "classes").glob("*/tiles/manifest.json")
+        classes = json.loads(class_tiles.read_text())
+        assert classes["layer"] == name and name in classes["title"]
+        assert f"[{name}]" in first["reduce"] and f"[{name}]" in first["render"]
+    assert not (run / "layout.h5").exists() and not (run / "tiles").exists()
+    second = run_pipeline(cfg, progress=False)
+    assert "nothing to do" in second["collect"]
+    for stage in ("reduce", "grid", "render"):
+        lines = second[stage].splitlines()
+        assert len(lines) == len(LAYERS)
+        assert all(any(w in line for w in ("up to date", "nothing to do", "current")) for line in lines), lines
+
+
+def test_a_run_killed_in_one_layer_keeps_the_layers_before_it(tmp_path, monkeypatch):
+    cfg = load_config(make_config(tmp_path, 4, layers=LAYERS, sampling="shared"))
+    for stage in ("collect", "reduce", "grid"):
+        run_pipeline(cfg, only=stage, progress=False)
+    real = render_pkg.render_cells
+    calls = []
+
+    def killed_on_the_second_layer(cells, icons, *args, **kwargs):
+        calls.append(cells)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cells, icons, *args, **kwargs)
+
+    monkeypatch.setattr(render_pkg, "render_cells", killed_on_the_second_layer)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, start="render", progress=False)
+    first_icons = tmp_path / "run" / "layers" / LAYERS[0] / "icons.h5"
+    stamp = first_icons.stat().st_mtime_ns
+    assert not (tmp_path / "run" / "layers" / LAYERS[1] / "icons.h5").exists()
+    monkeypatch.setattr(render_pkg, "render_cells", real)
+    again = run_pipeline(cfg, start="render", progress=False)
+    lines = again["render"].splitlines()
+    assert any(w in lines[0] for w in ("up to date", "nothing to do")), lines[0]
+    assert "rendered" in lines[1], lines[1]
+    assert first_icons.stat().st_mtime_ns == stamp  # the finished layer was not touched
+    assert (tmp_path / "run" / "layers" / LAYERS[1] / "tiles" / "manifest.json").is_file()
+
+
+def test_collect_cli_takes_shared_sampling(tmp_path, atlas_cli):
+    cfg = load_config(make_config(tmp_path, 2))
+    out = tmp_path / "acts.h5"
+    code, stdout, err = atlas_cli("collect", cfg.collect.source, "-o", str(out), "--random-init", "--device", "cpu",
+                                  "--layer", "inception4a", "--layer", "inception5b", "--sampling", "shared",
+                                  "--positions", "2", "--workers", "0", "--no-attribution")
+    assert code == 0, err
+    with ActivationsFile(out) as f:
+        a, b = (np.asarray(f.read_rows(name, "position", np.arange(4))) for name in ("inception4a", "inception5b"))
+    np.testing.assert_array_equal(a, np.floor((b + 0.5) * 2))
