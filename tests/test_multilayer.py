@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -14,6 +16,7 @@ from atlas.pipeline import layer_folders, run_pipeline
 from atlas.stages.collect import CollectSettings
 from atlas.stages.collect.rows import shared_positions
 from atlas.store.activations import ActivationsFile
+from atlas.store.runs import require_atlas_files, run_file
 from tinyrun import make_config
 
 LAYERS = ("inception4e", "inception5b")
@@ -68,6 +71,15 @@ def test_multilayer_run_builds_every_layer_then_skips_everything(tmp_path):
         assert classes["layer"] == name and name in classes["title"]
         assert f"[{name}]" in first["reduce"] and f"[{name}]" in first["render"]
     assert not (run / "layout.h5").exists() and not (run / "tiles").exists()
+    # the tools take one layer's folder, and say so when given the run itself
+    assert run_file(run / "layers" / LAYERS[0], "activations.h5") == run / "activations.h5"
+    assert run_file(run, "activations.h5") == run / "activations.h5"
+    with pytest.raises(ValueError, match="multi-layer run: give one layer's atlas folder") as e:
+        require_atlas_files(run, {"layout.h5": "reduce"})
+    assert str(run / "layers" / LAYERS[0]) in str(e.value) and ", ".join(LAYERS) in str(e.value)
+    typed = subprocess.run([sys.executable, "-m", "atlas", "attack", str(run), "--source", "tench", "--target",
+                            "goldfish", "--random-init", "--device", "cpu"], capture_output=True, text=True)
+    assert typed.returncode != 0 and "multi-layer run" in typed.stderr and "Traceback" not in typed.stderr
     second = run_pipeline(cfg, progress=False)
     assert "nothing to do" in second["collect"]
     for stage in ("reduce", "grid", "render"):

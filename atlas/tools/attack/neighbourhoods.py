@@ -16,6 +16,7 @@ import torch
 
 from atlas.models import AtlasModel
 from atlas.resources import imagenet_class_names
+from atlas.store.runs import require_atlas_files
 
 
 @dataclass
@@ -132,9 +133,7 @@ def comparison_cells(run_dir: str | os.PathLike, rows: ComparisonRows, *, level:
     from atlas.store.icons import read_icons
 
     run_dir = Path(run_dir)
-    for name, stage in (("layout.h5", "reduce"), ("cells.h5", "grid")):
-        if not (run_dir / name).is_file():
-            raise ValueError(f"{run_dir} holds no {name}; give the folder of an atlas run (run `atlas {stage}` first)")
+    require_atlas_files(run_dir, {"layout.h5": "reduce", "cells.h5": "grid"})
     level, cells = grid_level(run_dir, level)
     layout_path = run_dir / "layout.h5"
     xy = project(layout_path, rows.acts.astype(np.float32), est=load_placer(layout_path))

@@ -15,6 +15,7 @@ from PIL import Image
 
 from atlas.models import AtlasModel
 from atlas.resources import imagenet_class_names
+from atlas.store.runs import run_file
 from atlas.tools.attack.evaluate import predict
 
 log = logging.getLogger("atlas.tools.attack")
@@ -109,7 +110,7 @@ def _class_photos(run_dir: Path, c: int, given: str | os.PathLike | None, names:
         return [q for q, _ in _photo_paths(given)]
     from atlas.store.activations import ActivationsFile
 
-    path = run_dir / "activations.h5"
+    path = run_file(run_dir, "activations.h5")
     if not path.is_file():
         raise ValueError(f"{run_dir} holds no activations.h5 to find photos of {names[c]!r} in; give them with {flag}")
     with ActivationsFile(path) as acts:

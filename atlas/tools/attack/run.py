@@ -17,6 +17,7 @@ import torch
 
 from atlas.models import AtlasModel
 from atlas.resources import class_index, imagenet_class_names
+from atlas.store.runs import require_atlas_files
 from atlas.tools.attack.evaluate import CORNERS, DEFAULT_SIZES, PatchEffect, evaluate_patch, paste, predict
 from atlas.tools.attack.neighbourhoods import Candidate, ComparisonRows, comparison_cells, comparison_rows, grid_level
 from atlas.tools.attack.patches import example_patches, icon_patches, noise_patches, render_patches
@@ -85,9 +86,7 @@ def pair_and_layer(model: AtlasModel, run_dir: str | os.PathLike, source: str, t
     if s_idx == t_idx:
         raise ValueError(f"source and target are the same class ({names[s_idx]!r})")
     run_dir = Path(run_dir)
-    for f, stage in (("layout.h5", "reduce"), ("cells.h5", "grid"))[: 2 if need_cells else 1]:
-        if not (run_dir / f).is_file():
-            raise ValueError(f"{run_dir} holds no {f}; give the folder of an atlas run (after `atlas {stage}`)")
+    require_atlas_files(run_dir, {"layout.h5": "reduce", **({"cells.h5": "grid"} if need_cells else {})})
     layer = str(read_layout(run_dir / "layout.h5").attrs.get("layer"))
     model.layer(layer)
     return names, s_idx, t_idx, run_dir, layer

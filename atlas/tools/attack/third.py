@@ -26,6 +26,7 @@ from atlas.models import AtlasModel
 from atlas.models.hooks import layer_as_leaf
 from atlas.resources import imagenet_wnids
 from atlas.resources.wordnet import DEFAULT_MAX_GROUP, DEFAULT_MAX_HOPS, close_relatives
+from atlas.store.runs import run_file
 from atlas.tools.attack.neighbourhoods import Candidate, cell_class_ids
 from atlas.tools.attack.patches import crop_around
 
@@ -110,7 +111,7 @@ def atlas_class_attribution(run_dir: str | os.PathLike, level: int, classes: Seq
     run_dir = Path(run_dir)
     layout = read_layout(run_dir / "layout.h5")
     rows = np.flatnonzero(layout.valid)
-    with ActivationsFile(run_dir / "activations.h5") as acts:
+    with ActivationsFile(run_file(run_dir, "activations.h5")) as acts:
         layer = acts.layer(layout.layer)
         if not acts.has(layer, "attribution/top_classes"):
             raise ValueError(f"{run_dir / 'activations.h5'} holds no attribution; collect with attribution on, "
@@ -135,7 +136,7 @@ def atlas_example_patches(run_dir: str | os.PathLike, cands: Sequence[Candidate]
     from atlas.store.activations import ActivationsFile
 
     run_dir = Path(run_dir)
-    with ActivationsFile(run_dir / "activations.h5") as acts:
+    with ActivationsFile(run_file(run_dir, "activations.h5")) as acts:
         root = Path(str(acts.attrs.get("source", "")))
         keys = acts.image_keys()
         layer = acts.layer()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from atlas.store.runs import require_atlas_files
 from atlas.tools.explain.maps import Explanation
 
 log = logging.getLogger("atlas.tools.explain")
@@ -73,8 +74,7 @@ def place_on_atlas(e: Explanation, run_dir: str | os.PathLike, *, level: int | N
 
     run_dir = Path(run_dir)
     layout_path, cells_path = run_dir / "layout.h5", run_dir / "cells.h5"
-    if not layout_path.is_file():
-        raise ValueError(f"{run_dir} holds no layout.h5; give the folder of an atlas run (after `atlas reduce`)")
+    require_atlas_files(run_dir, {"layout.h5": "reduce"})
     attrs = read_layout(layout_path).attrs
     if str(attrs.get("layer")) != e.layer:
         raise ValueError(f"the atlas in {run_dir} was made at layer {attrs.get('layer')!r}, not {e.layer!r}; "
