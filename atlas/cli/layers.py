@@ -13,7 +13,8 @@ def add_layers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--random-init", action="store_true",
                    help="skip loading weights (shapes do not depend on them)")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--spatial", action="store_true", help="only (C, H, W) layers, the ones collect can use")
+    s.add_argument("--spatial", action="store_true",
+                   help="only the layers collect can use: (C, H, W) layers and a vision transformer's token layers")
     s.set_defaults(func=cmd_layers)
 
 
@@ -24,8 +25,13 @@ def cmd_layers(args: argparse.Namespace) -> int:
     shapes = model.layer_shapes()
     width = max(len(n) for n in shapes)
     print(f"# {model.name}: output shape of each layer at {model.input_size}x{model.input_size} input")
+    if any(model.token_layout(shape) for shape in shapes.values()):
+        print("# token layers (T, C): collect reads their patch tokens on the patch grid, without the "
+              "class/register tokens")
     for name, shape in shapes.items():
-        if args.spatial and len(shape) != 3:
+        layout = model.token_layout(shape)
+        if args.spatial and len(shape) != 3 and layout is None:
             continue
-        print(f"{name:<{width}}  {tuple(shape)}")
+        note = f"  tokens {layout.describe()}" if layout is not None else ""
+        print(f"{name:<{width}}  {tuple(shape)}{note}")
     return 0

@@ -163,7 +163,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def add_render(sub: argparse._SubParsersAction) -> None:
     """Add ``atlas render`` to ``sub``."""
-    from atlas.stages.render.settings import RenderSettings
+    from atlas.stages.render.settings import ICON_VIEWS, RenderSettings
 
     s = sub.add_parser("render", help="cells.h5 -> icons.h5: a feature visualization per cell, in batches")
     s.add_argument("run_dir", nargs="?", default=None)
@@ -181,9 +181,10 @@ def add_render(sub: argparse._SubParsersAction) -> None:
                    help="cells optimized together; on a GPU try 128-256 [%(default)s]")
     s.add_argument("--lr", type=float, default=RenderSettings.lr, help="Adam learning rate of the icons [%(default)s]")
     s.add_argument("--cossim-pow", type=float, default=RenderSettings.cossim_pow)
-    s.add_argument("--icon-view", choices=("whole", "wide", "notebooks"), default=RenderSettings.icon_view,
+    s.add_argument("--icon-view", choices=tuple(ICON_VIEWS), default=RenderSettings.icon_view,
                    help="what the model sees of an icon each step: the whole icon (78 px), a 62 px window (wide), "
-                        "or the paper notebooks' 50 px window (about 2.1x faster on a CPU, pale borders) [%(default)s]")
+                        "the paper notebooks' 50 px window (about 2.1x faster on a CPU, pale borders), or "
+                        "much stronger jitter, zoom and rotation for vision transformers (transformer) [%(default)s]")
     s.add_argument("--whiten", action="store_true",
                    help="whiten directions by the activations' inverse covariance (paper's option)")
     s.add_argument("--seed", type=int, default=RenderSettings.seed)

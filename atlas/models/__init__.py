@@ -1,6 +1,8 @@
-"""Models: the BVLC InceptionV1, torchvision classifiers by name, and a user's own ``nn.Module``."""
+"""Models: the BVLC InceptionV1, torchvision (and timm) classifiers by name, and a user's own
+``nn.Module``; a vision transformer's token layers read as their patch grid (:mod:`atlas.models.tokens`)."""
 
 from atlas.models.inceptionv1 import InceptionV1, caffe_preprocess
+from atlas.models.tokens import TokenLayout, token_layout
 from atlas.models.zoo import (
     AtlasModel,
     ImageTransform,
@@ -19,6 +21,7 @@ __all__ = [
     "ImageTransform",
     "InceptionV1",
     "ModelError",
+    "TokenLayout",
     "UnknownLayerError",
     "caffe_preprocess",
     "capture",
@@ -27,4 +30,5 @@ __all__ = [
     "finishing_order",
     "load_model",
     "resolve_device",
+    "token_layout",
 ]

@@ -9,7 +9,7 @@ gradients stop there (collect's per-position attribution, the patch attack's pus
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -23,14 +23,17 @@ class StopForward(Exception):
 
 @contextmanager
 def record_outputs(modules: Iterable[tuple[str, nn.Module]], *, detach: bool = False,
-                   stop: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+                   stop: bool = False, transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   ) -> Iterator[dict[str, torch.Tensor]]:
     """Record the output of each ``(name, module)`` during forward passes inside the block.
 
     Yields a dict ``{name: output}`` filled on every forward pass (the last call wins when a
     module runs twice). With ``detach=False`` the tensors stay in the graph, so gradients flow
     through them. With ``stop=True`` the forward pass that has run every module ends right after
     the last of them (:class:`StopForward`, caught here): the block ends there too, so code after
-    that call in the block does not run. Hooks are removed on exit, also on error.
+    that call in the block does not run. ``transform`` is applied to each output as it is
+    recorded (e.g. :func:`atlas.models.tokens.grid_view`; a view keeps the graph). Hooks are
+    removed on exit, also on error.
     """
     modules = list(modules)
     wanted = {name for name, _module in modules}
@@ -38,7 +41,8 @@ def record_outputs(modules: Iterable[tuple[str, nn.Module]], *, detach: bool = F
 
     def make_hook(name: str):
         def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-            outputs[name] = output.detach() if detach else output
+            output = output.detach() if detach and isinstance(output, torch.Tensor) else output
+            outputs[name] = transform(output) if transform is not None else output
             if stop and len(outputs) == len(wanted):
                 raise StopForward
 

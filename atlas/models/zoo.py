@@ -13,7 +13,17 @@ Specs understood by :func:`load_model`:
 - ``"torchvision:NAME"`` (e.g. ``torchvision:googlenet``, ``torchvision:resnet50``): a torchvision
   classifier with its published ImageNet weights (downloaded by torchvision on first use), or a
   local file given by ``weights=``; ``random_init=True`` skips weights entirely (tests).
-- any ``nn.Module`` (Python API): wrapped as is; pass ``preprocess=`` and ``input_size=``.
+- ``"timm:NAME"`` (e.g. ``timm:vit_base_patch16_224``): a timm model, when timm is installed
+  (it is not a dependency); its published weights come through timm (``weights=`` a local file,
+  ``random_init=True`` none), its preprocessing from its own data config.
+- any ``nn.Module`` (Python API): wrapped as is; pass ``preprocess=`` and ``input_size=`` (and,
+  for a vision transformer whose patch grid cannot be read from it, ``token_grid=``).
+
+Vision transformers (torchvision's ``vit_*``, timm's ViTs, a torchvision ``VisionTransformer``
+given as a module) keep their activations as tokens (B, T, C); ``AtlasModel.token_grid`` is their
+patch grid, which :mod:`atlas.models.tokens` uses to read a token layer as (B, C, H, W), and
+``fixed_size`` says that the network only takes ``input_size`` x ``input_size`` images (its
+position embeddings fix the patch grid), so ``forward`` resamples any other size to it.
 """
 
 from __future__ import annotations
@@ -23,15 +33,18 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from atlas.checks import SettingError
 from atlas.models.hooks import record_outputs
 from atlas.models.inceptionv1 import InceptionV1, caffe_preprocess
+from atlas.models.tokens import TokenLayout, grid_view, token_layout, vit_token_grid
 from atlas.resources import imagenet_class_names
 
 log = logging.getLogger(__name__)
@@ -54,9 +67,13 @@ class UnknownLayerError(ModelError, KeyError):
 
 
 def _imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor((0.485, 0.456, 0.406), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor((0.229, 0.224, 0.225), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return _normalize(x, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    m = torch.tensor(tuple(mean), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - m) / s
 
 
 class ImageTransform:
@@ -100,6 +117,12 @@ class AtlasModel(nn.Module):
         input_size: the side of the square input the model was trained at (e.g. 224).
         class_names: one name per logit.
         image_transform: PIL -> (3, S, S) tensor in [0, 1], the model's resize/crop.
+        token_grid: the patch grid (H, W) of a vision transformer's token layers at
+            ``input_size`` (:mod:`atlas.models.tokens`); None for other networks (a token layer
+            is then read on the largest square grid of its tokens).
+        fixed_size: the network takes only ``input_size`` x ``input_size`` images (a ViT);
+            ``forward`` then resamples other sizes to it (bilinear, differentiable), so that
+            feature visualization can optimize icons of any size.
     """
 
     def __init__(
@@ -111,6 +134,8 @@ class AtlasModel(nn.Module):
         input_size: int = 224,
         class_names: Sequence[str] | None = None,
         image_transform: ImageTransform | None = None,
+        token_grid: tuple[int, int] | None = None,
+        fixed_size: bool = False,
     ):
         super().__init__()
         self.net = net
@@ -121,13 +146,23 @@ class AtlasModel(nn.Module):
         self.image_transform = image_transform or ImageTransform(
             round(input_size * 256 / 224), input_size, keep_aspect=True
         )
+        self.token_grid = None if token_grid is None else (int(token_grid[0]), int(token_grid[1]))
+        self.fixed_size = bool(fixed_size)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """RGB [0, 1] (N, 3, H, W) -> what ``net`` expects; differentiable."""
         return self._preprocess(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.input_size
+        if self.fixed_size and tuple(x.shape[-2:]) != (s, s):
+            x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
         return self.net(self.preprocess(x))
+
+    def token_layout(self, shape: Sequence[int]) -> TokenLayout | None:
+        """How the tokens of a layer with output ``shape`` (without the batch) lie on this
+        model's patch grid, or None when it is not a token layer (:func:`atlas.models.tokens.token_layout`)."""
+        return token_layout(shape, self.token_grid)
 
     @property
     def device(self) -> torch.device:
@@ -154,18 +189,19 @@ class AtlasModel(nn.Module):
         )
 
     def layer_shapes(self, names: Sequence[str] | None = None, size: int | None = None) -> dict[str, tuple[int, ...]]:
-        """Output shape (without batch) of each layer for one ``size`` x ``size`` input."""
+        """Output shape (without batch) of each layer for one ``size`` x ``size`` input (layers
+        whose output is not one tensor, such as an attention module's tuple, are left out)."""
         names = list(names) if names is not None else self.layer_names()
         size = size or self.input_size
         x = torch.zeros(1, 3, size, size, device=self.device)
         with torch.no_grad(), capture(self, names) as acts:
             self(x)
-        return {n: tuple(acts[n].shape[1:]) for n in names if n in acts}
+        return {n: tuple(acts[n].shape[1:]) for n in names if isinstance(acts.get(n), torch.Tensor)}
 
 
 @contextmanager
 def capture(model: AtlasModel, layers: Sequence[str], detach: bool = False, *,
-            stop: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+            stop: bool = False, grid: bool = False) -> Iterator[dict[str, torch.Tensor]]:
     """Record the outputs of ``layers`` during forward passes inside the block.
 
     Yields a dict filled on every forward pass (the last call wins when a module runs twice).
@@ -173,9 +209,13 @@ def capture(model: AtlasModel, layers: Sequence[str], detach: bool = False, *,
     graph, so objectives can backpropagate through them. With ``stop=True`` the forward pass
     ends right after the last of ``layers`` has run (the layers above cost nothing), and so does
     the block: code after that call in the block does not run (see
-    :func:`atlas.models.hooks.record_outputs`).
+    :func:`atlas.models.hooks.record_outputs`). With ``grid=True``, the output of a token layer
+    (B, T, C) is recorded as its patch grid (B, C, H, W), a view that keeps the graph
+    (:func:`atlas.models.tokens.grid_view` on the model's ``token_grid``); other outputs are as they are.
     """
-    with record_outputs([(name, model.layer(name)) for name in layers], detach=detach, stop=stop) as acts:
+    transform = (lambda out: grid_view(out, model.token_grid)) if grid else None
+    with record_outputs([(name, model.layer(name)) for name in layers], detach=detach, stop=stop,
+                        transform=transform) as acts:
         yield acts
 
 
@@ -284,6 +324,7 @@ def _load_torchvision(arch: str, weights, random_init: bool) -> AtlasModel:
             m.inplace = False
     size = published.transforms().crop_size[0]
     resize = published.transforms().resize_size[0]
+    grid = vit_token_grid(net)  # the vit_* models: tokens on a fixed patch grid
     return AtlasModel(
         net,
         _imagenet_normalize,
@@ -291,6 +332,51 @@ def _load_torchvision(arch: str, weights, random_init: bool) -> AtlasModel:
         input_size=size,
         class_names=published.meta.get("categories"),
         image_transform=ImageTransform(resize, size, keep_aspect=True),
+        token_grid=grid,
+        fixed_size=grid is not None,
+    )
+
+
+def _load_timm(arch: str, weights, random_init: bool) -> AtlasModel:
+    """A timm model by name (``arch`` may carry a pretrained tag, ``vit_base_patch16_224.augreg_in1k``)."""
+    try:
+        import timm
+        from timm.data import resolve_data_config
+    except ImportError as e:
+        raise ModelError(f"timm:{arch} needs the timm package, which is not installed (pip install timm); "
+                         "torchvision's vision transformers load without it, e.g. torchvision:vit_b_16") from e
+    if not timm.is_model(arch.split(".", 1)[0]):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ModelError(f"timm has no model {arch!r}.{hint} List them with timm.list_models()")
+    kwargs: dict = {}
+    if weights is not None and not random_init:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ModelError(f"weights file {path} for timm:{arch} does not exist")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
+    try:
+        with _seeded():
+            net = timm.create_model(arch, pretrained=not random_init, **kwargs)
+    except Exception as e:  # network errors come in many types
+        raise ModelError(f"could not load timm:{arch} ({e}). Without internet, pass a local weight file with "
+                         "--weights PATH, or use --random-init for a test run.") from e
+    for m in net.modules():  # in-place ReLUs would overwrite captured activations
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    cfg = resolve_data_config({}, model=net)
+    size = int(cfg["input_size"][-1])
+    resize = round(size / float(cfg.get("crop_pct") or 0.875))
+    grid = vit_token_grid(net)
+    return AtlasModel(
+        net,
+        partial(_normalize, mean=tuple(cfg["mean"]), std=tuple(cfg["std"])),
+        name=f"timm:{arch}",
+        input_size=size,
+        class_names=imagenet_class_names() if getattr(net, "num_classes", None) == 1000 else None,
+        image_transform=ImageTransform(resize, size, keep_aspect=True),
+        token_grid=grid,
+        fixed_size=grid is not None and not getattr(net, "dynamic_img_size", False),
     )
 
 
@@ -303,24 +389,33 @@ def load_model(
     preprocess: Preprocess | None = None,
     input_size: int = 224,
     class_names: Sequence[str] | None = None,
+    token_grid: tuple[int, int] | None = None,
 ) -> AtlasModel:
     """Load a model by spec (see the module docstring) in eval mode on ``device``.
 
     Args:
-        spec: ``"inceptionv1"``, ``"torchvision:NAME"``, or an ``nn.Module``.
+        spec: ``"inceptionv1"``, ``"torchvision:NAME"``, ``"timm:NAME"`` or an ``nn.Module``.
         weights: a local weight file; overrides the default location or download.
         random_init: skip loading weights (tests, smoke runs); the random weights are seeded,
             so they are the same in every process.
         device: where to put the model, e.g. ``"cpu"``, ``"cuda"``; see :func:`resolve_device`.
         preprocess, input_size, class_names: for a user's own ``nn.Module`` only.
+        token_grid: for a user's own vision transformer: the patch grid (H, W) of its token
+            layers at ``input_size`` (default: read from a torchvision ``VisionTransformer`` or a
+            timm ViT, else None: the largest square of the tokens, :mod:`atlas.models.tokens`).
+            A network whose grid is known this way is taken to need ``input_size`` images.
     """
     if isinstance(spec, AtlasModel):
         model = spec
     elif isinstance(spec, nn.Module):
+        grid = token_grid if token_grid is not None else vit_token_grid(spec)
         model = AtlasModel(spec, preprocess or (lambda x: x), name=type(spec).__name__,
-                           input_size=input_size, class_names=class_names)
+                           input_size=input_size, class_names=class_names, token_grid=grid,
+                           fixed_size=grid is not None)
     elif check_model_spec(spec) == "inceptionv1":
         model = _load_inceptionv1(weights, random_init)
+    elif spec.startswith("timm:"):
+        model = _load_timm(spec.split(":", 1)[1], weights, random_init)
     else:
         model = _load_torchvision(spec.split(":", 1)[1], weights, random_init)
     for p in model.parameters():
@@ -329,11 +424,14 @@ def load_model(
 
 
 def check_model_spec(spec: str) -> str:
-    """``spec`` if it names a model :func:`load_model` knows how to load (``"inceptionv1"`` or
-    ``"torchvision:NAME"``; whether torchvision has NAME is found when loading), else a ModelError."""
-    if spec == "inceptionv1" or (isinstance(spec, str) and spec.startswith("torchvision:") and spec[12:]):
+    """``spec`` if it names a model :func:`load_model` knows how to load (``"inceptionv1"``,
+    ``"torchvision:NAME"`` or ``"timm:NAME"``; whether the library has NAME is found when
+    loading), else a ModelError."""
+    if spec == "inceptionv1" or (isinstance(spec, str) and any(
+            spec.startswith(prefix) and spec[len(prefix):] for prefix in ("torchvision:", "timm:"))):
         return spec
-    known = ["inceptionv1", "torchvision:<name> (e.g. torchvision:googlenet, torchvision:resnet50)"]
+    known = ["inceptionv1", "torchvision:<name> (e.g. torchvision:googlenet, torchvision:resnet50, "
+                            "torchvision:vit_b_16)", "timm:<name> (with timm installed)"]
     close = difflib.get_close_matches(str(spec), ["inceptionv1", "torchvision:googlenet"], n=2)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ModelError(f"unknown model {spec!r}.{hint} Known models: {'; '.join(known)}")

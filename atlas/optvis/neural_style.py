@@ -137,10 +137,11 @@ def style(targets: Mapping[str, torch.Tensor], weights: Mapping[str, float] | No
 
 
 def layer_activations(model: AtlasModel, image: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Activations of ``layers`` for ``image`` (1, 3, H, W) in [0, 1], detached, on the model's device."""
+    """Activations of ``layers`` for ``image`` (1, 3, H, W) in [0, 1], detached, on the model's device
+    (token layers as their patch grid, as :func:`~atlas.optvis.evaluate` hands them to objectives)."""
     for name in layers:
         model.layer(name)  # unknown layer: error with close matches
-    with torch.no_grad(), capture(model, list(layers), detach=True) as acts:
+    with torch.no_grad(), capture(model, list(layers), detach=True, grid=True) as acts:
         model(image.to(model.device))
     return {n: acts[n] for n in layers}
 

@@ -10,7 +10,10 @@ An :class:`Objective` is called with a dict ``{layer name: activations}`` and re
 per image of the batch, shape (B,): the optimizer maximizes their sum, and best-of-k selection
 reads them one by one. ``objective.layers`` names the layers it reads, so only those get hooked;
 the pseudo-layer :data:`LOGITS` stands for the model's output (pre-softmax logits, (B, K)).
-Layer activations are (B, C, H, W) (or (B, C) for flat layers).
+Layer activations are (B, C, H, W) (or (B, C) for flat layers); a vision transformer's token
+layer (B, T, C) is handed to objectives as its patch tokens on the patch grid, (B, C, H, W), by
+:func:`~atlas.optvis.evaluate` (:mod:`atlas.models.tokens`), so every objective here reads token
+layers as it reads convolutional ones (the center of a 14 x 14 patch grid is patch (7, 7)).
 
 Direction objectives accept ``whiten=``, a (C, C) matrix ``S`` (the inverse of the uncentered
 covariance of collected activations, see :func:`whitening_matrix`): the direction ``v`` is

@@ -59,12 +59,16 @@ def evaluate(model: AtlasModel, objective: Objective, images: torch.Tensor, *,
     Hooks only ``objective.layers`` (removed on exit, also on error) and keeps the graph, so
     the result can be backpropagated; wrap in ``torch.no_grad()`` to only measure.
     ``redirect_relu``: backpropagate Lucid's redirected ReLU gradient (:mod:`atlas.optvis.relu`).
+
+    This is where objectives get their activations, and so the one place a vision transformer's
+    token layer (B, T, C) becomes what every objective reads: its patch tokens on the patch grid,
+    (B, C, H, W) (:func:`atlas.models.capture` with ``grid=True``; the class token is not read).
     """
     layers = [name for name in objective.layers if name != LOGITS]
     needs_logits = LOGITS in objective.layers
     out = None
     # without the logits, the forward pass stops once every hooked layer has run
-    with capture(model, layers, stop=not needs_logits) as acts:
+    with capture(model, layers, stop=not needs_logits, grid=True) as acts:
         with redirected_relu(redirect_relu):
             out = model(images)
     found = dict(acts)

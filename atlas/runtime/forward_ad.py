@@ -7,6 +7,12 @@ a process, and ``torch.jit.script`` is deprecated, so every ``atlas collect`` pr
 ``FutureWarning`` about code the user never wrote. They are loaded here once, with exactly that
 warning (its message, its category) ignored for the one import; every other warning is left
 alone.
+
+Attention has no forward-mode derivative in torch's fused kernels: ``nn.MultiheadAttention``'s
+fast path (``_native_multi_head_attention``, which it takes for inference without gradients) and
+the flash and memory-efficient kernels of ``scaled_dot_product_attention``. Inside
+:func:`dual_level` the fast path is off and attention runs the math kernel, which has one, so
+forward AD goes through a vision transformer; both are restored on exit.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 
+import torch
 import torch.autograd.forward_ad as fwAD
 
 _DECOMPOSITIONS = "torch._decomp.decompositions_for_jvp"
@@ -36,9 +43,16 @@ def _load_decompositions() -> None:
 @contextlib.contextmanager
 def dual_level() -> Iterator[int]:
     """Enter a forward-AD level (see :func:`torch.autograd.forward_ad.dual_level`)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     _load_decompositions()
-    with fwAD.dual_level() as level:
-        yield level
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with fwAD.dual_level() as level, sdpa_kernel(SDPBackend.MATH):
+            yield level
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 __all__ = ["dual_level"]

@@ -12,7 +12,9 @@ Layout (``N_img`` images in the source, ``N`` rows of a layer, ``C`` channels, `
                                                (read back by :func:`decode_key`)
     /images/label           (N_img,)   int32   ImageNet class index if known, else -1
     /images/status          (N_img,)   uint8   0 = used; else a skip reason (attrs "reasons": JSON)
-    /layers/<L>             attrs: n_rows, channels, grid_shape (H, W), sampling
+    /layers/<L>             attrs: n_rows, channels, grid_shape (H, W), sampling; a token layer
+                                   also token_layout (e.g. "cls+14x14") and skipped_tokens (the
+                                   leading class/register tokens, not collected as positions)
     /layers/<L>/activations (N, C)     float16 (or float32) activation vector of one position
     /layers/<L>/image_index (N,)       int64   row -> /images index
     /layers/<L>/position    (N, 2)     int16   (y, x) in the layer's H x W grid
@@ -67,11 +69,26 @@ _PART = re.compile(r"part-(\d{8})\.h5$")
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """Shape facts of one collected layer: ``channels`` and the spatial ``grid_shape`` (H, W)."""
+    """Shape facts of one collected layer: ``channels`` and the spatial ``grid_shape`` (H, W).
+
+    A token layer (a vision transformer's (T, C) output) also has ``token_layout`` (e.g.
+    ``"cls+14x14"``, :meth:`atlas.models.tokens.TokenLayout.describe`) and ``skipped_tokens``, the
+    leading special tokens (class, registers) that are not positions of the grid and are not
+    collected; both are None for a (C, H, W) layer.
+    """
 
     name: str
     channels: int
     grid_shape: tuple[int, int]
+    token_layout: str | None = None
+    skipped_tokens: int | None = None
+
+    def token_attrs(self) -> dict[str, Any]:
+        """The HDF5 attributes that say how a token layer's positions were read (none for a
+        (C, H, W) layer)."""
+        if self.token_layout is None:
+            return {}
+        return {"token_layout": self.token_layout, "skipped_tokens": int(self.skipped_tokens or 0)}
 
 
 def parts_dir_for(output: str | os.PathLike) -> Path:
@@ -199,7 +216,8 @@ def finalize(
         img.create_dataset("label", data=np.asarray(image_labels, np.int32))
         for spec in layers:
             g = out.create_group(f"layers/{spec.name}")
-            g.attrs.update(n_rows=n_rows[spec.name], channels=spec.channels, grid_shape=spec.grid_shape)
+            g.attrs.update(n_rows=n_rows[spec.name], channels=spec.channels, grid_shape=spec.grid_shape,
+                           **spec.token_attrs())
             for (layer, name), (dtype, tail) in dtypes.items():
                 if layer == spec.name:
                     n = n_rows[spec.name]
@@ -283,7 +301,9 @@ class ActivationsFile:
     def spec(self, layer: str | None = None) -> LayerSpec:
         layer = self.layer(layer)
         a = self._f[f"layers/{layer}"].attrs
-        return LayerSpec(layer, int(a["channels"]), tuple(int(v) for v in a["grid_shape"]))
+        tokens = str(a["token_layout"]) if "token_layout" in a else None
+        return LayerSpec(layer, int(a["channels"]), tuple(int(v) for v in a["grid_shape"]), tokens,
+                         int(a["skipped_tokens"]) if tokens is not None else None)
 
     def n_rows(self, layer: str | None = None) -> int:
         return int(self._f[f"layers/{self.layer(layer)}"].attrs["n_rows"])

@@ -160,8 +160,9 @@ def fill_channel_cache(
 
 
 def channel_activations(model: AtlasModel, photo: torch.Tensor, layer: str) -> np.ndarray:
-    """Activations of ``layer`` for one image (1, 3, S, S) in [0, 1]: (C, H, W) float32."""
-    with torch.no_grad(), capture(model, [layer], detach=True) as acts:
+    """Activations of ``layer`` for one image (1, 3, S, S) in [0, 1]: (C, H, W) float32 (a token
+    layer's patch tokens on their grid)."""
+    with torch.no_grad(), capture(model, [layer], detach=True, grid=True) as acts:
         model(photo.to(model.device))
     a = acts[layer]
     if a.dim() != 4:

@@ -2,6 +2,7 @@
 
 - :mod:`~atlas.stages.collect.stage`: :func:`collect` over a source, resumable block by block
 - :mod:`~atlas.stages.collect.rows`: what one batch contributes (activations, positions, attribution)
+- :mod:`~atlas.stages.collect.layers`: the layers it reads, spatial or a vision transformer's tokens
 - :mod:`~atlas.stages.collect.batch_decode`: batched JPEG decoding on the GPU, precision
 """
 

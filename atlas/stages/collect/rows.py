@@ -22,6 +22,11 @@ Two ways to compute it, chosen by :attr:`CollectSettings.attribution_classes`:
   ``sampling="all"``, where forward mode would need one pass per position (196 at
   ``inception4c``).
 
+Token layers of vision transformers, (B, T, C), are read as their patch tokens on the patch grid
+(B, C, H, W) (:mod:`atlas.models.tokens`): a position is a patch token, the class token (and any
+register token) is none, and the attribution at a position is that of the patch token's vector,
+computed on the token tensor itself.
+
 Rows of a batch are buffered per block of images and committed atomically (:func:`buffer_batch`,
 :func:`commit_block`), so a killed run redoes at most one block.
 """
@@ -39,6 +44,7 @@ import torch.autograd.forward_ad as fwAD
 from atlas.checks import SettingError, at_least, one_of
 from atlas.models import capture
 from atlas.models.hooks import layer_as_leaf
+from atlas.models.tokens import grid_view
 from atlas.runtime import forward_ad
 
 if TYPE_CHECKING:
@@ -172,8 +178,9 @@ def batch_positions(image_indices: Sequence[int], specs: Sequence[LayerSpec],
 
 
 def capture_until_last(model: AtlasModel, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Outputs of ``layers`` for ``images``, stopping the forward pass after the last of them."""
-    with torch.no_grad(), capture(model, layers, stop=True) as captured:
+    """Outputs of ``layers`` for ``images``, stopping the forward pass after the last of them
+    (token layers as their patch grid, (B, C, H, W))."""
+    with torch.no_grad(), capture(model, layers, stop=True, grid=True) as captured:
         model(images)
     return captured
 
@@ -191,6 +198,7 @@ def attributed_slots(
     One forward pass per slot; the layer's output is made a dual tensor whose tangent is the
     activation itself masked to the slot's position, so the logits' tangent is
     ``sum_c' h_c' * d logit / d h_c'`` at that position: the attribution of every class at once.
+    On a token layer the position is a patch token: the tangent is that token's vector.
     """
     b = images.shape[0]
     batch_idx = torch.arange(b, device=images.device)
@@ -203,9 +211,9 @@ def attributed_slots(
 
         def hook(_m, _i, output):
             h = fwAD.unpack_dual(output).primal
-            captured["h"] = h[batch_idx, :, ys, xs]
             tangent = torch.zeros_like(h)
-            tangent[batch_idx, :, ys, xs] = captured["h"]
+            captured["h"] = grid_view(h, model.token_grid)[batch_idx, :, ys, xs]
+            grid_view(tangent, model.token_grid)[batch_idx, :, ys, xs] = captured["h"]  # a view of the tokens
             return fwAD.make_dual(h, tangent)
 
         handle = module.register_forward_hook(hook)
@@ -259,14 +267,15 @@ def position_attribution(
             returns them (e.g. each image's top-scoring classes).
 
     Returns:
-        ``h`` (B, C, H, W): the layer's activations;
+        ``h`` (B, C, H, W): the layer's activations (a token layer's patch tokens on their grid);
         ``classes`` (B, m): the classes;
         ``attr`` (B, m, H, W): ``h . d logit_c / d h`` at every position for each class.
     """
     with layer_as_leaf(model.layer(layer)) as captured, torch.enable_grad():
         logits = model(images)
-    h = captured["h"]
-    if h.dim() != 4:
+    h = captured["h"]  # the leaf: tokens (B, T, C) on a token layer
+    layout = model.token_layout(h.shape[1:]) if h.dim() == 3 else None
+    if h.dim() != 4 and layout is None:
         raise ValueError(f"layer {layer!r} is not spatial (output {tuple(h.shape)})")
     if not logits.requires_grad:
         raise _no_logits_error(layer)
@@ -275,8 +284,11 @@ def position_attribution(
     onehot = torch.zeros((m, *logits.shape), dtype=logits.dtype, device=logits.device)
     onehot.scatter_(2, classes.T[:, :, None], 1.0)
     (grads,) = torch.autograd.grad(logits, h, grad_outputs=onehot, is_grads_batched=True)
-    attr = (grads * h.detach()).sum(2)  # (m, B, H, W)
-    return h.detach(), classes, attr.transpose(0, 1)
+    h = h.detach()
+    if layout is not None:  # the patch tokens on their grid, gradients alike: (m, B, T, C) -> (m, B, C, H, W)
+        h, grads = layout.to_grid(h), layout.to_grid(grads)
+    attr = (grads * h).sum(2)  # (m, B, H, W)
+    return h, classes, attr.transpose(0, 1)
 
 
 def candidate_attribution(

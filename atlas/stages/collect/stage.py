@@ -49,6 +49,7 @@ from atlas.data.datasets import resolve_source
 from atlas.models import AtlasModel, load_model, resolve_device
 from atlas.runtime.distributed import ModelSpec, Scheduler
 from atlas.stages.collect.batch_decode import EncodedImageDataset, autocast, decode_batch, resolve_decode
+from atlas.stages.collect.layers import describe_tokens, layer_specs
 from atlas.stages.collect.rows import (
     CollectSettings,
     buffer_batch,
@@ -100,6 +101,8 @@ class CollectSummary:
     resumed_blocks: int = 0
     up_to_date: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    #: how the token layers' positions were read (:func:`describe_tokens`); empty without any
+    tokens: str = ""
 
     def describe_breakdown(self) -> str:
         """Where the main loop's time went (``collect(..., breakdown=True)``), one line."""
@@ -116,28 +119,11 @@ class CollectSummary:
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
         resumed = f"; {self.resumed_blocks} blocks were already done" if self.resumed_blocks else ""
+        tokens = f" ({self.tokens})" if self.tokens else ""
         return (
-            f"collected {self.images} images ({skipped} skipped: {reasons}) -> {rows} "
+            f"collected {self.images} images ({skipped} skipped: {reasons}) -> {rows}{tokens} "
             f"in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s){resumed}; wrote {self.output}"
         )
-
-
-def layer_specs(model: AtlasModel, layers: Sequence[str]) -> list[LayerSpec]:
-    """Channels and grid of each layer at the model's input size; spatial layers only."""
-    for name in layers:
-        model.layer(name)  # raises with close matches for an unknown name
-    shapes = model.layer_shapes(layers)
-    specs = []
-    for name in layers:
-        shape = shapes[name]
-        if len(shape) != 3:
-            spatial = [n for n, s in model.layer_shapes().items() if len(s) == 3]
-            raise ValueError(
-                f"layer {name!r} of {model.name} has output shape {shape}, not (C, H, W): collect needs "
-                f"a spatial layer, e.g. one of {spatial[-8:]}"
-            )
-        specs.append(LayerSpec(name, shape[0], (shape[1], shape[2])))
-    return specs
 
 
 def default_workers() -> int:
@@ -235,6 +221,8 @@ def collect(
     elif device != "auto":
         model = model.to(resolve_device(device))
     specs = layer_specs(model, settings.layers)
+    if describe_tokens(specs):
+        log.info("token layers: %s", describe_tokens(specs))
     hashed = {
         "collect": asdict(settings),
         "model": model.name,
@@ -276,7 +264,8 @@ def collect(
         elapsed -= timings.pop("_extra", 0.0)  # the separately timed model passes are not part of the run
     summary = CollectSummary(output, n_done_images, {}, skipped, elapsed,
                              n_done_images / elapsed if elapsed else 0.0, resumed_blocks=len(done),
-                             timings=timings if scheduler is None and breakdown else {})
+                             timings=timings if scheduler is None and breakdown else {},
+                             tokens=describe_tokens(specs))
     if len(parts.done_blocks()) < n_blocks:
         log.info("stopped with %d of %d blocks done; run the same command again to resume",
                  len(parts.done_blocks()), n_blocks)
@@ -496,5 +485,5 @@ def _weights_id(weights: str | os.PathLike | None) -> str | None:
     return f"{p.name}:{p.stat().st_size}" if p.is_file() else str(p)
 
 
-__all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "layer_specs", "sample_positions",
-           "parts_dir_for"]
+__all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "describe_tokens",
+           "layer_specs", "sample_positions", "parts_dir_for"]

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 #: ``icon_view`` -> the arguments of :func:`atlas.optvis.icon_transforms`.
 ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "wide": {"pad_width": 8, "pad_value": 0.5},
-              "notebooks": {"pad_width": 2, "pad_value": 1.0}}
+              "notebooks": {"pad_width": 2, "pad_value": 1.0},
+              "transformer": {"pad_width": 24, "pad_value": 0.5, "augment": "strong"}}
 #: Where the icon objective reads the layer: ``"mean"`` over the icon's positions or the
 #: ``"center"`` position (the paper notebooks).
 ICON_OBJECTIVES = ("mean", "center")
@@ -71,7 +72,8 @@ class RenderSettings:
     #: Base seed of every cell's generator (:func:`~atlas.stages.render.cell_generator`).
     seed: int = 0
     #: What the model sees of an icon at each step, a key of :data:`ICON_VIEWS`
-    #: (:func:`icon_view_transforms`).
+    #: (:func:`icon_view_transforms`); ``"transformer"`` is the stronger augmentation for the token
+    #: layers of vision transformers.
     icon_view: str = "whole"
     #: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the optimization's model passes under
     #: ``torch.autocast`` (:mod:`atlas.runtime.precision`).
@@ -184,10 +186,22 @@ def reads_mean(objective: str) -> bool:
 
 def icon_view_transforms(icon_view: str) -> list[Transform]:
     """The icon transforms for ``icon_view``: ``"whole"`` (the default: a 16 px gray pad, the model
-    sees the whole icon at 78 px of 80), ``"wide"`` (an 8 px gray pad, a 62 px window) or
+    sees the whole icon at 78 px of 80), ``"wide"`` (an 8 px gray pad, a 62 px window),
     ``"notebooks"`` (the paper notebooks' 2 px white pad and 50 px window: about 2.1x cheaper a
-    step than ``whole`` on a CPU, pale and soft borders). Measured in ``benchmarks/README.md``,
-    "Icons side by side with dreamlens"."""
+    step than ``whole`` on a CPU, pale and soft borders), or ``"transformer"`` (a 24 px gray pad
+    and much stronger jitter, zoom and rotation, :func:`atlas.optvis.icon_transforms` with
+    ``augment="strong"``: a 60 px window of an 80 px icon, for vision transformers' token layers).
+    The first three are measured in ``benchmarks/README.md``, "Icons side by side with dreamlens";
+    ``"transformer"`` was only checked to raise the objective on random-init ViTs (no trained
+    transformer weights were at hand).
+
+    MACO (Fel et al., "Unlocking Feature Visualization for Deeper Networks with MAgnitude
+    Constrained Optimization", NeurIPS 2023), the other remedy the literature gives for deep
+    networks and ViTs, fixes the magnitude of the image's Fourier spectrum to that of natural
+    photos and optimizes only its phase, so the image keeps a photo's power spectrum however long
+    it is optimized. It is implemented as :func:`atlas.optvis.maco_image` (``atlas vis
+    --param maco``, :func:`atlas.optvis.vis`), but the render stage's icons keep the FFT
+    parameterization of :func:`atlas.optvis.fft_image`: the icon view only chooses transforms."""
     from atlas.optvis import icon_transforms
 
     return icon_transforms(**ICON_VIEWS[one_of("icon_view", icon_view, tuple(ICON_VIEWS))])
