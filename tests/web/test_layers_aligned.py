@@ -1,5 +1,5 @@
 """A multi-layer run's layer row and an aligned atlas's side-by-side view, in the server's run
-listing.
+listing and in the viewer (headless Chromium driven by Playwright against `atlas serve`).
 
 The site: ``multi/layers/<layer>/tiles`` for four of the five layers of its ``layer_set`` (the
 fourth, ``inception4e``, not built), ``multi/aligned/pair/{a,b}/tiles`` (two sides of one layout
@@ -9,13 +9,19 @@ on different grids, so different world and content sizes) and an ordinary run ``
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 import threading
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from test_viewer import Page, browser, shots  # noqa: F401 (browser and shots are fixtures)
 
 from atlas.stages.tiles import build_tiles
+from atlas.web.export import export_site
 from atlas.web.serve import Run, find_runs, make_server
 from atlasfixture import write_fake_run
 
@@ -149,3 +155,109 @@ def test_describe_without_or_with_malformed_fields_gives_null(tmp_path):
     assert me.describe(runs)["aligned"]["peer_id"] == "run/aligned/p/b/tiles"
     itself = _run("run/aligned/p/a/tiles", {**base, "aligned": {**good, "peer": "."}}, side.resolve())
     assert itself.describe({itself.id: itself})["aligned"]["peer_id"] is None
+
+
+# ---- the viewer --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def vpage(browser, site):  # noqa: F811 (the fixture imported above)
+    p = Page(browser, site)
+    yield p
+    p.close()
+
+
+def _layout_view(vpage, side: str = "main") -> tuple[float, float, float]:
+    """Where a map is, in relative terms, from its Leaflet state and the manifest fields alone:
+    the layout point at its centre (u, v) and log2 of the layout's width on screen in pixels."""
+    return tuple(vpage.js("""(which) => {
+        const s = which === 'main' ? atlasViewer.state : atlasViewer.aligned.peer;
+        const c = s.map.getCenter(), m = s.m, z = s.map.getZoom();
+        return [(c.lng - m.margin_px) / m.content_px, (c.lat - m.margin_px) / m.content_px,
+                Math.log2(m.content_px) + z - m.max_native_zoom]; }""", side))
+
+
+def _opened(vpage, run_id: str) -> None:
+    vpage.page.wait_for_function("(id) => document.body.dataset.opened === id", arg=run_id, timeout=10_000)
+
+
+@pytest.mark.browser
+def test_the_layer_row_switches_layers_keeping_class_search_and_view(vpage, site, shots):  # noqa: F811
+    start = LAYER_ID.format("inception4a")
+    vpage.open(f"#run={start}&z=3&x=0.3&y=0.6&class=pizza")
+    _opened(vpage, start)
+    row = vpage.page.locator("#layer-row")
+    assert row.is_visible()
+    assert row.locator("button.layer").all_inner_texts() == LAYERS  # the model's order
+    assert vpage.js("[...document.querySelectorAll('#layer-row button.current')].map(b => b.textContent)") == ["inception4a"]
+    assert row.locator("button[data-layer='inception4a']").get_attribute("aria-pressed") == "true"
+    missing = row.locator("button[data-layer='inception4e']")
+    assert missing.is_disabled() and "not built" in missing.get_attribute("title")
+    assert "not built" in row.locator(".layer-slot:has(button[data-layer='inception4e'])").get_attribute("title")
+    assert all(row.locator(f"button[data-layer='{n}']").is_enabled() for n in BUILT)
+    # the atlas picker groups the run's layer atlases, in the model's order
+    assert vpage.js("[...document.querySelectorAll('#run-select optgroup')].map(g => g.label)") == [
+        "multi · layers", "multi · aligned pair"]
+    assert vpage.js("[...document.querySelectorAll('#run-select optgroup')[0].children].map(o => o.textContent)") == BUILT
+    vpage.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+    vpage.page.fill("#search-input", "gold")  # typed, not picked
+    before = _layout_view(vpage)
+    shots(vpage.page, "layer-row.png")
+
+    target = LAYER_ID.format("inception4c")
+    row.locator("button[data-layer='inception4c']").click()
+    _opened(vpage, target)
+    vpage.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+    assert int(vpage.js("document.body.dataset.highlightCount")) > 0  # re-applied on the new atlas
+    assert vpage.page.inner_text("#class-name") == "pizza" and vpage.page.is_visible("#class-chip")
+    assert vpage.page.input_value("#search-input") == "gold"
+    after = _layout_view(vpage)
+    assert after[:2] == pytest.approx(before[:2], abs=2e-3)
+    assert after[2] == pytest.approx(before[2], abs=0.126)  # zooms snap to quarters
+    assert vpage.js("[...document.querySelectorAll('#layer-row button.current')].map(b => b.textContent)") == ["inception4c"]
+    assert vpage.page.locator("#layer-row button[data-layer='inception4a']").is_enabled()
+    assert vpage.js("document.getElementById('run-select').value") == target
+    vpage.page.wait_for_function("(id) => location.hash.includes('run=' + id) && location.hash.includes('class=pizza')",
+                                 arg=target, timeout=5_000)
+
+    vpage.page.reload()  # the hash brings the chosen layer back
+    vpage.page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    _opened(vpage, target)
+    vpage.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+    assert vpage.js("[...document.querySelectorAll('#layer-row button.current')].map(b => b.textContent)") == ["inception4c"]
+    assert _layout_view(vpage) == pytest.approx(after, abs=2e-3)
+
+
+@pytest.mark.browser
+def test_an_ordinary_run_has_no_layer_row(vpage):
+    vpage.open("#run=beta/tiles&z=1&x=0.5&y=0.5")
+    _opened(vpage, "beta/tiles")
+    assert vpage.page.is_hidden("#layer-row")
+
+
+@pytest.mark.browser
+def test_both_features_work_from_an_exported_site(browser, root, tmp_path):  # noqa: F811 (the fixture)
+    """`atlas export` of the folder of runs: atlas.json carries the same fields, and the viewer
+    (reading files only, from a plain static server) shows the layer row."""
+    site = tmp_path / "site"
+    export_site(root, site)
+    listed = {r["id"]: r for r in json.loads((site / "atlas.json").read_text())["runs"]}
+    assert listed[LAYER_ID.format("inception4a")]["layers"]["names"] == LAYERS
+    assert listed[SIDE_ID.format("a")]["aligned"]["peer_id"] == SIDE_ID.format("b")
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "-d", str(site)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = None
+    try:
+        port = int(re.search(r"port (\d+)", proc.stdout.readline()).group(1))
+        p = Page(browser, SimpleNamespace(base_url=f"http://127.0.0.1:{port}/"))
+        p.open(f"#run={LAYER_ID.format('inception4a')}&z=2&x=0.5&y=0.5&class=pizza")
+        p.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+        p.page.click("#layer-row button[data-layer='inception5b']")
+        _opened(p, LAYER_ID.format("inception5b"))
+        p.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+        assert p.js("atlasViewer.state.api") is False and not [u for u in p.requests if "/api/" in u]
+    finally:
+        if p is not None:
+            p.close()
+        proc.terminate()
+        proc.wait(timeout=10)
