@@ -229,16 +229,146 @@ def test_the_layer_row_switches_layers_keeping_class_search_and_view(vpage, site
 
 
 @pytest.mark.browser
-def test_an_ordinary_run_has_no_layer_row(vpage):
+def test_an_ordinary_run_has_no_layer_row_and_one_map(vpage):
     vpage.open("#run=beta/tiles&z=1&x=0.5&y=0.5")
     _opened(vpage, "beta/tiles")
-    assert vpage.page.is_hidden("#layer-row")
+    assert vpage.page.is_hidden("#layer-row") and vpage.page.is_hidden("#map-peer")
+    assert vpage.page.is_hidden("#aligned-toggle") and vpage.page.is_hidden("#map-label")
+    assert _maps_shown(vpage) == 1
+    assert vpage.js("document.body.classList.contains('aligned')") is False
+
+
+def _maps_shown(vpage) -> int:
+    return vpage.js("[...document.querySelectorAll('.leaflet-container')].filter(e => e.offsetParent !== null"
+                    " && e.querySelector('.leaflet-tile-pane')).length")
+
+
+def _peer_ready(vpage) -> None:
+    vpage.page.wait_for_function("() => document.body.dataset.peerReady === '1' && atlasViewer.aligned.peer", timeout=15_000)
+
+
+def _linked(vpage) -> tuple[tuple, tuple]:
+    main, peer = _layout_view(vpage, "main"), _layout_view(vpage, "peer")
+    assert peer[:2] == pytest.approx(main[:2], abs=2e-3)
+    assert peer[2] == pytest.approx(main[2], abs=0.126)
+    return main, peer
+
+
+def _box(vpage, selector: str) -> dict:
+    return vpage.page.locator(selector).bounding_box()
+
+
+@pytest.mark.browser
+def test_the_aligned_view_links_both_maps(vpage, site, shots):  # noqa: F811
+    a, b = SIDE_ID.format("a"), SIDE_ID.format("b")
+    vpage.open(f"#run={a}&z=3&x=0.4&y=0.45")
+    _peer_ready(vpage)
+    assert _maps_shown(vpage) == 2
+    left, right = _box(vpage, "#map"), _box(vpage, "#map-peer")
+    assert left["x"] == 0 and right["x"] == pytest.approx(left["width"], abs=1) and left["width"] == pytest.approx(640, abs=1)
+    assert vpage.page.inner_text("#map-label") == SIDES["a"][1]
+    assert vpage.page.inner_text("#peer-label") == SIDES["b"][1]
+    assert vpage.js("document.body.dataset.aligned") == b
+    start, _ = _linked(vpage)
+    assert start[:2] == pytest.approx((0.4, 0.45), abs=2e-3)
+
+    # dragging the main map moves the other to the same place
+    cx, cy = left["x"] + left["width"] / 2, left["y"] + left["height"] / 2
+    vpage.page.mouse.move(cx, cy)
+    vpage.page.mouse.down()
+    vpage.page.mouse.move(cx - 150, cy - 90, steps=8)
+    vpage.page.mouse.up()
+    vpage.page.wait_for_timeout(400)
+    moved, _ = _linked(vpage)
+    assert moved[0] > start[0] + 0.05 and moved[1] > start[1] + 0.03
+
+    # zooming the other map zooms the main one
+    vpage.page.click("#map-peer .leaflet-control-zoom-out")
+    vpage.page.wait_for_timeout(600)
+    zoomed, _ = _linked(vpage)
+    assert zoomed[2] == pytest.approx(moved[2] - 0.5, abs=0.126)
+    vpage.page.wait_for_function("() => location.hash.includes('z=2.50')", timeout=5_000)  # the main map's hash follows
+
+    # hovering one map puts a crosshair at the same point of the other, with the hover's tooltip;
+    # the point: the centre of the fullest cell of the other side's grid 24 (both sides hold the
+    # same points), brought to the middle of the maps
+    cell = max(_get(site, f"data/{b}/meta/24/0-0.json")["cells"], key=lambda c: c["count"])
+    u, v = (cell["ix"] + 0.5) / 24, (cell["iy"] + 0.5) / 24
+    vpage.js("([u, v]) => atlasViewer.map.setView(atlasViewer.toLatLng(u, v), 2.5, { animate: false })", [u, v])
+    _linked(vpage)
+    assert vpage.js("document.body.dataset.peerLevel") == "24"
+    x, y = vpage.js("""([u, v]) => { const p = atlasViewer.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v));
+                                     return [p.x, p.y]; }""", [u, v])
+    vpage.page.mouse.move(x + 20, y + 20)
+    vpage.page.mouse.move(x, y, steps=3)
+    vpage.page.wait_for_selector("body[data-cross='peer']", timeout=5_000)
+    peer_m = _get(site, f"data/{b}/manifest.json")
+    lat, lng = vpage.js("(() => { const p = atlasViewer.aligned.cross.getLatLng(); return [p.lat, p.lng]; })()")
+    assert ((lng - peer_m["margin_px"]) / peer_m["content_px"], (lat - peer_m["margin_px"]) / peer_m["content_px"]) == \
+        pytest.approx((u, v), abs=3e-3)
+    vpage.page.wait_for_selector("#tooltip:not([hidden])", timeout=5_000)
+    assert vpage.js("document.getElementById('tooltip').dataset.side") == "main"
+    shots(vpage.page, "aligned.png")
+    # and the other way round: the tooltip of the other side's cell, the crosshair on the main map
+    px, py = vpage.js("""([u, v]) => { const s = atlasViewer.aligned.peer;
+        const p = s.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v, s)); return [p.x, p.y]; }""", [u, v])
+    px += right["x"]
+    vpage.page.mouse.move(px + 20, py + 20)
+    vpage.page.mouse.move(px, py, steps=3)
+    vpage.page.wait_for_selector("body[data-cross='main']", timeout=5_000)
+    main_m = _get(site, f"data/{a}/manifest.json")
+    lat, lng = vpage.js("(() => { const p = atlasViewer.aligned.cross.getLatLng(); return [p.lat, p.lng]; })()")
+    assert ((lng - main_m["margin_px"]) / main_m["content_px"], (lat - main_m["margin_px"]) / main_m["content_px"]) == \
+        pytest.approx((u, v), abs=3e-3)
+    vpage.page.wait_for_selector("#tooltip[data-side='peer']:not([hidden])", timeout=5_000)
+    level = int(vpage.js("document.body.dataset.peerLevel"))
+    size_cell = vpage.js("document.getElementById('tooltip').dataset.cell").split(":")
+    assert int(size_cell[0]) == level and int(size_cell[1]) == int(v * level) * level + int(u * level)
+    assert f"grid {level}×{level}" in vpage.page.inner_text("#tooltip")
+    brand = _box(vpage, "#bar .brand")  # off the maps: no tooltip, no crosshair
+    vpage.page.mouse.move(brand["x"] + 10, brand["y"] + 10, steps=3)
+    vpage.page.wait_for_selector("#tooltip", state="hidden", timeout=5_000)
+    assert vpage.js("document.body.dataset.cross") is None
+
+
+@pytest.mark.browser
+def test_the_aligned_view_goes_back_to_one_map_and_opens_from_either_side(vpage):
+    a, b = SIDE_ID.format("a"), SIDE_ID.format("b")
+    vpage.open(f"#run={b}&z=2&x=0.5&y=0.5")
+    _peer_ready(vpage)
+    # side b opened: the main map is b, on the right; a on the left
+    assert vpage.js("document.body.classList.contains('main-right')") is True
+    assert _box(vpage, "#map")["x"] == pytest.approx(640, abs=1) and _box(vpage, "#map-peer")["x"] == 0
+    assert vpage.js("atlasViewer.aligned.peer.run.id") == a
+    _linked(vpage)
+    assert vpage.page.inner_text("#aligned-toggle") == "Single map"
+    before = _layout_view(vpage)
+    vpage.page.click("#aligned-toggle")
+    vpage.page.wait_for_function("() => !atlasViewer.aligned.peer", timeout=5_000)
+    assert vpage.page.is_hidden("#map-peer") and _maps_shown(vpage) == 1
+    assert _box(vpage, "#map")["width"] == 1280
+    assert _layout_view(vpage) == pytest.approx(before, abs=2e-3)  # the map stays where it was
+    assert vpage.page.inner_text("#aligned-toggle") == "Side by side"
+    vpage.page.wait_for_function("() => location.hash.includes('single=1')", timeout=5_000)
+    vpage.page.reload()
+    vpage.page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    _opened(vpage, b)
+    assert vpage.page.is_hidden("#map-peer") and _maps_shown(vpage) == 1
+    vpage.page.click("#aligned-toggle")
+    _peer_ready(vpage)
+    _linked(vpage)
+    vpage.page.wait_for_function("() => !location.hash.includes('single')", timeout=5_000)
+    # another atlas from the picker: the other map goes
+    vpage.page.select_option("#run-select", "beta/tiles")
+    _opened(vpage, "beta/tiles")
+    assert vpage.page.is_hidden("#map-peer") and _maps_shown(vpage) == 1
+    assert vpage.js("document.body.dataset.aligned") is None
 
 
 @pytest.mark.browser
 def test_both_features_work_from_an_exported_site(browser, root, tmp_path):  # noqa: F811 (the fixture)
     """`atlas export` of the folder of runs: atlas.json carries the same fields, and the viewer
-    (reading files only, from a plain static server) shows the layer row."""
+    (reading files only, from a plain static server) shows the layer row and both aligned maps."""
     site = tmp_path / "site"
     export_site(root, site)
     listed = {r["id"]: r for r in json.loads((site / "atlas.json").read_text())["runs"]}
@@ -255,6 +385,9 @@ def test_both_features_work_from_an_exported_site(browser, root, tmp_path):  # n
         p.page.click("#layer-row button[data-layer='inception5b']")
         _opened(p, LAYER_ID.format("inception5b"))
         p.page.wait_for_selector("body[data-highlight-class='pizza']", timeout=5_000)
+        p.js(f"location.hash = '#run={SIDE_ID.format('a')}&z=2&x=0.5&y=0.5'")
+        _peer_ready(p)
+        _linked(p)
         assert p.js("atlasViewer.state.api") is False and not [u for u in p.requests if "/api/" in u]
     finally:
         if p is not None:
