@@ -288,6 +288,16 @@ def test_the_aligned_view_links_both_maps(vpage, site, shots):  # noqa: F811
     zoomed, _ = _linked(vpage)
     assert zoomed[2] == pytest.approx(moved[2] - 0.5, abs=0.126)
     vpage.page.wait_for_function("() => location.hash.includes('z=2.50')", timeout=5_000)  # the main map's hash follows
+    # the wheel on the main map zooms the other (animated on one, followed on the other), and then
+    # both rest: no map keeps moving the other
+    z0 = vpage.js("atlasViewer.map.getZoom()")
+    vpage.page.mouse.move(cx, cy)
+    vpage.page.mouse.wheel(0, -60)  # a little: both sides stay within their zoom ranges
+    vpage.page.wait_for_function("(z) => atlasViewer.map.getZoom() > z", arg=z0, timeout=5_000)
+    vpage.page.wait_for_timeout(600)
+    rest = _linked(vpage)
+    vpage.page.wait_for_timeout(400)
+    assert _linked(vpage) == rest
 
     # hovering one map puts a crosshair at the same point of the other, with the hover's tooltip;
     # the point: the centre of the fullest cell of the other side's grid 24 (both sides hold the
