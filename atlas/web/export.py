@@ -224,7 +224,7 @@ def export_site(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *, overw
             _write_json(dest / "channels" / "index.json", {"views": channel_view_entries(run)}, summary, "channels")
             if comparison_axis(run.manifest) is not None:
                 _write_json(dest / "attacks.json", attack_marks(run, root.resolve()), summary, "attacks")
-            described.append({**run.describe(), "base": data_url(run_id, "data/")})
+            described.append({**run.describe(runs), "base": data_url(run_id, "data/")})
         _write_json(partial / "atlas.json", {"kind": EXPORT_KIND, "api": False, "runs": described}, summary, "manifest")
         if out.exists():
             shutil.rmtree(out)

@@ -129,7 +129,7 @@ class JsonApi:
 
     def _api_runs(self, query: dict[str, str]) -> None:
         runs = self.server.runs()
-        self._send_json({"api": True, "runs": [run.describe() for _id, run in ordered_runs(runs)]})
+        self._send_json({"api": True, "runs": [run.describe(runs) for _id, run in ordered_runs(runs)]})
 
     def _level(self, run: Run, query: dict[str, str]) -> dict[str, Any]:
         if not query.get("level"):

@@ -5,12 +5,20 @@ were drawn, or cells made from a layout laid out again since; see
 :func:`atlas.stages.tiles.metadata.manifest_warnings`). ``/api/runs`` lists them and the viewer shows
 them; the server logs them when it starts. A comparison atlas also carries ``comparison``:
 which class lies on which side (:func:`comparison_axis`), which the viewer draws as an axis.
+
+A multi-layer run keeps one atlas per layer (``RUN/layers/<layer>/tiles``), each manifest naming
+the run's layers (``layer_set``); their entries carry ``layers`` (:func:`layer_row`), the row of
+layers the viewer switches between. An aligned atlas has two sides sharing one layout
+(``RUN/aligned/<name>/a/tiles`` and ``.../b/tiles``); each side's entry carries ``aligned``
+(:func:`aligned_pair`), with its peer's id, and the viewer shows both side by side.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +27,12 @@ from urllib.parse import quote
 from atlas.stages.tiles import MANIFEST_KIND
 from atlas.stages.tiles.metadata import manifest_warnings
 
-MAX_SCAN_DEPTH = 4
+#: how deep below the served folder tiles folders are looked for: ``RUN/aligned/<name>/a/tiles``
+#: is 5 folders below a folder of runs
+MAX_SCAN_DEPTH = 5
+#: the id of a layer atlas of a multi-layer run: ``<group>/layers/<layer>/tiles`` (no group when
+#: the run folder itself is served)
+_LAYER_ID = re.compile(r"(?:(?P<group>.+)/)?layers/(?P<layer>[^/]+)/tiles")
 
 
 @dataclass(frozen=True)
@@ -33,8 +46,11 @@ class Run:
     name: str  # the run's name: its folder's, see run_name()
     warnings: tuple[str, ...] = ()  # what is out of date (atlas.stages.tiles.metadata.manifest_warnings)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, runs: Mapping[str, Run] | None = None) -> dict[str, Any]:
+        """The run's entry in ``/api/runs``; ``runs`` (every served atlas, by id) resolves the ids
+        of its sibling layer atlases and of its aligned peer, which are missing without it."""
         m = self.manifest
+        runs = runs if runs is not None else {self.id: self}
         return {
             "id": self.id,
             "name": self.name,
@@ -48,6 +64,8 @@ class Run:
             "base": data_url(self.id, "/data/"),
             "warnings": list(self.warnings),
             "comparison": comparison_axis(m),
+            "layers": layer_row(self, runs),
+            "aligned": aligned_pair(self, runs),
         }
 
 
@@ -71,6 +89,53 @@ def comparison_axis(manifest: dict[str, Any]) -> dict[str, Any] | None:
     return {**sides, "x": x if isinstance(x, str) and x else "attribution difference"}
 
 
+def _name(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 200 and "/" not in value and "\0" not in value
+
+
+def layer_row(run: Run, runs: Mapping[str, Run]) -> dict[str, Any] | None:
+    """The layers of the multi-layer run a layer atlas (``<group>/layers/<layer>/tiles``) belongs
+    to, from its manifest's ``layer_set``: ``{"group", "names": the layers in the model's order,
+    "ids": {layer: the id of its atlas}}`` (only the layers whose atlas is served, ``runs``); None
+    for any other atlas and for a malformed ``layer_set``."""
+    names = run.manifest.get("layer_set")
+    match = _LAYER_ID.fullmatch(run.id)
+    if match is None or not isinstance(names, list) or not names or not all(_name(n) for n in names):
+        return None
+    names = list(dict.fromkeys(names))
+    group = match["group"] or ""
+    prefix = f"{group}/layers/" if group else "layers/"
+    ids = {n: f"{prefix}{n}/tiles" for n in names if f"{prefix}{n}/tiles" in runs}
+    return {"group": group, "names": names, "ids": ids}
+
+
+def aligned_pair(run: Run, runs: Mapping[str, Run]) -> dict[str, Any] | None:
+    """One side of an aligned atlas, from its manifest's ``aligned``: ``{"name", "side": "a" |
+    "b", "label", "peer_id": the id of the other side's atlas (its ``peer`` folder, relative to
+    this tiles folder; None when it is not served), "peer_label"}``; None for any other atlas and
+    for a malformed entry."""
+    entry = run.manifest.get("aligned")
+    if not isinstance(entry, dict):
+        return None
+    name, side, peer = entry.get("name"), entry.get("side"), entry.get("peer")
+    if not isinstance(name, str) or not name or side not in ("a", "b"):
+        return None
+    peer_id = None
+    if isinstance(peer, str) and 0 < len(peer) <= 1000 and "\0" not in peer:
+        try:
+            target = (run.path / peer).resolve()
+        except (OSError, RuntimeError, ValueError):
+            target = None
+        peer_id = next((r.id for r in runs.values() if r.path == target and r.id != run.id), None)
+
+    def text(key: str) -> str:
+        value = entry.get(key)
+        return value if isinstance(value, str) else ""
+
+    return {"name": name, "side": side, "label": text("label") or side, "peer_id": peer_id,
+            "peer_label": text("peer_label") or ("b" if side == "a" else "a")}
+
+
 def data_url(run_id: str, prefix: str) -> str:
     """The URL of a run's files: ``prefix`` and the run id, percent-encoded segment by segment
     (a folder named ``a #1?`` is ``a%20%231%3F``), with a closing ``/``."""
@@ -81,9 +146,15 @@ def run_name(root: Path, tiles_dir: Path) -> str:
     """The name a tiles folder is shown by: its run folder's (the folder holding ``tiles/``).
 
     ``runA/tiles`` -> ``runA``; serving a run folder ``demo`` (or ``demo/tiles`` itself) ->
-    ``demo``; a tiles folder by another name keeps its own.
+    ``demo``; a tiles folder by another name keeps its own. A layer atlas of a multi-layer run
+    (``runA/layers/<layer>/tiles``) and a side of an aligned atlas (``runA/aligned/<name>/a/tiles``)
+    are shown by their run's name, ``runA``.
     """
     folder = tiles_dir.parent if tiles_dir.name == "tiles" else tiles_dir
+    if tiles_dir.name == "tiles" and folder.parent.name == "layers":
+        folder = folder.parent.parent
+    elif tiles_dir.name == "tiles" and folder.name in ("a", "b") and folder.parent.parent.name == "aligned":
+        folder = folder.parent.parent.parent
     if root in folder.parents:
         return folder.relative_to(root).as_posix()
     return folder.name or "atlas"
@@ -142,4 +213,5 @@ def find_runs(root: Path, max_depth: int = MAX_SCAN_DEPTH) -> dict[str, Run]:
     return runs
 
 
-__all__ = ["MAX_SCAN_DEPTH", "Run", "comparison_axis", "data_url", "find_runs", "run_name"]
+__all__ = ["MAX_SCAN_DEPTH", "Run", "aligned_pair", "comparison_axis", "data_url", "find_runs", "layer_row",
+           "run_name"]

@@ -19,7 +19,12 @@
  *     api/attacks?run=              from `atlas serve`
  *     <base>attacks.json            written by `atlas export`
  * Map units are pixels at the deepest tiled zoom; the layout's unit square starts at margin_px
- * and is content_px wide. The URL hash (run, z, x, y, class, cell, photo) restores a view.
+ * and is content_px wide. The URL hash (run, z, x, y, class, cell, photo, single) restores a view.
+ *
+ * Two features live in their own files, loaded before this one and called with its API
+ * (window.atlasViewer) through window.atlasViewerFeatures: layers.js, the layer row of a
+ * multi-layer run (a run's "layers" in atlas.json), and aligned.js, the two sides of an aligned
+ * atlas side by side (a run's "aligned"), linked in pan, zoom and hover.
  *
  * Every name from the data (runs, classes, photos, overlays, channel views) is shown as text:
  * the page is built with DOM nodes and textContent, never from HTML strings. A run's base is a
@@ -40,6 +45,25 @@
     overlays: [], shown: new Map(), // photo overlays: index entries; name -> Leaflet layer group
     attacks: null, attackLayer: null, // a comparison's attack marks: api/attacks answer; their layer group
   };
+
+  // ---- hooks for the features in their own files (layers.js, aligned.js) ------------------
+  // 'layout' (run, view): before the main map is made; 'open' (run, view): the atlas is shown;
+  // 'close' (next run): before it goes; 'view' (view): a view (hash) was applied; 'hash'
+  // (URLSearchParams): the hash is being written; 'pointer' (side, latlng | null): the pointer
+  // moved over a map, or left it.
+
+  const hooks = new Map();
+
+  function on(name, fn) {
+    if (!hooks.has(name)) hooks.set(name, []);
+    hooks.get(name).push(fn);
+  }
+
+  function emit(name, ...args) {
+    for (const fn of hooks.get(name) || []) {
+      try { fn(...args); } catch (err) { console.error(err); }
+    }
+  }
 
   // ---- small helpers ------------------------------------------------------------------------
 
@@ -62,8 +86,8 @@
     return String(path).split('/').map(encodeURIComponent).join('/');
   }
 
-  function version() { // the query that ties a file to the build of the tiles
-    return '?v=' + encodeURIComponent(state.m.build);
+  function version(side = state) { // the query that ties a file to the build of the tiles
+    return '?v=' + encodeURIComponent(side.m.build);
   }
 
   async function getJSON(url) {
@@ -95,37 +119,46 @@
   }
 
   // ---- geometry -----------------------------------------------------------------------------
+  // A "side" is one atlas on one map: { run, m (its manifest), map, regions (its metadata
+  // cache) }. The main map's side is `state` itself; the aligned view (aligned.js) adds a second.
 
-  function tileZoom() {
-    const z = Math.round(state.map.getZoom());
-    return Math.max(0, Math.min(state.m.max_native_zoom, z));
+  function tileZoom(side = state) {
+    const z = Math.round(side.map.getZoom());
+    return Math.max(0, Math.min(side.m.max_native_zoom, z));
   }
 
-  function currentLevel() {
-    const size = state.m.zooms[tileZoom()].level;
-    return state.m.levels.find((lv) => lv.size === size);
+  function currentLevel(side = state) {
+    const size = side.m.zooms[tileZoom(side)].level;
+    return side.m.levels.find((lv) => lv.size === size);
   }
 
-  function toLatLng(u, v) { // layout (x=u, y=v) in [0,1] -> map
-    const m = state.m;
+  function toLatLng(u, v, side = state) { // layout (x=u, y=v) in [0,1] -> map
+    const m = side.m;
     return L.latLng(m.margin_px + v * m.content_px, m.margin_px + u * m.content_px);
   }
 
-  function toLayout(latlng) {
-    const m = state.m;
+  function toLayout(latlng, side = state) {
+    const m = side.m;
     return { u: (latlng.lng - m.margin_px) / m.content_px, v: (latlng.lat - m.margin_px) / m.content_px };
   }
 
-  function cellAt(latlng, level) {
-    const { u, v } = toLayout(latlng);
+  // the zoom of atlas `to` that shows its layout as large on screen as atlas `from` shows its own
+  // at zoom `z` (their grids, and so world and content sizes, may differ); clamped to `to`'s zooms
+  function relativeZoom(z, from, to) {
+    const same = z - from.max_native_zoom + to.max_native_zoom + Math.log2(from.content_px / to.content_px);
+    return Math.max(to.min_zoom, Math.min(to.max_zoom, same));
+  }
+
+  function cellAt(latlng, level, side = state) {
+    const { u, v } = toLayout(latlng, side);
     if (u < 0 || v < 0 || u >= 1 || v >= 1) return null;
     const ix = Math.floor(u * level.size);
     const iy = Math.floor(v * level.size);
     return { iy, ix, id: iy * level.size + ix };
   }
 
-  function cellBounds(level, iy, ix) {
-    const m = state.m;
+  function cellBounds(level, iy, ix, side = state) {
+    const m = side.m;
     const c = m.content_px / level.size;
     const pad = c * m.gap / 2;
     return L.latLngBounds(
@@ -136,28 +169,29 @@
 
   // ---- metadata -----------------------------------------------------------------------------
 
-  function region(level, ry, rx) {
+  function region(level, ry, rx, side = state) {
     const key = `${level.size}/${ry}-${rx}`;
-    if (!state.regions.has(key)) {
+    const regions = side.regions;
+    if (!regions.has(key)) {
       const known = level.regions.some((r) => r[0] === ry && r[1] === rx);
-      const url = state.run.base + urlPath(level.meta_url.replace('{ry}', ry).replace('{rx}', rx)) + version();
+      const url = side.run.base + urlPath(level.meta_url.replace('{ry}', ry).replace('{rx}', rx)) + version(side);
       const promise = known
         ? getJSON(url).then((doc) => ({ names: doc.names, cells: new Map(doc.cells.map((c) => [c.id, c])) }))
         : Promise.resolve({ names: {}, cells: new Map() });
-      state.regions.set(key, promise.catch((err) => { state.regions.delete(key); throw err; }));
+      regions.set(key, promise.catch((err) => { regions.delete(key); throw err; }));
     }
-    return state.regions.get(key);
+    return regions.get(key);
   }
 
-  async function lookupCell(level, iy, ix) {
+  async function lookupCell(level, iy, ix, side = state) {
     const r = level.region || 40;
-    const doc = await region(level, Math.floor(iy / r), Math.floor(ix / r));
+    const doc = await region(level, Math.floor(iy / r), Math.floor(ix / r), side);
     const cell = doc.cells.get(iy * level.size + ix);
-    return cell ? { cell, names: doc.names, level } : null;
+    return cell ? { cell, names: doc.names, level, side } : null;
   }
 
-  function className(names, c) {
-    return names[String(c)] || state.m.classes[c] || `class ${c}`;
+  function className(names, c, side = state) {
+    return names[String(c)] || side.m.classes[c] || `class ${c}`;
   }
 
   // ---- tooltip ------------------------------------------------------------------------------
@@ -169,7 +203,7 @@
     return el('ol', { cls: 'classes' }, top.map(([c, v]) => {
       const bar = el('span', { cls: 'bar' });
       bar.style.width = `${Math.max(4, (100 * v) / max)}%`;
-      const name = className(info.names, c);
+      const name = className(info.names, c, info.side);
       return el('li', {
         cls: name === activeName ? 'active' : null,
         title: onPick ? `Highlight cells by attribution to “${name}”` : null,
@@ -199,7 +233,7 @@
     requestAnimationFrame(() => {
       const shown = node.clientWidth || icon.size;
       const k = shown / icon.size;
-      node.style.backgroundImage = `url("${state.run.base}${urlPath(icon.sprite)}${version()}")`;
+      node.style.backgroundImage = `url("${info.side.run.base}${urlPath(icon.sprite)}${version(info.side)}")`;
       node.style.backgroundSize = `${icon.sprite_px * k}px ${icon.sprite_px * k}px`;
       node.style.backgroundPosition = `${-icon.x * k}px ${-icon.y * k}px`;
     });
@@ -214,7 +248,7 @@
       el('div', { cls: 'tt-head' }, [
         iconNode(info, 'tt-icon'),
         el('div', {}, [
-          el('div', { cls: 'tt-title', text: top ? className(info.names, top[0]) : 'no positive class' }),
+          el('div', { cls: 'tt-title', text: top ? className(info.names, top[0], info.side) : 'no positive class' }),
           el('div', { cls: 'tt-sub', text: `${fmt.format(cell.count)} activations` }),
           el('div', { cls: 'tt-sub', text: `grid ${level.size}×${level.size} · cell ${cell.iy}, ${cell.ix}` }),
           cell.fallback ? el('div', { cls: 'tt-sub tt-fallback', text: fallbackText(cell) }) : null,
@@ -223,6 +257,7 @@
       classList(info, 5, null),
     );
     tip.dataset.cell = `${level.size}:${cell.id}`;
+    tip.dataset.side = info.side === state ? 'main' : 'peer';
     tip.hidden = false;
     placeTooltip(point);
   }
@@ -241,25 +276,31 @@
     $('tooltip').hidden = true;
     state.hover = null;
     if (state.hoverRect) { state.hoverRect.remove(); state.hoverRect = null; }
+    emit('pointer', null, null);
   }
 
-  async function onMouseMove(e) {
-    const level = currentLevel();
-    const hit = cellAt(e.latlng, level);
-    const key = hit ? `${level.size}:${hit.id}` : null;
+  // the pointer moved over the map of `side` (the main map's, or the aligned view's other one):
+  // the tooltip of the cell under it, with the cell outlined
+  async function pointerMove(e, side = state) {
+    const level = currentLevel(side);
+    const hit = cellAt(e.latlng, level, side);
+    const key = hit ? `${side === state ? 'main' : 'peer'}:${level.size}:${hit.id}` : null;
+    const point = L.point(e.originalEvent.clientX, e.originalEvent.clientY); // the page's, whichever map
     if (key === state.hover) {
-      if (key && !$('tooltip').hidden) placeTooltip(e.containerPoint);
+      if (key && !$('tooltip').hidden) placeTooltip(point);
+      emit('pointer', side, e.latlng);
       return;
     }
     hideHover();
+    emit('pointer', side, e.latlng);
     if (!hit) return;
     state.hover = key;
     let info = null;
-    try { info = await lookupCell(level, hit.iy, hit.ix); } catch (err) { return; }
-    if (state.hover !== key) return; // the mouse moved on meanwhile
+    try { info = await lookupCell(level, hit.iy, hit.ix, side); } catch (err) { return; }
+    if (state.hover !== key || !side.map) return; // the mouse moved on meanwhile
     if (!info) { state.hover = key; return; }
-    state.hoverRect = L.rectangle(cellBounds(level, hit.iy, hit.ix), { className: 'cell-hover', fill: false, interactive: false }).addTo(state.map);
-    renderTooltip(info, state.map.mouseEventToContainerPoint(e.originalEvent));
+    state.hoverRect = L.rectangle(cellBounds(level, hit.iy, hit.ix, side), { className: 'cell-hover', fill: false, interactive: false }).addTo(side.map);
+    renderTooltip(info, point);
   }
 
   // ---- side panel ---------------------------------------------------------------------------
@@ -776,7 +817,7 @@
     const p = new URLSearchParams(location.hash.replace(/^#/, ''));
     return {
       run: p.get('run'), z: num(p.get('z'), null), x: num(p.get('x'), null), y: num(p.get('y'), null),
-      klass: p.get('class'), cell: p.get('cell'),
+      klass: p.get('class'), cell: p.get('cell'), params: p,
       photos: (p.get('photo') || '').split(',').filter(Boolean).map((n) => { try { return decodeURIComponent(n); } catch (e) { return n; } }),
     };
   }
@@ -798,6 +839,7 @@
     if (state.klass) p.set('class', state.klass.name);
     if (state.selected) p.set('cell', `${state.selected.size}:${state.selected.id}`);
     if (state.shown.size) p.set('photo', [...state.shown.keys()].map(encodeURIComponent).join(','));
+    emit('hash', p);
     // readable links: '/' and ':' need no escaping in a fragment
     const hash = '#' + p.toString().replace(/\+/g, '%20').replace(/%2F/g, '/').replace(/%3A/g, ':');
     if (hash !== location.hash) history.replaceState(null, '', hash);
@@ -807,8 +849,9 @@
     state.restoring = true;
     try {
       const m = state.m;
-      if (view.z !== null && view.x !== null && view.y !== null) {
-        const z = Math.max(m.min_zoom, Math.min(m.max_zoom, view.z));
+      const wanted = view.zFrom ? relativeZoom(view.zFrom.z, view.zFrom.m, m) : view.z;
+      if (Number.isFinite(wanted) && Number.isFinite(view.x) && Number.isFinite(view.y)) {
+        const z = Math.max(m.min_zoom, Math.min(m.max_zoom, wanted));
         state.map.setView(toLatLng(view.x, view.y), z, { animate: false });
       } else {
         state.map.fitBounds(L.latLngBounds(toLatLng(0, 0), toLatLng(1, 1)), { padding: [40, 40], animate: false });
@@ -825,6 +868,7 @@
       const want = new Set(view.photos || []);
       for (const name of [...state.shown.keys()]) if (!want.has(name)) await showOverlay(name, false);
       for (const name of want) if (!state.shown.has(name)) await showOverlay(name, true);
+      emit('view', view);
     } finally {
       state.restoring = false;
     }
@@ -856,6 +900,7 @@
   }
 
   async function openRun(run, view) {
+    emit('close', run);
     state.run = run;
     state.regions.clear();
     state.classIndex = null;
@@ -884,24 +929,14 @@
     $('run-select').value = run.id;
     renderAxis();
 
-    const k = Math.pow(2, -m.max_native_zoom);
-    const crs = L.extend({}, L.CRS.Simple, { transformation: new L.Transformation(k, 0, k, 0) });
-    const world = L.latLngBounds([0, 0], [m.world_px, m.world_px]);
-    const map = L.map('map', {
-      crs, minZoom: m.min_zoom, maxZoom: m.max_zoom, zoomSnap: 0.25, zoomDelta: 0.5, wheelPxPerZoomLevel: 80,
-      attributionControl: false, zoomControl: false, keyboard: true, keyboardPanDelta: 120,
-      maxBounds: world.pad(0.25), maxBoundsViscosity: 0.7, bounceAtZoomLimits: false,
-    });
+    emit('layout', run, view || {}); // the aligned view halves the page before the map measures it
+    const { map, tiles } = createMap('map', run, m);
     state.map = map;
-    L.control.zoom({ position: 'topleft' }).addTo(map);
-    state.tiles = L.tileLayer(`${run.base}${m.tile_url}${version()}`, {
-      tileSize: m.tile_size, minZoom: m.min_zoom, maxZoom: m.max_zoom, minNativeZoom: 0, maxNativeZoom: m.max_native_zoom,
-      bounds: world, noWrap: true, keepBuffer: 3, className: 'atlas-tiles', updateWhenZooming: false,
-    }).addTo(map);
+    state.tiles = tiles;
     state.tiles.on('tileload', () => { state.tilesLoaded += 1; document.body.dataset.tilesLoaded = state.tilesLoaded; });
     state.tiles.on('load', () => { document.body.dataset.ready = '1'; });
 
-    map.on('mousemove', onMouseMove);
+    map.on('mousemove', (e) => pointerMove(e));
     map.on('mouseout dragstart zoomstart movestart', hideHover);
     map.on('click', onClick);
     map.on('zoomend', () => { hideHover(); updateStatus(); });
@@ -912,11 +947,75 @@
     updateStatus();
     writeHash();
     window.atlasViewer.map = map;
+    emit('open', run, view || {});
+    document.body.dataset.opened = run.id;
+  }
+
+  // a Leaflet map of the atlas `run` (manifest `m`) in the element `container`: a flat CRS with y
+  // down, one map unit a pixel at the deepest tiled zoom
+  function createMap(container, run, m) {
+    const k = Math.pow(2, -m.max_native_zoom);
+    const crs = L.extend({}, L.CRS.Simple, { transformation: new L.Transformation(k, 0, k, 0) });
+    const world = L.latLngBounds([0, 0], [m.world_px, m.world_px]);
+    const map = L.map(container, {
+      crs, minZoom: m.min_zoom, maxZoom: m.max_zoom, zoomSnap: 0.25, zoomDelta: 0.5, wheelPxPerZoomLevel: 80,
+      attributionControl: false, zoomControl: false, keyboard: true, keyboardPanDelta: 120,
+      maxBounds: world.pad(0.25), maxBoundsViscosity: 0.7, bounceAtZoomLimits: false,
+    });
+    L.control.zoom({ position: 'topleft' }).addTo(map);
+    const tiles = L.tileLayer(`${run.base}${m.tile_url}${version({ m })}`, {
+      tileSize: m.tile_size, minZoom: m.min_zoom, maxZoom: m.max_zoom, minNativeZoom: 0, maxNativeZoom: m.max_native_zoom,
+      bounds: world, noWrap: true, keepBuffer: 3, className: 'atlas-tiles', updateWhenZooming: false,
+    }).addTo(map);
+    return { map, tiles };
+  }
+
+  // open another atlas (another layer of the run) where this one is, in relative terms: the same
+  // point of the layout at the centre, the layout as large on screen; with the same class
+  // highlight and the same text in the search box
+  async function switchRun(run, extra) {
+    if (!state.map || !state.m) { await openRun(run, extra || {}); return; }
+    const text = $('search-input').value;
+    const { u, v } = toLayout(state.map.getCenter());
+    await openRun(run, {
+      x: u, y: v, z: null, zFrom: { z: state.map.getZoom(), m: state.m },
+      klass: state.klass ? state.klass.name : null, cell: null, photos: [], ...(extra || {}),
+    });
+    $('search-input').value = text;
+  }
+
+  // the picker's entry of a run: the layer atlases of a multi-layer run are one group, by layer
+  // in the model's order, and the two sides of an aligned atlas another
+  function pickerEntry(r) {
+    const l = r.layers, a = r.aligned;
+    if (l && Array.isArray(l.names)) {
+      const layer = l.names.find((n) => l.ids && l.ids[n] === r.id) || r.layer;
+      return { group: `layers\u0000${l.group}`, label: `${r.name} · layers`, text: layer, order: l.names.indexOf(layer) };
+    }
+    if (a && a.name) {
+      const at = r.id.lastIndexOf(`/${a.side}/tiles`);
+      const group = `aligned\u0000${at > 0 ? r.id.slice(0, at) : a.name}`;
+      return { group, label: `${r.name} · aligned ${a.name}`, text: `${a.side}: ${a.label}`, order: a.side === 'a' ? 0 : 1 };
+    }
+    return { group: null, text: r.label, order: 0 };
   }
 
   function setupRuns() {
     const select = $('run-select');
-    select.replaceChildren(...state.runs.map((r) => el('option', { value: r.id, text: r.label + (r.complete ? '' : ' (rendering)') + ((r.warnings || []).length ? ' (out of date)' : '') })));
+    const option = (r, text) => el('option', { value: r.id, text: text + (r.complete ? '' : ' (rendering)') + ((r.warnings || []).length ? ' (out of date)' : '') });
+    const groups = new Map();
+    const entries = [];
+    for (const r of state.runs) {
+      const entry = pickerEntry(r);
+      if (entry.group === null) { entries.push(option(r, entry.text)); continue; }
+      if (!groups.has(entry.group)) {
+        groups.set(entry.group, { node: el('optgroup', { label: entry.label }), items: [] });
+        entries.push(groups.get(entry.group).node);
+      }
+      groups.get(entry.group).items.push([entry.order, option(r, entry.text)]);
+    }
+    for (const { node, items } of groups.values()) node.append(...items.sort((x, y) => x[0] - y[0]).map(([, o]) => o));
+    select.replaceChildren(...entries);
     $('run-picker').hidden = state.runs.length < 2;
     select.addEventListener('change', () => {
       const run = state.runs.find((r) => r.id === select.value);
@@ -926,6 +1025,11 @@
 
   async function main() {
     setupSearch();
+    // the top bar wraps on narrow windows: what sits below it (zoom buttons, panel, map labels) follows
+    const bar = $('bar');
+    const barBottom = () => document.documentElement.style.setProperty('--bar-bottom', `${Math.round(bar.getBoundingClientRect().bottom)}px`);
+    if (window.ResizeObserver) new ResizeObserver(barBottom).observe(bar);
+    barBottom();
     $('panel-close').addEventListener('click', closePanel);
     $('attack-toggle').addEventListener('change', drawAttackMarks);
     document.addEventListener('keydown', (ev) => {
@@ -959,6 +1063,11 @@
     $('map').focus({ preventScroll: true });
   }
 
-  window.atlasViewer = { state, setClass, clearClass, openPanel, showOverlay, toLatLng, cellAt, currentLevel, map: null };
+  window.atlasViewer = {
+    state, setClass, clearClass, openPanel, showOverlay, toLatLng, toLayout, cellAt, currentLevel, map: null,
+    // for layers.js and aligned.js
+    on, el, getJSON, openRun, switchRun, createMap, relativeZoom, pointerMove, hideHover, scheduleHash, updateStatus,
+  };
+  for (const feature of window.atlasViewerFeatures || []) feature(window.atlasViewer);
   main();
 }());
