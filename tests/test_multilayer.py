@@ -126,3 +126,24 @@ def test_collect_cli_takes_shared_sampling(tmp_path, atlas_cli):
     with ActivationsFile(out) as f:
         a, b = (np.asarray(f.read_rows(name, "position", np.arange(4))) for name in ("inception4a", "inception5b"))
     np.testing.assert_array_equal(a, np.floor((b + 0.5) * 2))
+
+
+def test_every_layer_attributed_from_one_pass_equals_one_pass_per_layer():
+    import torch
+
+    from atlas.models import load_model
+    from atlas.stages.collect.rows import layer_attributions, position_attribution
+
+    model = load_model("inceptionv1", random_init=True, device="cpu")
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    classes = torch.tensor([[3, 7, 500], [1, 999, 42]])
+    layers = ["inception4e", "inception3b", "inception5b"]  # any order: the lowest one is the leaf
+    together = layer_attributions(model, images, layers, lambda logits: classes)
+    assert list(together) == layers
+    for name in layers:
+        h, cls, attr = together[name]
+        h1, cls1, attr1 = position_attribution(model, images, name, classes)
+        torch.testing.assert_close(h, h1)
+        torch.testing.assert_close(cls, cls1)
+        torch.testing.assert_close(attr, attr1, rtol=1e-4, atol=1e-6 * float(attr1.abs().max()))
+        assert attr.shape == (2, 3, *h.shape[2:]) and float(attr.abs().max()) > 0

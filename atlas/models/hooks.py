@@ -81,4 +81,34 @@ def layer_as_leaf(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         handle.remove()
 
 
-__all__ = ["StopForward", "layer_as_leaf", "record_outputs"]
+@contextmanager
+def layers_from_leaf(modules: Iterable[tuple[str, nn.Module]]) -> Iterator[dict[str, torch.Tensor]]:
+    """:func:`layer_as_leaf` for several layers at once: the first of ``modules`` to run in a
+    forward pass inside the block has its output replaced by a leaf, and the outputs of the
+    others are recorded as they are, in the graph above that leaf. One backward pass from the
+    logits then gives ``d/dh`` at every layer (``torch.autograd.grad(logits, [h, ...])``) and
+    differentiates nothing below the lowest one. A module that does not run after the leaf's
+    (a parallel branch) gives an output that does not require grad; callers check. Yields
+    ``{name: output}``; hooks are removed on exit, also on error."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def make_hook(name: str):
+        def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> torch.Tensor | None:
+            if not outputs:
+                leaf = output.detach().requires_grad_(True)
+                outputs[name] = leaf
+                return leaf
+            outputs[name] = output
+            return None
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(name)) for name, module in modules]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+__all__ = ["StopForward", "layer_as_leaf", "layers_from_leaf", "record_outputs"]

@@ -43,7 +43,7 @@ import torch.autograd.forward_ad as fwAD
 
 from atlas.checks import SettingError, at_least, one_of
 from atlas.models import capture
-from atlas.models.hooks import layer_as_leaf
+from atlas.models.hooks import layer_as_leaf, layers_from_leaf
 from atlas.models.tokens import grid_view
 from atlas.runtime import forward_ad
 
@@ -291,6 +291,50 @@ def position_attribution(
     return h, classes, attr.transpose(0, 1)
 
 
+def layer_attributions(
+    model: AtlasModel,
+    images: torch.Tensor,
+    layers: Sequence[str],
+    classes: Callable[[torch.Tensor], torch.Tensor],
+) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`position_attribution` of several layers from one forward and one batched backward
+    pass: the lowest layer's output is the leaf and the others stay in the graph above it
+    (:func:`~atlas.models.hooks.layers_from_leaf`), so the backward pass that reaches the lowest
+    layer gives every layer's gradient on the way. The same values as one
+    :func:`position_attribution` per layer, for the cost of the deepest one. A layer that is not
+    above the lowest one in the graph (a parallel branch) gets its own pass.
+
+    Returns ``{layer: (h, classes, attr)}`` as :func:`position_attribution` returns them.
+    """
+    if len(layers) == 1:
+        return {layers[0]: position_attribution(model, images, layers[0], classes)}
+    with layers_from_leaf([(name, model.layer(name)) for name in layers]) as captured, torch.enable_grad():
+        logits = model(images)
+    if not logits.requires_grad:
+        raise _no_logits_error(layers[0])
+    chosen = classes(logits.detach())
+    linked = [name for name in layers if name in captured and captured[name].requires_grad]
+    m = chosen.shape[1]
+    onehot = torch.zeros((m, *logits.shape), dtype=logits.dtype, device=logits.device)
+    onehot.scatter_(2, chosen.T[:, :, None], 1.0)
+    grads = torch.autograd.grad(logits, [captured[name] for name in linked], grad_outputs=onehot,
+                                is_grads_batched=True)
+    out = {}
+    for name, grad in zip(linked, grads):
+        h = captured[name].detach()
+        layout = model.token_layout(h.shape[1:]) if h.dim() == 3 else None
+        if h.dim() != 4 and layout is None:
+            raise ValueError(f"layer {name!r} is not spatial (output {tuple(h.shape)})")
+        if layout is not None:
+            h, grad = layout.to_grid(h), layout.to_grid(grad)
+        out[name] = (h, chosen, (grad * h).sum(2).transpose(0, 1))
+    del grads, captured
+    for name in layers:
+        if name not in out:
+            out[name] = position_attribution(model, images, name, chosen)
+    return out
+
+
 def candidate_attribution(
     model: AtlasModel, images: torch.Tensor, layer: str, n: int, labels: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -333,13 +377,16 @@ def compute_rows(
 
     if not settings.attribution:
         acts_by_layer = capture_until_last(model, images, [s.name for s in specs])
+    elif settings.attribution_classes:  # every layer from one forward and one backward pass
+        n = settings.attribution_classes
+        by_layer = layer_attributions(model, images, [s.name for s in specs],
+                                      lambda logits: candidate_classes(logits, n, label_t))
     for spec in specs:
         pos = positions[spec.name]
         n_slots = pos.shape[1]
         cand = None
         if settings.attribution and settings.attribution_classes:
-            h, classes, attr_map = candidate_attribution(model, images, spec.name, settings.attribution_classes,
-                                                         label_t)
+            h, classes, attr_map = by_layer.pop(spec.name)
             acts = [gather(h, pos, slot) for slot in range(n_slots)]
             attrs = [gather(attr_map, pos, slot) for slot in range(n_slots)]  # each (B, n + 1)
             cand = classes.repeat_interleave(n_slots, 0)  # rows ordered by image then slot
@@ -421,4 +468,4 @@ def commit_block(parts: PartStore, blk: int, buf: dict, specs: Sequence[LayerSpe
 __all__ = ["CollectSettings", "Sampling", "attributed_slots", "buffer_batch", "candidate_attribution",
            "candidate_classes", "capture_until_last", "commit_block", "compute_rows", "empty_rows",
            "position_attribution", "sample_positions",
-           "shared_positions", "batch_positions"]
+           "shared_positions", "batch_positions", "layer_attributions"]
