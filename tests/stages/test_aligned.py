@@ -350,3 +350,70 @@ def test_a_second_model_is_collected_with_the_run_s_settings_and_aligned(run: Pa
     manifest = json.loads((folder / "b" / "tiles" / "manifest.json").read_text())
     assert manifest["model"] == "torchvision:googlenet" and manifest["aligned"]["peer"] == "../../a/tiles"
     assert aligned_atlas(run, settings, model, other, device="cpu", progress=False).up_to_date
+
+
+@pytest.mark.slow
+@pytest.mark.shared
+def test_a_trained_run_aligned_with_its_random_init_network(inceptionv1_weights: Path, tmp_path_factory) -> None:
+    """Lucid's two-model case: trained InceptionV1 and the same network with random weights, on the
+    same photos, from a config: side b is collected with random weights, then aligned with side a."""
+    from atlas.pipeline import run_pipeline
+    from atlas.stages.aligned import aligned_atlas
+    from tinyrun import make_config
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = make_config(root)
+    text = cfg.read_text().replace("random_init = true", f'weights = "{inceptionv1_weights}"')
+    cfg.write_text(text + """
+[[aligned]]
+name = "trained vs random"
+a = { layer = "inception4c" }
+b = { random_init = true }
+sizes = [2, 3]
+min_count = 1
+icon_size = 64
+steps = 2
+batch_size = 8
+n_neighbors = 5
+""")
+    run_pipeline(cfg, only="collect", progress=False)
+    out = run_pipeline(cfg, only="aligned", progress=False)["aligned"]
+    folder = root / "run" / "aligned" / "trained-vs-random"
+    assert "did collect b, fit" in out and (folder / "b" / "activations.h5").is_file()
+    for side in ("a", "b"):
+        assert json.loads((folder / side / "tiles" / "manifest.json").read_text())["aligned"]["side"] == side
+    doc = json.loads((folder / "fit.json").read_text())
+    assert doc["b"]["label"] == "inceptionv1 (random weights) · inception4c"
+    assert doc["a"]["label"] == "inceptionv1 · inception4c"
+    again = aligned_atlas(root / "run", load_config_aligned(cfg), weights=inceptionv1_weights, device="cpu",
+                          progress=False)
+    assert again.up_to_date
+
+
+def load_config_aligned(cfg: Path) -> AlignedSettings:
+    from atlas.config import load_config
+
+    return load_config(cfg).aligned[0]
+
+
+@pytest.mark.slow
+def test_pipeline_builds_the_configured_aligned_atlas(run: Path, built) -> None:
+    from atlas.pipeline import run_pipeline
+
+    (run.parent / "again").mkdir(exist_ok=True)
+    cfg = two_layer_config(run.parent / "again", """
+[[aligned]]
+name = "4a-4e"
+a = { layer = "inception4a" }
+b = { layer = "inception4e" }
+sizes = [2, 3]
+min_count = 1
+icon_size = 64
+steps = 2
+batch_size = 8
+n_neighbors = 5
+holdout = 0.25
+""")
+    cfg.write_text(cfg.read_text().replace(f'dir = "{run.parent / "again" / "run"}"', f'dir = "{run}"'))
+    summary = run_pipeline(cfg, only="aligned", progress=False)["aligned"]
+    assert "aligned/4a-4e" in summary and "nothing to do" in summary
