@@ -231,3 +231,13 @@ def test_aligned_tables_reject_bad_keys_and_values(tmp_path, text, says):
         load_config(p)
     msg = str(e.value)
     assert str(p) in msg and all(s in msg for s in says), msg
+
+
+def test_align_defaults_of_the_command_line_are_aligned_settings():
+    from atlas.stages.aligned import AlignedSettings
+
+    fields = [f.name for f in dataclasses.fields(AlignedSettings) if f.name not in ("name", "a", "b")]
+    cli = _option_defaults(["align", "run", "--name", "x", "--a-layer", "inception4a"], fields)
+    assert sorted(cli) == sorted(fields), "every setting but the name and sides has an option of `atlas align`"
+    defaults = AlignedSettings(name="x", a={"layer": "inception4a"}, b={"layer": "inception4e"})
+    assert cli == {name: getattr(defaults, name) for name in cli}

@@ -198,6 +198,9 @@ def test_umap_defaults_are_the_reduce_stage_s() -> None:
 
 SMALL = {"sizes": (2, 3), "min_count": 1, "icon_size": 64, "steps": 2, "batch_size": 8, "n_neighbors": 5,
          "holdout": 0.25}
+#: The small settings as `atlas align` options.
+SMALL_ARGS = ["--sizes", "2,3", "--min-count", "1", "--icon-size", "64", "--steps", "2", "--batch-size", "8",
+              "--n-neighbors", "5", "--holdout", "0.25", "--device", "cpu", "--workers", "0"]
 
 
 def two_layer_config(root: Path, aligned: str = "") -> Path:
@@ -417,3 +420,42 @@ holdout = 0.25
     cfg.write_text(cfg.read_text().replace(f'dir = "{run.parent / "again" / "run"}"', f'dir = "{run}"'))
     summary = run_pipeline(cfg, only="aligned", progress=False)["aligned"]
     assert "aligned/4a-4e" in summary and "nothing to do" in summary
+
+
+# ---- the command, typed as a user would
+
+
+@pytest.mark.slow
+def test_align_command_builds_an_aligned_atlas(run: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "atlas", "-q", "align", str(run), "--name", "cli",
+                           "--a-layer", "inception4a", "--b-layer", "inception4e", *SMALL_ARGS],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "aligned/cli" in proc.stdout and "held-out R^2" in proc.stdout and f"atlas serve {run}" in proc.stdout
+    for side in ("a", "b"):
+        assert json.loads((run / "aligned" / "cli" / side / "tiles" / "manifest.json").read_text())["aligned"]
+    help_text = subprocess.run([sys.executable, "-m", "atlas", "align", "--help"], capture_output=True, text=True)
+    assert help_text.returncode == 0 and "--b-random-init" in help_text.stdout and "fit.json" in help_text.stdout
+
+
+def test_align_command_errors_say_why(run: Path, atlas_cli) -> None:
+    code, out, err = atlas_cli("align", str(run), "--name", "bad", "--a-layer", "inception4x", "--b-layer",
+                               "inception4e", *SMALL_ARGS)
+    assert code == 2 and "no layer 'inception4x'" in err and "inception4a" in err and "Valid layers" in err
+    assert not (run / "aligned" / "bad").exists()  # refused before any work
+    code, out, err = atlas_cli("align", str(run), "--name", "bad", "--a-layer", "inception4a", "--b-layer",
+                               "inception4e", "--holdout", "1.5")
+    assert code == 2 and "--holdout must be a share" in err
+    code, out, err = atlas_cli("align", str(run), "--name", "bad", "--a-layer", "inception4a")
+    assert code == 2 and "same activations as side a" in err
+    # inception5b's 7 x 7 grid puts its rows at other positions than inception4a's 14 x 14
+    code, out, err = atlas_cli("align", str(run), "--name", "grids", "--a-layer", "inception4a", "--b-layer",
+                               "inception5b", *SMALL_ARGS)
+    assert code == 2 and "would not line up" in err and "14 x 14" in err and "7 x 7" in err and "Traceback" not in err
+    assert not (run / "aligned" / "grids" / "b" / "activations.h5").exists()  # refused before collecting
+    code, out, err = atlas_cli("align", str(run.parent / "nowhere"), "--name", "x", "--a-layer", "inception4a",
+                               "--b-layer", "inception4e")
+    assert code == 2 and "atlas collect" in err
