@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from atlas.cli.common import int_list
+from atlas.cli.common import float_list, int_list
 
 _DESCRIPTION = """\
 Lay out two sets of activations of the same inputs on one map, so that the same place on both
@@ -43,8 +43,10 @@ def add_align(sub: argparse._SubParsersAction) -> None:
     g = s.add_argument_group("linear maps and joint layout")
     g.add_argument("--holdout", type=float, default=A.holdout,
                    help="share of the photos held out of the maps' fit to score them [%(default)s]")
-    g.add_argument("--ridge", type=float, default=A.ridge, help="ridge term, relative to the mean channel energy "
-                                                                "[%(default)s]")
+    g.add_argument("--ridge", type=float_list, default=A.ridge, metavar="R[,R...]",
+                   help="candidate ridge terms, relative to the mean channel variance: each direction takes the one "
+                        "that predicts validation photos best; one value: that ridge [" +
+                        ",".join(f"{r:g}" for r in A.ridge) + "]")
     g.add_argument("--no-balance", dest="balance", action="store_false",
                    help="do not scale the two activation spaces to the same mean row length (Lucid's joint vectors)")
     g.add_argument("--seed", type=int, default=A.seed, help="seeds the held-out photos and UMAP [%(default)s]")

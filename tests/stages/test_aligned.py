@@ -66,17 +66,46 @@ def clusters(rng: np.random.Generator, n: int, channels: int, k: int = 5) -> np.
 def test_least_squares_recovers_a_known_map_and_scores_it(rng) -> None:
     a = rng.normal(size=(600, 6))
     m = rng.normal(size=(6, 4))
-    np.testing.assert_allclose(fit_linear_map(a[:480], a[:480] @ m, ridge=0.0), m, atol=1e-5)
-    w = fit_linear_map(a[:480], a[:480] @ m)  # the default ridge shrinks the map a little
-    np.testing.assert_allclose(w, m, rtol=1e-3, atol=1e-4)
-    exact = r2_score(a[480:] @ m, a[480:] @ w)
-    assert exact.total > 0.99999 and exact.mean_per_channel > 0.99999 and exact.channels == 4
+    lm = fit_linear_map(a[:480], a[:480] @ m + 2.0)  # the intercept takes the offset
+    np.testing.assert_allclose(lm.w, m, atol=1e-5)
+    np.testing.assert_allclose(lm.bias, 2.0, atol=1e-5)
+    exact = r2_score(a[480:] @ m + 2.0, lm(a[480:]))
+    assert exact.total > 0.999999 and exact.mean_per_channel > 0.999999 and exact.channels == 4
+    shrunk = fit_linear_map(a[:480], a[:480] @ m, ridge=0.1)  # a ridge shrinks the map toward the mean
+    assert 0.9 < r2_score(a[480:] @ m, shrunk(a[480:])).total < exact.total
     b = rng.normal(size=(600, 4))  # independent of a: the map explains nothing of held-out rows
-    none = r2_score(b[480:], a[480:] @ fit_linear_map(a[:480], b[:480]))
+    none = r2_score(b[480:], fit_linear_map(a[:480], b[:480])(a[480:]))
     assert abs(none.total) < 0.1 and abs(none.mean_per_channel) < 0.1
     # R^2 = 1 - SSE/SST by hand, on a 3 x 1 example
     y, y_hat = np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.0], [2.0]])
     assert r2_score(y, y_hat).total == pytest.approx(1 - 1 / 2)
+
+
+def test_the_ridge_is_chosen_on_validation_rows(rng) -> None:
+    """Few noisy rows for many channels want a large ridge; many rows of an exact map the smallest.
+    The validation error from moments is the error of the fitted map on the validation rows."""
+    from atlas.stages.aligned.fit import DEFAULT_RIDGES, Moments, choose_ridge, fit_direction, validation_errors
+
+    def moments(x, y):
+        mo = Moments(x.shape[1], y.shape[1])
+        mo.add(x, y)
+        return mo
+
+    def noisy(n):
+        x = rng.normal(size=(n, 40))
+        return x, x @ rng.normal(size=(40, 5)) * 0.1 + rng.normal(size=(n, 5))
+
+    few, val = moments(*noisy(50)), moments(*noisy(400))
+    assert choose_ridge(few, val, True, DEFAULT_RIDGES) >= 0.3
+    x = rng.normal(size=(3000, 8))
+    y = x @ rng.normal(size=(8, 5))
+    assert choose_ridge(moments(x[:2000], y[:2000]), moments(x[2000:], y[2000:]), True, DEFAULT_RIDGES) == 1e-3
+    assert choose_ridge(few, val, True, (0.5,)) == 0.5
+    xv, yv = noisy(30)
+    direct = [((yv - fit_direction(few, True, r)(xv)) ** 2).sum() for r in (0.01, 1.0)]
+    np.testing.assert_allclose(validation_errors(few, moments(xv, yv), True, (0.01, 1.0)), direct, rtol=1e-5)
+    direct = [((xv - fit_direction(few, False, r)(yv)) ** 2).sum() for r in (0.01, 1.0)]  # b -> a
+    np.testing.assert_allclose(validation_errors(few, moments(xv, yv), False, (0.01, 1.0)), direct, rtol=1e-5)
 
 
 def test_a_constant_channel_is_left_out_of_the_mean_per_channel(rng) -> None:
@@ -105,10 +134,11 @@ def test_fit_step_writes_maps_and_fit_json_and_skips_when_current(tmp_path: Path
     assert s.a_to_b.total > 0.999 and s.b_to_a.total > 0.999 and not s.up_to_date
     doc = json.loads((tmp_path / "fit.json").read_text())
     assert doc["held_out"] == {"rows": 100, "images": 10, "fraction": 0.25} and doc["train"]["images"] == 30
+    assert doc["validation"]["images"] == 8 and doc["ridge"]["a_to_b"] in doc["ridge"]["candidates"]
     assert doc["r2"]["a_to_b"]["total"] == pytest.approx(s.a_to_b.total)
     assert doc["a"]["layer"] == "la" and doc["b"]["channels"] == 6 and doc["maps"] == "maps.h5"
     maps = load_maps(tmp_path / "maps.h5")
-    np.testing.assert_allclose(maps.w_ab, m, atol=1e-2)
+    assert r2_score(a @ m, maps.ab(a)).total > 0.999 and r2_score(a, maps.ba(a @ m)).total > 0.999
     again = fit_maps_file(sa, sb, tmp_path / "maps.h5", holdout=0.25, seed=1, progress=False)
     assert again.up_to_date and "nothing to do" in again.describe()
     noise = fit_maps_file(sa, SideRows("b", acts, "noise"), tmp_path / "noise.h5", holdout=0.25, progress=False)

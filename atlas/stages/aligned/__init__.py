@@ -6,9 +6,9 @@ Lucid's ``aligned_activation_atlas`` recipe (after Carter et al., "Activation At
 so the rows of one collect line up), or one layer of two models (trained InceptionV1 and the same
 network with random weights, on the same photos), are
 
-1. mapped into each other by least squares (``W_ab``: a -> b, ``W_ba``: b -> a), fitted on most
-   photos and scored (R^2) on the photos held out (:mod:`~atlas.stages.aligned.fit`);
-2. laid out together: side a's row ``a`` as ``[a, a W_ab]``, side b's row ``b`` as ``[b W_ba, b]``
+1. mapped into each other by least squares (``a W_ab + c_ab``: a -> b, ``b W_ba + c_ba``: b -> a),
+   fitted on most photos and scored (R^2) on the photos held out (:mod:`~atlas.stages.aligned.fit`);
+2. laid out together: side a's row ``a`` as ``[a, a W_ab + c_ab]``, side b's row ``b`` as ``[b W_ba + c_ba, b]``
    (Lucid's BIDIRECTIONAL mode), one UMAP over both, one normalisation, split back into one
    ``layout.h5`` per side (:mod:`~atlas.stages.aligned.layout`);
 3. gridded from each side's own activations, rendered with each side's own model and layer, and
@@ -30,12 +30,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from atlas.stages.aligned.settings import DEFAULT_HOLDOUT, DEFAULT_RIDGE, AlignedSettings, AlignedSide
+from atlas.stages.aligned.settings import DEFAULT_HOLDOUT, DEFAULT_RIDGES, AlignedSettings, AlignedSide
 
 if TYPE_CHECKING:
     from atlas.stages.aligned.fit import R2 as R2
     from atlas.stages.aligned.fit import AlignedMaps as AlignedMaps
     from atlas.stages.aligned.fit import FitSummary as FitSummary
+    from atlas.stages.aligned.fit import LinearMap as LinearMap
     from atlas.stages.aligned.fit import fit_linear_map as fit_linear_map
     from atlas.stages.aligned.fit import fit_maps_file as fit_maps_file
     from atlas.stages.aligned.fit import r2_score as r2_score
@@ -57,6 +58,7 @@ _LAZY = {
     "AlignedMaps": "fit",
     "FitSummary": "fit",
     "R2": "fit",
+    "LinearMap": "fit",
     "fit_linear_map": "fit",
     "fit_maps_file": "fit",
     "r2_score": "fit",
@@ -93,9 +95,10 @@ __all__ = [
     "AlignedSide",
     "AlignedSummary",
     "DEFAULT_HOLDOUT",
-    "DEFAULT_RIDGE",
+    "DEFAULT_RIDGES",
     "FitSummary",
     "JointLayoutSummary",
+    "LinearMap",
     "R2",
     "RowsMismatchError",
     "RunModel",

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from atlas.stages.aligned.fit import AlignedMaps
+from atlas.stages.aligned.fit import AlignedMaps, load_maps
 from atlas.stages.aligned.pairs import RowsMismatchError, SideRows
 from atlas.stages.reduce import AtlasUMAP, ReduceSettings, apply_bounds, layout_bounds
 from atlas.store.activations import ActivationsFile
@@ -95,7 +95,7 @@ def joint_layout(
     pkl = Path(maps_path).with_name(MODEL_FILE)
     summary = JointLayoutSummary(paths)
     record = read_maps(maps_path)
-    maps = AlignedMaps(record.w_ab, record.w_ba, record.scale_a, record.scale_b)
+    maps = load_maps(maps_path)
     common = dict(settings.hashed(), balance=bool(balance), maps_settings_hash=str(record.attrs["settings_hash"]))
     with ActivationsFile(a.activations) as fa, ActivationsFile(b.activations) as fb:
         files = {"a": fa, "b": fb}
