@@ -19,6 +19,12 @@ A config names a run directory, a model and each stage's settings::
     ...                                # any field of atlas.stages.collect.stage.CollectSettings, plus
                                        # batch_size and workers
 
+    [[aligned]]                        # optional, one table per aligned atlas (RUN/aligned/<name>)
+    name = "4a-4e"
+    a = { layer = "inception4a" }      # a side: layer, and optionally model, random_init, weights
+    b = { layer = "inception4e" }      # (left out: the run's model); any other field of
+    sizes = [10, 20]                   # atlas.stages.aligned.AlignedSettings
+
 Unknown sections or keys, wrong types and bad values raise :class:`ConfigError` naming the
 file, the key and what is allowed, when the file is loaded: every value is checked by the
 stage's own settings object or check (:mod:`atlas.checks`), the same one the command line goes
@@ -41,6 +47,7 @@ import tomllib
 
 from atlas.checks import SettingError
 from atlas.models import ModelError, check_device, check_model_spec
+from atlas.stages.aligned.settings import AlignedSettings
 from atlas.stages.classes import SubAtlasSettings
 from atlas.stages.collect.stage import CollectSettings, check_loader
 from atlas.stages.grid import GridSettings
@@ -121,6 +128,7 @@ class PipelineConfig:
     render: RenderSettings
     tiles: TilesSection
     classes: SubAtlasSettings = field(default_factory=SubAtlasSettings)
+    aligned: tuple[AlignedSettings, ...] = ()
 
     @property
     def run_dir(self) -> Path:
@@ -128,7 +136,7 @@ class PipelineConfig:
         return d if d.is_absolute() else Path.cwd() / d
 
 
-STAGE_SECTIONS = ("reduce", "grid", "render", "tiles", "classes")
+STAGE_SECTIONS = ("reduce", "grid", "render", "tiles", "classes", "aligned")
 
 
 def expand_env(value: Any, where: str, path: Path) -> Any:
@@ -234,4 +242,28 @@ def load_config(path: str | os.PathLike) -> PipelineConfig:
         render=_build(RenderSettings, raw.get("render", {}), "render", path),
         tiles=_build(TilesSection, raw.get("tiles", {}), "tiles", path),
         classes=_build(SubAtlasSettings, raw.get("classes", {}), "classes", path),
+        aligned=_build_aligned(raw.get("aligned", []), path),
     )
+
+
+def _build_aligned(entries: Any, path: Path) -> tuple[AlignedSettings, ...]:
+    """The ``[[aligned]]`` tables, each an :class:`AlignedSettings` (its sides as inline tables or
+    ``[aligned.a]`` / ``[aligned.b]`` sub-tables); errors name the table as ``[aligned #N]``."""
+    if isinstance(entries, dict):
+        raise ConfigError(f"{path}: [aligned] is one table; write an [[aligned]] table (two brackets) for each aligned "
+                          "atlas, e.g. [[aligned]] name = \"4a-4e\" a = { layer = \"inception4a\" } "
+                          "b = { layer = \"inception4e\" }")
+    out: list[AlignedSettings] = []
+    folders: dict[str, int] = {}
+    for i, entry in enumerate(entries, 1):
+        section = f"aligned #{i}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: [{section}] must be a table with name, a and b, not {entry!r}")
+        settings = _build(AlignedSettings, entry, section, path)
+        if settings.folder_name in folders:
+            raise ConfigError(f"{path}: [{section}] name = {settings.name!r} gives the folder aligned/"
+                              f"{settings.folder_name}, as [aligned #{folders[settings.folder_name]}] does; "
+                              "give each aligned atlas its own name")
+        folders[settings.folder_name] = i
+        out.append(settings)
+    return tuple(out)

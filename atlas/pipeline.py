@@ -160,6 +160,19 @@ def _classes(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, o
     return "; ".join(s.describe() for s in done)
 
 
+def _aligned(cfg: PipelineConfig, progress: bool, scheduler: Scheduler | None, overwrite: bool) -> str:
+    from atlas.stages.aligned import aligned_atlas
+
+    if not cfg.aligned:
+        return "no aligned atlases configured ([[aligned]])"
+    c = cfg.collect
+    done = [aligned_atlas(cfg.run_dir, settings, weights=cfg.model.weights or None, device=cfg.run.device,
+                          progress=progress, overwrite=overwrite, source=c.source, batch_size=c.batch_size,
+                          workers=None if c.workers < 0 else c.workers)
+            for settings in cfg.aligned]
+    return "; ".join(s.describe() for s in done)
+
+
 STAGES: list[Stage] = [
     Stage("collect", _collect),
     Stage("reduce", _reduce),
@@ -167,6 +180,7 @@ STAGES: list[Stage] = [
     Stage("render", _render),
     Stage("tiles", _tiles),
     Stage("classes", _classes),
+    Stage("aligned", _aligned),
 ]
 
 

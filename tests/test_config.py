@@ -176,3 +176,68 @@ def test_grid_and_class_atlas_defaults_of_the_config_and_the_command_line_are_th
         cli = _option_defaults(argv, [f.name for f in dataclasses.fields(settings)])
         assert {"sizes", "min_count", "class_top_n"} <= set(cli), argv
         assert cli == {name: getattr(settings, name) for name in cli}, argv
+
+
+# aligned atlases: an array of tables, each one AlignedSettings
+
+
+def test_aligned_tables_parse_with_inline_and_sub_tables(tmp_path):
+    from atlas.stages.aligned import AlignedSettings, AlignedSide
+
+    cfg = load_config(write(tmp_path, """
+[collect]
+source = "x"
+[[aligned]]
+name = "4a-4e"
+a = { layer = "inception4a" }
+b = { layer = "inception4e" }
+sizes = [2, 3]
+holdout = 0.25
+[[aligned]]
+name = "trained vs random"
+steps = 64
+[aligned.a]
+layer = "inception4c"
+[aligned.b]
+random_init = true
+"""))
+    first, second = cfg.aligned
+    assert first == AlignedSettings(name="4a-4e", a=AlignedSide("inception4a"), b=AlignedSide("inception4e"),
+                                    sizes=(2, 3), holdout=0.25)
+    assert second.b == AlignedSide("inception4c", random_init=True) and second.steps == 64
+    assert load_config(write(tmp_path, '[collect]\nsource = "x"\n')).aligned == ()
+
+
+@pytest.mark.parametrize("text, says", [
+    ('[[aligned]]\nname = "x"\na = { layer = "l" }\nb = { layer = "m" }\nholdot = 0.3\n',
+     ["unknown key [aligned #1] holdot", "holdout"]),
+    ('[[aligned]]\nname = "x"\na = { layer = "l" }\nb = { layr = "m" }\n', ["[aligned #1] b.layr", "did you mean layer"]),
+    ('[[aligned]]\nname = "x"\na = { layer = "l" }\nb = { random_init = "yes" }\n',
+     ["[aligned #1] b.random_init must be true or false"]),
+    ('[[aligned]]\nname = "x"\na = "l"\n', ["[aligned #1] a must be a side"]),
+    ('[[aligned]]\nname = "x"\nb = { layer = "m" }\n', ["[aligned #1] a.layer must name a layer"]),
+    ('[[aligned]]\na = { layer = "l" }\nb = { layer = "m" }\n', ["[aligned #1] name must name"]),
+    ('[[aligned]]\nname = "x"\na = { layer = "l" }\nb = { layer = "m" }\nholdout = 2\n',
+     ["[aligned #1] holdout must be a share"]),
+    ('[[aligned]]\nname = "x"\na = { layer = "l" }\nb = { layer = "m", model = "resnet" }\n',
+     ["[aligned #1] b.model must name a model"]),
+    ('[aligned]\nname = "x"\n', ["[[aligned]] table (two brackets)"]),
+    ('[[aligned]]\nname = "X y"\na = { layer = "l" }\nb = { layer = "m" }\n'
+     '[[aligned]]\nname = "x-y"\na = { layer = "l" }\nb = { layer = "n" }\n', ["[aligned #2]", "aligned/x-y", "#1"]),
+], ids=["key", "side-key", "side-type", "side-string", "no-a", "no-name", "holdout", "model", "table", "same-folder"])
+def test_aligned_tables_reject_bad_keys_and_values(tmp_path, text, says):
+    p = write(tmp_path, '[collect]\nsource = "x"\n' + text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and all(s in msg for s in says), msg
+
+
+def test_align_defaults_of_the_command_line_are_aligned_settings():
+    from atlas.stages.aligned import AlignedSettings
+
+    fields = [f.name for f in dataclasses.fields(AlignedSettings) if f.name not in ("name", "a", "b")]
+    cli = _option_defaults(["align", "run", "--name", "x", "--a-layer", "inception4a"], fields)
+    assert sorted(cli) == sorted(fields), "every setting but the name and sides has an option of `atlas align`"
+    defaults = AlignedSettings(name="x", a={"layer": "inception4a"}, b={"layer": "inception4e"})
+    assert cli == {name: getattr(defaults, name) for name in cli}

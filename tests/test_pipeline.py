@@ -13,8 +13,9 @@ from tinyrun import make_config
 def test_run_all_stages_then_skip_when_current(tmp_path):
     cfg = make_config(tmp_path)
     first = run_pipeline(cfg, progress=False)
-    assert list(first) == ["collect", "reduce", "grid", "render", "tiles", "classes"]
+    assert list(first) == ["collect", "reduce", "grid", "render", "tiles", "classes", "aligned"]
     assert first["classes"].startswith("no class atlases configured")
+    assert first["aligned"].startswith("no aligned atlases configured")
     assert "collected 12 images" in first["collect"]
     run = tmp_path / "run"
     with ActivationsFile(run / "activations.h5") as f:

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from atlas.checks import SettingError
-from atlas.cli import attack, classes, explain, layers, optvis, pipeline, web
+from atlas.cli import aligned, attack, classes, explain, layers, optvis, pipeline, web
 from atlas.cli.common import option_for
 
 log = logging.getLogger("atlas")
@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     layers.add_layers,
     pipeline.add_collect, pipeline.add_reduce, pipeline.add_grid,
-    classes.add_classes, classes.add_compare,
+    classes.add_classes, classes.add_compare, aligned.add_align,
     pipeline.add_render,
     optvis.add_vis, optvis.add_dream, optvis.add_style, optvis.add_channels,
     pipeline.add_tiles,

@@ -9,7 +9,9 @@ from collections.abc import Callable
 #: Settings fields whose command-line option is named otherwise (field -> argparse dest), so that
 #: a :class:`~atlas.checks.SettingError` names the option the user typed.
 FIELD_DESTS = {"n_examples": "examples", "positions_per_image": "positions", "examples_per_cell": "examples",
-               "tile_format": "format", "n_workers": "workers", "random_state": "seed"}
+               "tile_format": "format", "n_workers": "workers", "random_state": "seed",
+               **{f"{side}.{key}": f"{side}_{key}" for side in "ab" for key in ("layer", "model", "random_init",
+                                                                              "weights")}}
 
 
 def number_list(kind: type, example: str) -> Callable[[str], tuple]:

@@ -6,6 +6,7 @@
 - :mod:`atlas.stages.render`: ``cells.h5`` -> ``icons.h5`` (feature visualization of every cell)
 - :mod:`atlas.stages.tiles`: cells + icons -> a zoomable tile pyramid
 - :mod:`atlas.stages.classes`: class atlases (the same stages over one class's rows)
+- :mod:`atlas.stages.aligned`: aligned atlases (two layers or two models of the same inputs on one map)
 
 Import the stages from their modules (or the public names from :mod:`atlas`); this package
 exports nothing, so no name here can be shadowed by a submodule.

@@ -10,7 +10,9 @@ Layout (``M`` laid-out rows: all ``N`` rows of the layer, or the rows a class fi
                                  n_placed, n_nonfinite, n_zero, n_fit, n_fit_duplicates,
                                  norm_lo (2,), norm_hi (2,)  (see atlas.stages.reduce.normalize_layout),
                                  class_index (int, -1 = every row), class_name (str),
-                                 inputs_json, artifact_id (see atlas.store.lineage)
+                                 inputs_json, artifact_id (see atlas.store.lineage);
+                                 one side of an aligned atlas also: aligned (its name),
+                                 aligned_side ("a" or "b"), maps (its maps.h5, relative)
     /row_ids              (M,)   int64    row of the layer that each layout row is
                                           (``arange(N)`` for a full atlas)
     /raw_xy               (M, 2) float32  UMAP coordinates before normalisation; NaN where
@@ -207,6 +209,11 @@ class LayoutWriter:
     @property
     def n_rows_done(self) -> int:
         return int(self.f.attrs["n_rows_done"])
+
+    @property
+    def complete(self) -> bool:
+        """Whether the file is finished (:meth:`finish` ran)."""
+        return bool(self.f.attrs.get("complete", False))
 
     @property
     def has_fit(self) -> bool:

@@ -294,7 +294,7 @@ def test_atlas_run_with_a_local_cluster_end_to_end(tmp_path):
                    .replace("sizes = [2, 4]", "sizes = [2]").replace("steps = 3", "steps = 2"))
     assert load_config(cfg).run.scheduler == "local:2"
     summaries = run_pipeline(cfg, progress=False)
-    assert list(summaries) == ["collect", "reduce", "grid", "render", "tiles", "classes"]
+    assert list(summaries) == ["collect", "reduce", "grid", "render", "tiles", "classes", "aligned"]
     assert "collected 8 images" in summaries["collect"]
     run = tmp_path / "run"
     with ActivationsFile(run / "activations.h5") as f:

@@ -226,7 +226,7 @@ def collect(
     hashed = {
         "collect": asdict(settings),
         "model": model.name,
-        "weights": _weights_id(weights),
+        "weights": weights_id(weights),
         "random_init": random_init,
         "image_transform": repr(model.image_transform),
         "source": str(src.root),
@@ -478,7 +478,9 @@ def _collect_distributed(
     return sum(r.images for r in results), dict(skipped)
 
 
-def _weights_id(weights: str | os.PathLike | None) -> str | None:
+def weights_id(weights: str | os.PathLike | None) -> str | None:
+    """How ``activations.h5`` records a weight file (``"name:size"``; the path as given when it is
+    not a file; None for the model's default weights)."""
     if weights is None:
         return None
     p = Path(weights)
@@ -486,4 +488,4 @@ def _weights_id(weights: str | os.PathLike | None) -> str | None:
 
 
 __all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "describe_tokens",
-           "layer_specs", "sample_positions", "parts_dir_for"]
+           "layer_specs", "sample_positions", "parts_dir_for", "weights_id"]

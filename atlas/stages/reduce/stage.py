@@ -415,6 +415,10 @@ def load_placer(layout_path: str | os.PathLike, activations_path: str | os.PathL
     layout places with ``"refine"``).
     """
     layout = read_layout(layout_path)
+    if layout.attrs.get("aligned"):
+        raise ValueError(f"{layout_path} is side {layout.attrs.get('aligned_side')} of the aligned atlas "
+                         f"{layout.attrs['aligned']!r}, laid out on joint vectors of both sides; new rows cannot be "
+                         "placed on it from one layer's activations")
     pkl = model_path(layout_path)
     if pkl.is_file():
         est = _load_model(pkl, str(layout.attrs.get("settings_hash")))

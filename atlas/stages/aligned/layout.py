@@ -1,0 +1,248 @@
+"""The joint layout of an aligned atlas: one UMAP over the joint vectors of both sides, split
+back into an ordinary ``layout.h5`` per side, so that one place on both maps means the same inputs.
+
+As Lucid's ``aligned_umap``: the rows of both sides are stacked (side a's ``N`` rows, then side
+b's ``N``), each as its joint vector (:meth:`~atlas.stages.aligned.fit.AlignedMaps.combine`),
+laid out together and normalised together (one percentile box for both,
+:func:`atlas.stages.reduce.layout_bounds`), then split. The UMAP is the reduce stage's
+(:class:`atlas.stages.reduce.AtlasUMAP`, :class:`atlas.stages.reduce.ReduceSettings`): fitted on a
+seeded sample of ``sample_size`` stacked rows, every other row placed into the fit by its nearest
+fitted rows and refined; duplicate, all-zero and non-finite rows are handled as there.
+
+Each side's file is a ``layout.h5`` of its own activations and layer
+(:mod:`atlas.store.layout`; ``row_ids`` = every row of the layer), recording as inputs those
+activations and ``maps.h5``, so the grid stage bins it like any layout and knows when it is out
+of date. Its ``/fit`` holds that side's part of the shared fit. The fitted model is pickled once
+for both (``joint.umap.pkl``) before placement starts; placement is written chunk by chunk with
+the layout's committed-rows counter, so a killed run resumes where it stopped and never refits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from atlas.stages.aligned.fit import AlignedMaps, load_maps
+from atlas.stages.aligned.pairs import RowsMismatchError, SideRows
+from atlas.stages.reduce import AtlasUMAP, ReduceSettings, apply_bounds, layout_bounds
+from atlas.store.activations import ActivationsFile
+from atlas.store.aligned import read_maps
+from atlas.store.common import settings_hash
+from atlas.store.layout import NONFINITE, PLACED, ZERO, LayoutWriter
+from atlas.store.lineage import check_output
+from atlas.store.pickles import load_pickle, save_pickle
+
+log = logging.getLogger(__name__)
+
+#: The joint UMAP's pickle, beside ``maps.h5``.
+MODEL_FILE = "joint.umap.pkl"
+
+
+@dataclass
+class JointLayoutSummary:
+    """What the joint layout did: rows per side, placed, fitted."""
+
+    paths: dict[str, Path]
+    rows: int = 0
+    placed: dict[str, int] = field(default_factory=dict)
+    fit_rows: int = 0
+    fit_seconds: float = 0.0
+    seconds: float = 0.0
+    resumed_rows: int = 0
+    up_to_date: bool = False
+
+    def describe(self) -> str:
+        where = " and ".join(str(p) for p in self.paths.values())
+        if self.up_to_date:
+            return f"{where} are complete and current; nothing to do"
+        resumed = f"; {self.resumed_rows} rows were already done" if self.resumed_rows else ""
+        placed = ", ".join(f"side {s} {n}" for s, n in self.placed.items())
+        return (f"laid out {self.rows} rows a side together ({placed} placed); UMAP fit on {self.fit_rows} distinct "
+                f"rows of both sides in {self.fit_seconds:.1f} s, {self.seconds:.1f} s in all{resumed}; wrote {where}")
+
+
+def joint_layout(
+    a: SideRows,
+    b: SideRows,
+    maps_path: str | os.PathLike,
+    layout_a: str | os.PathLike,
+    layout_b: str | os.PathLike,
+    settings: ReduceSettings | None = None,
+    *,
+    balance: bool = True,
+    name: str = "",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> JointLayoutSummary:
+    """Lay out the rows of sides ``a`` and ``b`` together (see the module docstring) into
+    ``layout_a`` and ``layout_b``, with the maps of ``maps_path``.
+
+    Skipped when both files are complete for the same settings and inputs; resumed when both are
+    partial (or one finished) runs of them; made again, both, otherwise. A file of other settings
+    raises :class:`~atlas.store.common.SettingsChangedError` unless ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    settings = settings or ReduceSettings()
+    paths = {"a": Path(layout_a), "b": Path(layout_b)}
+    sides = {"a": a, "b": b}
+    pkl = Path(maps_path).with_name(MODEL_FILE)
+    summary = JointLayoutSummary(paths)
+    record = read_maps(maps_path)
+    maps = load_maps(maps_path)
+    common = dict(settings.hashed(), balance=bool(balance), maps_settings_hash=str(record.attrs["settings_hash"]))
+    with ActivationsFile(a.activations) as fa, ActivationsFile(b.activations) as fb:
+        files = {"a": fa, "b": fb}
+        sources = {s: str(files[s].attrs.get("settings_hash", "")) for s in sides}
+        full = {s: dict(common, side=s, layer=sides[s].layer, source_settings_hash=sources[s]) for s in sides}
+        digest = settings_hash(dict(common, layers=[a.layer, b.layer], sources=[sources["a"], sources["b"]]))
+        found = {s: check_output(paths[s], "layout", full[s], stage="align",
+                                 inputs={"activations": sides[s].activations, "maps": maps_path},
+                                 input_keys=("source_settings_hash", "maps_settings_hash"), overwrite=overwrite)
+                 for s in sides}
+        if all(f.state == "current" for f in found.values()):
+            log.info("%s and %s are complete and current; skipping the joint layout", *paths.values())
+            summary.up_to_date = True
+            return summary
+        for s, f in found.items():
+            if f.state == "stale":
+                log.warning("%s: %s; laying both sides out again", paths[s], "; ".join(f.reasons))
+        n = fa.n_rows(a.layer)
+        if fb.n_rows(b.layer) != n:
+            raise RowsMismatchError(f"side a has {n} rows and side b {fb.n_rows(b.layer)}; they do not line up")
+        summary.rows = n
+        resume = all(f.state in ("partial", "current") for f in found.values())
+        writers: dict[str, LayoutWriter] = {}
+        try:
+            for s in sides:
+                if resume:
+                    writers[s] = LayoutWriter.reopen(paths[s])
+                else:
+                    writers[s] = LayoutWriter.create(paths[s], np.arange(n, dtype=np.int64), full[s], {
+                        "model": files[s].model, "layer": sides[s].layer, "source": str(sides[s].activations),
+                        "source_settings_hash": sources[s], "class_index": -1, "class_name": "",
+                        "model_file": os.path.relpath(pkl.absolute(), paths[s].absolute().parent),
+                        "maps": os.path.relpath(Path(maps_path).absolute(), paths[s].absolute().parent),
+                        "aligned": name, "aligned_side": s,
+                    }, chunk_rows=settings.chunk_rows, inputs={"activations": sides[s].activations, "maps": maps_path})
+            todo = [s for s in sides if not writers[s].complete]
+            summary.resumed_rows = sum(writers[s].n_rows_done for s in sides) if resume else 0
+            est = _load_model(pkl, digest) if resume and all(writers[s].has_fit for s in todo) else None
+            if est is None:
+                tf = time.perf_counter()
+                est = _fit_joint(files, sides, maps, n, settings, balance)
+                summary.fit_seconds = time.perf_counter() - tf
+                for s in todo:
+                    writers[s].write_fit(*_side_fit(est, s, n))
+                save_pickle({"settings_hash": digest, "model": est}, pkl)
+            summary.fit_rows = len(est.fit_indices_)
+            with tqdm(total=2 * n, initial=sum(writers[s].n_rows_done for s in sides), unit="row",
+                      desc=f"layout {a.layer} + {b.layer}", disable=not progress, leave=False) as bar:
+                for s in todo:
+                    _place_side(writers[s], files[s], sides[s].layer, s, maps, est, balance, settings.chunk_rows, bar)
+            summary.placed = _finish(writers, todo)
+        finally:
+            for w in writers.values():
+                w.close()
+    summary.seconds = time.perf_counter() - t0
+    log.info("%s", summary.describe())
+    return summary
+
+
+def _fit_joint(files: dict[str, ActivationsFile], sides: dict[str, SideRows], maps: AlignedMaps, n: int,
+               settings: ReduceSettings, balance: bool) -> AtlasUMAP:
+    """The UMAP of a seeded sample of the ``2 n`` stacked rows (side a's ``0 .. n-1``, side b's
+    ``n .. 2n-1``); its ``fit_indices_`` and ``sample_indices_`` are stacked row numbers."""
+    rng = np.random.default_rng(settings.random_state)
+    total = 2 * n
+    pick = np.arange(total) if total <= settings.sample_size else np.sort(
+        rng.choice(total, settings.sample_size, replace=False))
+    ids = {"a": pick[pick < n], "b": pick[pick >= n] - n}
+    x = np.vstack([maps.combine(files[s].read_rows(sides[s].layer, "activations", ids[s]), s, balance)
+                   for s in ("a", "b")])
+    est = settings.estimator()
+    est.sample_size = len(x)  # the sample is drawn here; fit uses all of it
+    est.fit(x)
+    est.sample_size = settings.sample_size
+    est.fit_indices_ = pick[est.fit_indices_]
+    est.sample_indices_ = pick[est.sample_indices_]
+    return est
+
+
+def _side_fit(est: AtlasUMAP, side: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Side ``side``'s part of the joint fit, as :meth:`LayoutWriter.write_fit` takes it: its
+    distinct fitted rows and their embedding, its sampled rows and theirs, its duplicates."""
+    offset = 0 if side == "a" else n
+    mine = (est.fit_indices_ >= offset) & (est.fit_indices_ < offset + n)
+    sampled = (est.sample_indices_ >= offset) & (est.sample_indices_ < offset + n)
+    return (est.fit_indices_[mine] - offset, est.embedding_[mine], est.sample_indices_[sampled] - offset,
+            est.sample_embedding_[sampled], int(sampled.sum() - mine.sum()))
+
+
+def _place_side(writer: LayoutWriter, acts: ActivationsFile, layer: str, side: str, maps: AlignedMaps,
+                est: AtlasUMAP, balance: bool, chunk_rows: int, bar: Any) -> None:
+    """Place the rows of one side not done yet, a chunk at a time, committing each; the side's
+    sampled rows keep their fitted position (as the reduce stage does)."""
+    sample_ids, sample_emb = writer.read_sample()
+    m = writer.n_rows
+    for start in range(writer.n_rows_done, m, chunk_rows):
+        stop = min(m, start + chunk_rows)
+        xy, status = est.place(maps.combine(acts.read(layer, "activations", start, stop), side, balance))
+        rows = np.arange(start, stop)
+        if len(sample_ids):
+            pos = np.minimum(np.searchsorted(sample_ids, rows), len(sample_ids) - 1)
+            hit = (sample_ids[pos] == rows) & (status == PLACED)
+            xy[hit] = sample_emb[pos[hit]]
+        writer.write_rows(start, xy, status)
+        writer.commit(stop)
+        bar.update(stop - start)
+
+
+def _finish(writers: dict[str, LayoutWriter], todo: list[str]) -> dict[str, int]:
+    """Normalise both sides with one box (the percentiles of both sides' placed rows together) and
+    finish the sides in ``todo``; returns the placed rows of each side."""
+    raw = {s: w.read_raw() for s, w in writers.items()}
+    placed = np.vstack([xy[status == PLACED] for xy, status in raw.values()])
+    if not len(placed):
+        raise ValueError("no row of either side could be placed (all non-finite or all-zero); check the activations")
+    lo, hi = layout_bounds(placed)
+    counts = {}
+    for s, (xy_raw, status) in raw.items():
+        counts[s] = int((status == PLACED).sum())
+        if s not in todo:
+            continue
+        xy = apply_bounds(xy_raw, lo, hi)
+        xy[status == NONFINITE] = np.nan
+        zero = status == ZERO
+        if zero.any():
+            xy[zero] = xy[status == PLACED].mean(axis=0) if counts[s] else 0.5
+            log.info("side %s: %d all-zero rows put at the side's centroid and left out of the grid", s, int(zero.sum()))
+        bad = int((status == NONFINITE).sum())
+        if bad:
+            log.warning("side %s: %d rows have NaN/inf activations and were skipped", s, bad)
+        writers[s].finish(xy, status, lo, hi)
+    return counts
+
+
+def _load_model(path: Path, digest: str) -> AtlasUMAP | None:
+    if not path.is_file():
+        log.warning("%s is missing; refitting (same seed, same fit)", path)
+        return None
+    try:
+        blob = load_pickle(path)
+    except Exception as e:  # a truncated or foreign pickle: refit rather than fail
+        log.warning("%s is unreadable (%s); refitting", path, e)
+        return None
+    if blob.get("settings_hash") != digest:
+        log.warning("%s belongs to other settings; refitting", path)
+        return None
+    return blob["model"]
+
+
+__all__ = ["MODEL_FILE", "JointLayoutSummary", "joint_layout"]
