@@ -47,6 +47,10 @@ def add_align(sub: argparse._SubParsersAction) -> None:
                    help="candidate ridge terms, relative to the mean channel variance: each direction takes the one "
                         "that predicts validation photos best; one value: that ridge [" +
                         ",".join(f"{r:g}" for r in A.ridge) + "]")
+    g.add_argument("--layout", choices=("joint", "mapped"), default=A.layout,
+                   help="joint: each row laid out once by both sides' activations side by side, both maps at that "
+                        "place; mapped: Lucid's, each side's rows with the other side predicted by the linear maps, "
+                        "stacked [%(default)s]")
     g.add_argument("--no-balance", dest="balance", action="store_false",
                    help="do not scale the two activation spaces to the same mean row length (Lucid's joint vectors)")
     g.add_argument("--seed", type=int, default=A.seed, help="seeds the held-out photos and UMAP [%(default)s]")
@@ -83,7 +87,8 @@ def cmd_align(args: argparse.Namespace) -> int:
                    "random_init": getattr(args, f"{key}_random_init"), "weights": getattr(args, f"{key}_weights")}
              for key in ("a", "b")}
     settings = AlignedSettings(
-        name=args.name, a=sides["a"], b=sides["b"], holdout=args.holdout, ridge=args.ridge, balance=args.balance,
+        name=args.name, a=sides["a"], b=sides["b"], holdout=args.holdout, ridge=args.ridge, layout=args.layout,
+        balance=args.balance,
         seed=args.seed, n_neighbors=args.n_neighbors, min_dist=args.min_dist, metric=args.metric,
         sample_size=args.sample_size,
         refine_epochs=args.refine_epochs, sizes=args.sizes, min_count=args.min_count, icon_size=args.icon_size,

@@ -24,6 +24,7 @@ from atlas.stages.aligned import (
 )
 from atlas.stages.aligned.fit import heldout_images, load_maps
 from atlas.stages.reduce import ReduceSettings
+from atlas.store.common import SettingsChangedError
 from atlas.store.layout import read_layout
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -189,7 +190,7 @@ def test_two_layers_share_one_map_where_pairs_lie_close(tmp_path: Path, rng) -> 
     sa, sb = SideRows("a", acts, "la"), SideRows("b", acts, "lb")
     fit_maps_file(sa, sb, tmp_path / "maps.h5", holdout=0.2, progress=False)
     paths = tmp_path / "a" / "layout.h5", tmp_path / "b" / "layout.h5"
-    joint_layout(sa, sb, tmp_path / "maps.h5", *paths, SMALL_UMAP, progress=False)
+    joint_layout(sa, sb, tmp_path / "maps.h5", *paths, SMALL_UMAP, mode="mapped", progress=False)
     la, lb = (read_layout(p) for p in paths)
     np.testing.assert_array_equal(la.row_ids, lb.row_ids)
     pairs = np.linalg.norm(la.xy - lb.xy, axis=1)
@@ -198,7 +199,32 @@ def test_two_layers_share_one_map_where_pairs_lie_close(tmp_path: Path, rng) -> 
     dist = np.linalg.norm(la.xy[:, None] - lb.xy[None], axis=2)  # a's row i to every row of b
     rank = (dist < np.diag(dist)[:, None]).sum(axis=1)  # how many rows of b lie nearer than its pair
     assert (rank < 10).mean() > 0.9
-    assert joint_layout(sa, sb, tmp_path / "maps.h5", *paths, SMALL_UMAP, progress=False).up_to_date
+    assert joint_layout(sa, sb, tmp_path / "maps.h5", *paths, SMALL_UMAP, mode="mapped", progress=False).up_to_date
+
+
+def test_the_joint_layout_puts_a_row_s_two_sides_at_one_place_where_the_maps_fit_poorly(tmp_path: Path, rng) -> None:
+    """b a nonlinear function of a with other clusters: the linear maps fit poorly, and Lucid's
+    mapped layout parts the two sides; the joint layout places every row once, for both sides."""
+    a = clusters(rng, 300, 8)
+    b = np.maximum(np.sin(3 * a) @ rng.normal(size=(8, 6)), 0) + clusters(rng, 300, 6)
+    acts = write_acts(tmp_path / "acts.h5", {"la": a, "lb": b}, n_images=75)
+    sa, sb = SideRows("a", acts, "la"), SideRows("b", acts, "lb")
+    fit_maps_file(sa, sb, tmp_path / "maps.h5", holdout=0.2, progress=False)
+    spread = {}
+    for mode in ("joint", "mapped"):
+        paths = tmp_path / mode / "a.h5", tmp_path / mode / "b.h5"
+        joint_layout(sa, sb, tmp_path / "maps.h5", *paths, SMALL_UMAP, mode=mode, progress=False)
+        la, lb = (read_layout(p) for p in paths)
+        pairs = np.linalg.norm(la.xy - lb.xy, axis=1)
+        strangers = np.linalg.norm(la.xy - lb.xy[rng.permutation(300)], axis=1)
+        spread[mode] = np.median(pairs) / np.median(strangers)
+        if mode == "joint":
+            np.testing.assert_array_equal(la.xy, lb.xy)  # one place per row, for both sides
+            assert la.valid.all() and la.attrs["aligned_side"] == "a" and lb.attrs["aligned_side"] == "b"
+    assert spread["joint"] == 0 and spread["mapped"] > 0.1, spread
+    with pytest.raises(SettingsChangedError):  # the mode is a setting of the files
+        joint_layout(sa, sb, tmp_path / "maps.h5", tmp_path / "joint" / "a.h5", tmp_path / "joint" / "b.h5",
+                     SMALL_UMAP, mode="mapped", progress=False)
 
 
 def test_settings_name_the_bad_key() -> None:

@@ -1,10 +1,23 @@
 """The joint layout of an aligned atlas: one UMAP over the joint vectors of both sides, split
 back into an ordinary ``layout.h5`` per side, so that one place on both maps means the same inputs.
 
-As Lucid's ``aligned_umap``: the rows of both sides are stacked (side a's ``N`` rows, then side
-b's ``N``), each as its joint vector (:meth:`~atlas.stages.aligned.fit.AlignedMaps.combine`),
-laid out together and normalised together (one percentile box for both,
-:func:`atlas.stages.reduce.layout_bounds`), then split. The UMAP is the reduce stage's
+Two ways (``mode``):
+
+- ``"joint"`` (the default): every row is laid out once, as its two sides' own activations side
+  by side, ``[a, b]`` (each space scaled to the same mean row length with ``balance``), and both
+  sides' files get that one position. The same place on both maps is the same inputs by
+  construction, and both layers shape the layout equally.
+- ``"mapped"``: Lucid's ``aligned_umap``: the rows of both sides are stacked (side a's ``N`` rows,
+  then side b's ``N``), each as its joint vector through the linear maps, side a's ``[a, a W_ab]``
+  and side b's ``[b W_ba, b]`` (:meth:`~atlas.stages.aligned.fit.AlignedMaps.combine`), laid out
+  together, then split. A row's two positions coincide only as far as the maps predict each
+  side from the other: where they fit poorly (held-out R^2 0.24 / 0.29 between InceptionV1's
+  mixed4a and mixed4e) the predicted half of each vector is shrunk toward the mean, the two
+  sides' vectors form two clusters, and the two maps no longer show the same inputs at the same
+  place (``benchmarks/bench_aligned.py`` measures it).
+
+Either way the layout is normalised with one percentile box for both sides
+(:func:`atlas.stages.reduce.layout_bounds`). The UMAP is the reduce stage's
 (:class:`atlas.stages.reduce.AtlasUMAP`, :class:`atlas.stages.reduce.ReduceSettings`): fitted on a
 seeded sample of ``sample_size`` stacked rows, every other row placed into the fit by its nearest
 fitted rows and refined; duplicate, all-zero and non-finite rows are handled as there.
@@ -43,6 +56,8 @@ log = logging.getLogger(__name__)
 
 #: The joint UMAP's pickle, beside ``maps.h5``.
 MODEL_FILE = "joint.umap.pkl"
+#: How the two sides are laid out (see the module docstring).
+MODES = ("joint", "mapped")
 
 
 @dataclass
@@ -77,6 +92,7 @@ def joint_layout(
     settings: ReduceSettings | None = None,
     *,
     balance: bool = True,
+    mode: str = "joint",
     name: str = "",
     overwrite: bool = False,
     progress: bool = True,
@@ -96,7 +112,11 @@ def joint_layout(
     summary = JointLayoutSummary(paths)
     record = read_maps(maps_path)
     maps = load_maps(maps_path)
+    if mode not in MODES:
+        raise ValueError(f"layout mode must be one of {', '.join(MODES)}, not {mode!r}")
     common = dict(settings.hashed(), balance=bool(balance), maps_settings_hash=str(record.attrs["settings_hash"]))
+    if mode != "mapped":  # files laid out before the modes existed were "mapped" and keep their hash
+        common["mode"] = mode
     with ActivationsFile(a.activations) as fa, ActivationsFile(b.activations) as fb:
         files = {"a": fa, "b": fb}
         sources = {s: str(files[s].attrs.get("settings_hash", "")) for s in sides}
@@ -136,16 +156,17 @@ def joint_layout(
             est = _load_model(pkl, digest) if resume and all(writers[s].has_fit for s in todo) else None
             if est is None:
                 tf = time.perf_counter()
-                est = _fit_joint(files, sides, maps, n, settings, balance)
+                est = _fit_joint(files, sides, maps, n, settings, balance, mode)
                 summary.fit_seconds = time.perf_counter() - tf
                 for s in todo:
-                    writers[s].write_fit(*_side_fit(est, s, n))
+                    writers[s].write_fit(*_side_fit(est, s, n, mode))
                 save_pickle({"settings_hash": digest, "model": est}, pkl)
             summary.fit_rows = len(est.fit_indices_)
             with tqdm(total=2 * n, initial=sum(writers[s].n_rows_done for s in sides), unit="row",
                       desc=f"layout {a.layer} + {b.layer}", disable=not progress, leave=False) as bar:
                 for s in todo:
-                    _place_side(writers[s], files[s], sides[s].layer, s, maps, est, balance, settings.chunk_rows, bar)
+                    _place_side(writers[s], _vectors(files, sides, s, maps, balance, mode), est, settings.chunk_rows,
+                                bar)
             summary.placed = _finish(writers, todo)
         finally:
             for w in writers.values():
@@ -155,11 +176,41 @@ def joint_layout(
     return summary
 
 
+def _vectors(files: dict[str, ActivationsFile], sides: dict[str, SideRows], side: str, maps: AlignedMaps,
+             balance: bool, mode: str):
+    """``vectors(start, stop)``: the vectors side ``side``'s rows ``start .. stop`` are laid out by."""
+    if mode == "joint":
+        return lambda start, stop: joint_vectors(
+            *(files[s].read(sides[s].layer, "activations", start, stop) for s in ("a", "b")), maps, balance)
+    return lambda start, stop: maps.combine(files[side].read(sides[side].layer, "activations", start, stop), side,
+                                            balance)
+
+
+def joint_vectors(a: np.ndarray, b: np.ndarray, maps: AlignedMaps, balance: bool = True) -> np.ndarray:
+    """``(n, Ca + Cb)`` float32: each row's own two activations side by side, ``[a, b]``, each
+    space divided by its scale with ``balance`` (the ``"joint"`` layout's vectors)."""
+    sa, sb = (maps.scale_a, maps.scale_b) if balance else (1.0, 1.0)
+    return np.hstack([np.asarray(a, np.float32) / sa, np.asarray(b, np.float32) / sb]).astype(np.float32)
+
+
 def _fit_joint(files: dict[str, ActivationsFile], sides: dict[str, SideRows], maps: AlignedMaps, n: int,
-               settings: ReduceSettings, balance: bool) -> AtlasUMAP:
+               settings: ReduceSettings, balance: bool, mode: str = "mapped") -> AtlasUMAP:
     """The UMAP of a seeded sample of the ``2 n`` stacked rows (side a's ``0 .. n-1``, side b's
-    ``n .. 2n-1``); its ``fit_indices_`` and ``sample_indices_`` are stacked row numbers."""
+    ``n .. 2n-1``); its ``fit_indices_`` and ``sample_indices_`` are stacked row numbers. In the
+    ``"joint"`` mode: of the ``n`` rows' joint vectors, numbered as the rows."""
     rng = np.random.default_rng(settings.random_state)
+    if mode == "joint":
+        pick = np.arange(n) if n <= settings.sample_size else np.sort(
+            rng.choice(n, settings.sample_size, replace=False))
+        x = joint_vectors(*(files[s].read_rows(sides[s].layer, "activations", pick) for s in ("a", "b")), maps,
+                          balance)
+        est = settings.estimator()
+        est.sample_size = len(x)
+        est.fit(x)
+        est.sample_size = settings.sample_size
+        est.fit_indices_ = pick[est.fit_indices_]
+        est.sample_indices_ = pick[est.sample_indices_]
+        return est
     total = 2 * n
     pick = np.arange(total) if total <= settings.sample_size else np.sort(
         rng.choice(total, settings.sample_size, replace=False))
@@ -175,9 +226,14 @@ def _fit_joint(files: dict[str, ActivationsFile], sides: dict[str, SideRows], ma
     return est
 
 
-def _side_fit(est: AtlasUMAP, side: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+def _side_fit(est: AtlasUMAP, side: str, n: int,
+              mode: str = "mapped") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Side ``side``'s part of the joint fit, as :meth:`LayoutWriter.write_fit` takes it: its
-    distinct fitted rows and their embedding, its sampled rows and theirs, its duplicates."""
+    distinct fitted rows and their embedding, its sampled rows and theirs, its duplicates (in the
+    ``"joint"`` mode, the whole fit, for both sides)."""
+    if mode == "joint":
+        return (est.fit_indices_, est.embedding_, est.sample_indices_, est.sample_embedding_,
+                int(len(est.sample_indices_) - len(est.fit_indices_)))
     offset = 0 if side == "a" else n
     mine = (est.fit_indices_ >= offset) & (est.fit_indices_ < offset + n)
     sampled = (est.sample_indices_ >= offset) & (est.sample_indices_ < offset + n)
@@ -185,15 +241,14 @@ def _side_fit(est: AtlasUMAP, side: str, n: int) -> tuple[np.ndarray, np.ndarray
             est.sample_embedding_[sampled], int(sampled.sum() - mine.sum()))
 
 
-def _place_side(writer: LayoutWriter, acts: ActivationsFile, layer: str, side: str, maps: AlignedMaps,
-                est: AtlasUMAP, balance: bool, chunk_rows: int, bar: Any) -> None:
+def _place_side(writer: LayoutWriter, vectors: Any, est: AtlasUMAP, chunk_rows: int, bar: Any) -> None:
     """Place the rows of one side not done yet, a chunk at a time, committing each; the side's
     sampled rows keep their fitted position (as the reduce stage does)."""
     sample_ids, sample_emb = writer.read_sample()
     m = writer.n_rows
     for start in range(writer.n_rows_done, m, chunk_rows):
         stop = min(m, start + chunk_rows)
-        xy, status = est.place(maps.combine(acts.read(layer, "activations", start, stop), side, balance))
+        xy, status = est.place(vectors(start, stop))
         rows = np.arange(start, stop)
         if len(sample_ids):
             pos = np.minimum(np.searchsorted(sample_ids, rows), len(sample_ids) - 1)
@@ -245,4 +300,4 @@ def _load_model(path: Path, digest: str) -> AtlasUMAP | None:
     return blob["model"]
 
 
-__all__ = ["MODEL_FILE", "JointLayoutSummary", "joint_layout"]
+__all__ = ["MODEL_FILE", "MODES", "JointLayoutSummary", "joint_layout", "joint_vectors"]

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from atlas.checks import SettingError, at_least
+from atlas.checks import SettingError, at_least, one_of
 from atlas.stages.grid import check_grid_sizes
 from atlas.stages.render import RenderSettings, check_render_settings
 
@@ -82,6 +82,11 @@ class AlignedSettings:
             direction takes the one with the least error on validation photos (a ``holdout``
             share of the training photos), then is refitted on every training photo. One value:
             that ridge.
+        layout: how the two sides share one layout: ``"joint"`` (each row laid out once by its
+            two sides' own activations side by side, both sides at that one place) or
+            ``"mapped"`` (Lucid's: each side's rows by their own activations and the other side's
+            predicted through the linear maps, stacked and laid out together; see
+            :mod:`atlas.stages.aligned.layout`).
         balance: scale each activation space of the joint vectors to the same mean row length
             (root mean square over the fitted rows), so that under the cosine metric one side's
             layer does not outweigh the other's because its activations are larger; off: the
@@ -100,6 +105,7 @@ class AlignedSettings:
     b: AlignedSide = field(default_factory=AlignedSide)
     holdout: float = DEFAULT_HOLDOUT
     ridge: tuple[float, ...] = DEFAULT_RIDGES
+    layout: str = "joint"
     balance: bool = True
     seed: int = 0
     # the reduce stage's defaults (tests/stages/test_aligned.py holds them equal to ReduceSettings'):
@@ -144,6 +150,7 @@ class AlignedSettings:
                             for r in ridge):
             raise SettingError("ridge", f"must be numbers >= 0 (candidates, e.g. 0.01, 0.1, 1), got {self.ridge!r}")
         object.__setattr__(self, "ridge", tuple(float(r) for r in ridge))
+        one_of("layout", self.layout, ("joint", "mapped"))
         at_least("seed", self.seed, 0)
         self.reduce_settings()  # the UMAP fields, checked as the reduce stage checks them
         object.__setattr__(self, "sizes", check_grid_sizes("sizes", self.sizes))

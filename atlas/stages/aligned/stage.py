@@ -153,7 +153,7 @@ def aligned_atlas(
     step("fit", not fit.up_to_date, fit.describe())
     layout = keep_or_replace(lambda again: joint_layout(
         a, b, folder / "maps.h5", folder / "a" / "layout.h5", folder / "b" / "layout.h5", settings.reduce_settings(),
-        balance=settings.balance, name=settings.name, overwrite=again, progress=progress), overwrite)
+        balance=settings.balance, mode=settings.layout, name=settings.name, overwrite=again, progress=progress), overwrite)
     step("layout", not layout.up_to_date, layout.describe())
     icons = {s: _side_atlas(folder, plans, s, models[s], settings, step, device=device, progress=progress,
                             overwrite=overwrite) for s in SIDES}
