@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import atlas.stages.render as render_pkg
+from atlas.checks import SettingError
 from atlas.config import load_config
 from atlas.pipeline import layer_folders, run_pipeline
 from atlas.stages.collect import CollectSettings
@@ -147,3 +148,29 @@ def test_every_layer_attributed_from_one_pass_equals_one_pass_per_layer():
         torch.testing.assert_close(cls, cls1)
         torch.testing.assert_close(attr, attr1, rtol=1e-4, atol=1e-6 * float(attr1.abs().max()))
         assert attr.shape == (2, 3, *h.shape[2:]) and float(attr.abs().max()) > 0
+
+
+def test_one_layer_collected_later_at_the_run_s_shared_places(tmp_path):
+    """An aligned atlas's side of another model collects one layer of a multi-layer run: at the
+    places the run drew on its coarsest grid (shared_grid), so its rows line up with the run's."""
+    from atlas.stages.aligned.sides import run_model
+    from atlas.stages.collect import collect
+
+    cfg = load_config(make_config(tmp_path, 4, layers=LAYERS, sampling="shared"))
+    run_pipeline(cfg, only="collect", progress=False)
+    acts = tmp_path / "run" / "activations.h5"
+    settings = run_model(acts).collect_settings("inception4e")
+    assert settings.layers == ("inception4e",) and settings.shared_grid == (7, 7)  # inception5b's grid
+    collect(cfg.collect.source, tmp_path / "side.h5", "inceptionv1", settings, random_init=True, device="cpu",
+            batch_size=4, workers=0, progress=False)
+    with ActivationsFile(acts) as run, ActivationsFile(tmp_path / "side.h5") as side:
+        n = run.n_rows("inception4e")
+        assert side.n_rows("inception4e") == n == 12
+        for field in ("position", "image_index"):
+            np.testing.assert_array_equal(side.read_rows("inception4e", field, np.arange(n)),
+                                          run.read_rows("inception4e", field, np.arange(n)))
+    alone = CollectSettings(layers=("inception4e",), sampling="shared", positions_per_image=3)
+    assert not np.array_equal(shared_positions(0, [(14, 14)], alone)[0],
+                              shared_positions(0, [(14, 14)], settings)[0])  # drawn on its own grid otherwise
+    with pytest.raises(SettingError, match="shared_grid"):
+        CollectSettings(shared_grid=(7,))

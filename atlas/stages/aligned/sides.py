@@ -51,11 +51,15 @@ class RunModel:
     collect: dict[str, Any]
     source: str
     precision: str = "fp32"
+    grids: tuple[tuple[int, int], ...] = ()  # the grid (H, W) of each of the run's layers
 
     def collect_settings(self, layer: str) -> CollectSettings:
-        """The run's collect settings, restricted to ``layer``."""
+        """The run's collect settings, restricted to ``layer``; with ``"shared"`` sampling, at the
+        run's places (drawn on the grid of the run's coarsest layer: ``shared_grid``)."""
         known = {f.name for f in dataclasses.fields(CollectSettings)}
         fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in self.collect.items() if k in known}
+        if fields.get("sampling") == "shared" and not fields.get("shared_grid") and self.grids:
+            fields["shared_grid"] = min(self.grids, key=lambda g: (g[0] * g[1], g))
         return CollectSettings(**{**fields, "layers": (layer,)})
 
 
@@ -70,7 +74,8 @@ def run_model(activations: str | os.PathLike) -> RunModel:
                         weights=recorded.get("weights"), layers=tuple(acts.layers),
                         collect=dict(recorded.get("collect", {})),
                         source=str(recorded.get("source") or acts.attrs.get("source", "")),
-                        precision=str(recorded.get("precision", "fp32")))
+                        precision=str(recorded.get("precision", "fp32")),
+                        grids=tuple(tuple(int(v) for v in acts.spec(name).grid_shape) for name in acts.layers))
 
 
 def other_model(side: AlignedSide, run: RunModel) -> str | None:

@@ -68,6 +68,10 @@ class CollectSettings:
             on the coarsest layer's grid, and each layer's row is the cell of its own grid that
             holds the centre of that coarse cell, so row i of every layer looks at the same part
             of the same photo; see :func:`shared_positions`).
+        shared_grid: with ``"shared"`` sampling, the (H, W) grid the places are drawn on; empty
+            (the default): the coarsest of ``layers``. Set it to collect some layers of a run
+            at the run's places, e.g. one layer of another model for an aligned atlas of a
+            multi-layer run (whose places were drawn on its coarsest layer).
         positions_per_image: k for random sampling.
         edge_margin: border cells excluded from random sampling (padding artifacts live there).
         seed: positions of image i come from ``np.random.default_rng([seed, i])``, so they do
@@ -94,6 +98,7 @@ class CollectSettings:
     full_attribution: bool = False
     dtype: Literal["float16", "float32"] = "float16"
     block_size: int = 256
+    shared_grid: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.layers or not all(isinstance(n, str) and n for n in self.layers):
@@ -109,6 +114,11 @@ class CollectSettings:
                              "(drop --attribution-classes or --full-attribution)")
         one_of("dtype", self.dtype, ("float16", "float32"))
         at_least("block_size", self.block_size, 1)
+        grid = tuple(self.shared_grid)
+        if grid and (len(grid) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid)):
+            raise SettingError("shared_grid", f"must be a grid (H, W) of positive sizes, e.g. [7, 7], or empty, got "
+                                              f"{self.shared_grid!r}")
+        object.__setattr__(self, "shared_grid", grid)
 
     def kept_classes(self, n_classes: int) -> int:
         """Columns of ``attribution/top_classes``: top_k, capped by the classes ranked."""
@@ -149,13 +159,13 @@ def shared_positions(
 ) -> list[np.ndarray]:
     """Positions (k, 2) of one image in each of ``grid_shapes``, the same k places of the photo.
 
-    The places are drawn on the coarsest grid (fewest cells) as ``"random"`` sampling draws them
+    The places are drawn on the coarsest grid (fewest cells; or ``settings.shared_grid``) as ``"random"`` sampling draws them
     (``positions_per_image``, ``edge_margin`` in that grid's cells, seeded by ``(seed,
     image_index)``); in a finer H x W grid a coarse cell (y, x) of an h x w grid becomes the cell
     holding its centre, ``(floor((y + 0.5) H / h), floor((x + 0.5) W / w))``. Layers of one
     grid get identical positions, so their rows line up one to one.
     """
-    coarse = min(grid_shapes, key=lambda g: (g[0] * g[1], g))
+    coarse = tuple(settings.shared_grid) or min(grid_shapes, key=lambda g: (g[0] * g[1], g))
     base = sample_positions(image_index, coarse, replace(settings, sampling="random"))
     out = []
     for h, w in grid_shapes:

@@ -224,7 +224,7 @@ def collect(
     if describe_tokens(specs):
         log.info("token layers: %s", describe_tokens(specs))
     hashed = {
-        "collect": asdict(settings),
+        "collect": collect_record(settings),
         "model": model.name,
         "weights": weights_id(weights),
         "random_init": random_init,
@@ -478,6 +478,15 @@ def _collect_distributed(
     return sum(r.images for r in results), dict(skipped)
 
 
+def collect_record(settings: CollectSettings) -> dict:
+    """The collect settings as ``activations.h5`` records and hashes them; an empty
+    ``shared_grid`` is left out, so files collected before it existed stay current."""
+    record = asdict(settings)
+    if not settings.shared_grid:
+        record.pop("shared_grid")
+    return record
+
+
 def weights_id(weights: str | os.PathLike | None) -> str | None:
     """How ``activations.h5`` records a weight file (``"name:size"``; the path as given when it is
     not a file; None for the model's default weights)."""
@@ -487,5 +496,5 @@ def weights_id(weights: str | os.PathLike | None) -> str | None:
     return f"{p.name}:{p.stat().st_size}" if p.is_file() else str(p)
 
 
-__all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "describe_tokens",
+__all__ = ["CollectSettings", "CollectSummary", "NoUsableImagesError", "collect", "compute_rows", "describe_tokens", "collect_record",
            "layer_specs", "sample_positions", "parts_dir_for", "weights_id"]
