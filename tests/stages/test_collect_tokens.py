@@ -147,3 +147,34 @@ def test_layers_that_are_neither_spatial_nor_tokens_are_refused():
         layer_specs(model, ["encoder.layers.encoder_layer_1.self_attention"])
     spec, = layer_specs(model, ["conv_proj"])  # the patch embedding is a (C, H, W) layer
     assert spec.grid_shape == (4, 4) and spec.token_layout is None
+
+
+def test_timm_vit_collects_and_renders_token_rows(tmp_path):
+    """A timm ViT by name (random weights): a block's tokens collected as patch positions (the class
+    token left out), attribution on, and an icon of a collected direction raises the objective."""
+    pytest.importorskip("timm")
+    from atlas import optvis
+    from atlas.optvis import evaluate, fft_image, render_vis
+    from atlas.stages.render import icon_view_transforms
+
+    model = load_model("timm:vit_tiny_patch16_224", random_init=True)
+    layer = "blocks.6"
+    write_photos(tmp_path / "p", 3, size=(240, 230))
+    s = CollectSettings(layers=(layer,), positions_per_image=3, top_k=3, attribution_classes=4)
+    summary = collect(tmp_path / "p", tmp_path / "a.h5", model, s, workers=0, batch_size=3, progress=False)
+    assert summary.rows == {layer: 9}
+    with ActivationsFile(tmp_path / "a.h5") as acts:
+        spec = acts.spec(layer)
+        assert (spec.channels, spec.grid_shape, spec.token_layout, spec.skipped_tokens) == (192, (14, 14),
+                                                                                          "cls+14x14", 1)
+        rows = acts.read(layer, "activations").astype(np.float32)
+        assert np.abs(acts.read(layer, "attribution/top_values")).max() > 0
+    # a direction photos vary along (in a random-init ViT most of an activation is the same in every image)
+    vec = torch.as_tensor(rows[:1] - rows.mean(0, keepdims=True))
+    obj = optvis.directions(layer, vec, cossim_pow=1.0, spatial_mean=True)
+    gens = [torch.Generator().manual_seed(0)]
+    param = fft_image(64, 1, generator=gens)
+    with torch.no_grad():
+        start = evaluate(model, obj, param())
+    res = render_vis(model, obj, param, icon_view_transforms("transformer"), steps=16, lr=0.08, generator=gens)
+    assert torch.all(res.values > start + 0.05 * start.abs()), (start, res.values)
