@@ -13,8 +13,9 @@ and so on up to the coarsest level), and renders them with each method:
   learning rate (``refine_lr``; default the icons' 0.08), ``-rrK``: K steps of redirected ReLU
   gradient (default 0, as the render stage), ``-mixA``: the start pulled toward gray,
   ``0.5 + A * (icon - 0.5)``, ``-crop``: the start is the part of the parent's icon over the
-  cell's place in the parent cell, magnified to the icon's size; ``parent0`` is the parent's icon
-  itself;
+  cell's place in the parent cell, magnified to the icon's size, ``-shift``: the parent's icon
+  moved (not magnified) so that the cell's place in the parent cell is at the centre, the edge
+  filled by reflection; ``parent0`` is the parent's icon itself;
 
 all with the render stage's defaults otherwise (whole view, mean objective, lr 0.08, 80 px),
 ``--batch-size`` cells per optimizer batch, seeded per cell as the render stage seeds them. The
@@ -59,16 +60,16 @@ from atlas.store.cells import CellLevel, cells_attrs, read_cells  # noqa: E402
 from bench_icons_peer import contact_sheet, icon_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = re.compile(r"^(cold|parent)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop)*)$")
+METHOD = re.compile(r"^(cold|parent)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop|-shift)*)$")
 
 
 def parse_method(name: str, steps: int) -> dict:
-    """``cold[N]`` or ``parentN[-rrK][-lrX][-mixA][-crop]`` -> its settings."""
+    """``cold[N]`` or ``parentN[-rrK][-lrX][-mixA][-crop][-shift]`` -> its settings."""
     m = METHOD.match(name)
     if not m or (m.group(1) == "parent" and not m.group(2)):
         raise SystemExit(f"unknown method {name!r}: cold, coldN or parentN[-rrK][-lrX]")
     kw = {"warm": m.group(1) == "parent", "steps": int(m.group(2) or steps), "rr": 16, "lr": DEFAULT_LR, "mix": 1.0,
-          "crop": False}
+          "crop": False, "shift": False}
     if kw["warm"]:
         kw["rr"] = 0
     for part in filter(None, m.group(3).split("-")):
@@ -76,6 +77,8 @@ def parse_method(name: str, steps: int) -> dict:
             kw["rr"] = int(part[2:])
         elif part == "crop":
             kw["crop"] = True
+        elif part == "shift":
+            kw["shift"] = True
         elif part.startswith("mix"):
             kw["mix"] = float(part[3:])
         else:
@@ -113,6 +116,23 @@ def crop_starts(images: torch.Tensor, coords: np.ndarray, parent_coords: np.ndar
         w = max(1, int(round(s / f)))
         out.append(F.interpolate(img[None, :, y0:y0 + w, x0:x0 + w], size=(s, s), mode="bilinear",
                                  align_corners=False)[0])
+    return torch.stack(out)
+
+
+def shift_starts(images: torch.Tensor, coords: np.ndarray, parent_coords: np.ndarray, f: float) -> torch.Tensor:
+    """Each parent icon (B, 3, S, S) moved so that the cell's place in its parent cell (``f`` cells
+    a side) comes to the icon's centre, at the parent's scale (no magnification: as sharp as the
+    parent), the edge it uncovers filled by reflection; siblings start from different views."""
+    s = images.shape[-1]
+    pad = s // 2
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    out = []
+    for img, (iy, ix), (py, px) in zip(padded, coords, parent_coords):
+        dy = ((iy + 0.5) / f - py) - 0.5  # the cell's centre within its parent cell, from the parent's centre
+        dx = ((ix + 0.5) / f - px) - 0.5
+        y0 = int(round(pad + np.clip(dy, -0.5, 0.5) * s))
+        x0 = int(round(pad + np.clip(dx, -0.5, 0.5) * s))
+        out.append(img[:, y0:y0 + s, x0:x0 + s])
     return torch.stack(out)
 
 
@@ -182,6 +202,8 @@ def main() -> None:
                     init = 0.5 + kw["mix"] * (init - 0.5)
                     if kw["crop"]:
                         init = crop_starts(init, lv.coords[r], levels[coarse].coords[parents[size][r]], size / coarse)
+                    if kw["shift"]:
+                        init = shift_starts(init, lv.coords[r], levels[coarse].coords[parents[size][r]], size / coarse)
                 gens = [[cell_generator(0, size, int(c)) for c in ids]]
                 t0 = time.perf_counter()
                 out, _ = render_directions(model, layer, vecs, gens, steps=kw["steps"], lr=kw["lr"],
