@@ -44,13 +44,13 @@ from tqdm.auto import tqdm
 
 from atlas.stages.aligned.fit import AlignedMaps, load_maps
 from atlas.stages.aligned.pairs import RowsMismatchError, SideRows
-from atlas.stages.reduce import AtlasUMAP, ReduceSettings, apply_bounds, layout_bounds
+from atlas.stages.reduce import AtlasUMAP, ReduceSettings, layout_bounds
+from atlas.stages.reduce.stage import keep_fitted, layout_xy, load_fit_model, save_fit_model
 from atlas.store.activations import ActivationsFile
 from atlas.store.aligned import read_maps
 from atlas.store.common import settings_hash
 from atlas.store.layout import NONFINITE, PLACED, ZERO, LayoutWriter
 from atlas.store.lineage import check_output
-from atlas.store.pickles import load_pickle, save_pickle
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +153,24 @@ def joint_layout(
                     }, chunk_rows=settings.chunk_rows, inputs={"activations": sides[s].activations, "maps": maps_path})
             todo = [s for s in sides if not writers[s].complete]
             summary.resumed_rows = sum(writers[s].n_rows_done for s in sides) if resume else 0
-            est = _load_model(pkl, digest) if resume and all(writers[s].has_fit for s in todo) else None
+            est = load_fit_model(pkl, digest) if resume and all(writers[s].has_fit for s in todo) else None
             if est is None:
                 tf = time.perf_counter()
                 est = _fit_joint(files, sides, maps, n, settings, balance, mode)
                 summary.fit_seconds = time.perf_counter() - tf
                 for s in todo:
                     writers[s].write_fit(*_side_fit(est, s, n, mode))
-                save_pickle({"settings_hash": digest, "model": est}, pkl)
+                save_fit_model(est, pkl, digest)
             summary.fit_rows = len(est.fit_indices_)
             with tqdm(total=2 * n, initial=sum(writers[s].n_rows_done for s in sides), unit="row",
                       desc=f"layout {a.layer} + {b.layer}", disable=not progress, leave=False) as bar:
-                for s in todo:
-                    _place_side(writers[s], _vectors(files, sides, s, maps, balance, mode), est, settings.chunk_rows,
-                                bar)
+                if mode == "joint":  # one placement a row, written to both sides
+                    _place(est, [writers[s] for s in todo], _vectors(files, sides, "a", maps, balance, mode),
+                           settings.chunk_rows, bar)
+                else:
+                    for s in todo:
+                        _place(est, [writers[s]], _vectors(files, sides, s, maps, balance, mode), settings.chunk_rows,
+                               bar)
             summary.placed = _finish(writers, todo)
         finally:
             for w in writers.values():
@@ -241,22 +245,21 @@ def _side_fit(est: AtlasUMAP, side: str, n: int,
             est.sample_embedding_[sampled], int(sampled.sum() - mine.sum()))
 
 
-def _place_side(writer: LayoutWriter, vectors: Any, est: AtlasUMAP, chunk_rows: int, bar: Any) -> None:
-    """Place the rows of one side not done yet, a chunk at a time, committing each; the side's
-    sampled rows keep their fitted position (as the reduce stage does)."""
-    sample_ids, sample_emb = writer.read_sample()
-    m = writer.n_rows
-    for start in range(writer.n_rows_done, m, chunk_rows):
+def _place(est: AtlasUMAP, writers: list[LayoutWriter], vectors: Any, chunk_rows: int, bar: Any) -> None:
+    """Place the rows not done yet of the side(s) ``writers`` hold (several: sides that share every
+    position, the ``"joint"`` layout), a chunk at a time, committing each; rows of the fit sample
+    keep their fitted position (:func:`atlas.stages.reduce.stage.keep_fitted`, as the reduce stage)."""
+    sample_ids, sample_emb = writers[0].read_sample()
+    m = writers[0].n_rows
+    for start in range(min(w.n_rows_done for w in writers), m, chunk_rows):
         stop = min(m, start + chunk_rows)
         xy, status = est.place(vectors(start, stop))
-        rows = np.arange(start, stop)
-        if len(sample_ids):
-            pos = np.minimum(np.searchsorted(sample_ids, rows), len(sample_ids) - 1)
-            hit = (sample_ids[pos] == rows) & (status == PLACED)
-            xy[hit] = sample_emb[pos[hit]]
-        writer.write_rows(start, xy, status)
-        writer.commit(stop)
-        bar.update(stop - start)
+        keep_fitted(xy, status, np.arange(start, stop), sample_ids, sample_emb)
+        for w in writers:
+            if w.n_rows_done < stop:
+                w.write_rows(start, xy, status)
+                w.commit(stop)
+                bar.update(stop - start)
 
 
 def _finish(writers: dict[str, LayoutWriter], todo: list[str]) -> dict[str, int]:
@@ -272,32 +275,15 @@ def _finish(writers: dict[str, LayoutWriter], todo: list[str]) -> dict[str, int]
         counts[s] = int((status == PLACED).sum())
         if s not in todo:
             continue
-        xy = apply_bounds(xy_raw, lo, hi)
-        xy[status == NONFINITE] = np.nan
+        xy = layout_xy(xy_raw, status, lo, hi)
         zero = status == ZERO
         if zero.any():
-            xy[zero] = xy[status == PLACED].mean(axis=0) if counts[s] else 0.5
             log.info("side %s: %d all-zero rows put at the side's centroid and left out of the grid", s, int(zero.sum()))
         bad = int((status == NONFINITE).sum())
         if bad:
             log.warning("side %s: %d rows have NaN/inf activations and were skipped", s, bad)
         writers[s].finish(xy, status, lo, hi)
     return counts
-
-
-def _load_model(path: Path, digest: str) -> AtlasUMAP | None:
-    if not path.is_file():
-        log.warning("%s is missing; refitting (same seed, same fit)", path)
-        return None
-    try:
-        blob = load_pickle(path)
-    except Exception as e:  # a truncated or foreign pickle: refit rather than fail
-        log.warning("%s is unreadable (%s); refitting", path, e)
-        return None
-    if blob.get("settings_hash") != digest:
-        log.warning("%s belongs to other settings; refitting", path)
-        return None
-    return blob["model"]
 
 
 __all__ = ["MODEL_FILE", "MODES", "JointLayoutSummary", "joint_layout", "joint_vectors"]

@@ -146,11 +146,19 @@ class _ChunkTask:
         with ActivationsFile(self.path) as acts:
             x = read_rows(acts.dataset(self.layer, "activations"), rows)
         xy, status = self.est.place(x)
-        pos = np.searchsorted(self.sample_ids, rows)
-        pos = np.minimum(pos, max(len(self.sample_ids) - 1, 0))
-        hit = (self.sample_ids[pos] == rows) & (status == PLACED) if len(self.sample_ids) else np.zeros(len(rows), bool)
-        xy[hit] = self.sample_emb[pos[hit]]
+        keep_fitted(xy, status, rows, self.sample_ids, self.sample_emb)
         return _Placed(start, xy, status)
+
+
+def keep_fitted(xy: np.ndarray, status: np.ndarray, rows: np.ndarray, sample_ids: np.ndarray,
+                sample_emb: np.ndarray) -> None:
+    """In place: the placed ``rows`` that were in the fit sample (``sample_ids``, sorted) keep the
+    position the fit gave them (``sample_emb``) instead of their placement."""
+    if not len(sample_ids):
+        return
+    pos = np.minimum(np.searchsorted(sample_ids, rows), len(sample_ids) - 1)
+    hit = (sample_ids[pos] == rows) & (status == PLACED)
+    xy[hit] = sample_emb[pos[hit]]
 
 
 def slim_for_placement(est: AtlasUMAP) -> AtlasUMAP:
@@ -293,7 +301,7 @@ def reduce_file(
             row_ids = writer.row_ids()
             summary.resumed_rows = writer.n_rows_done
             if writer.has_fit:
-                est = _load_model(pkl, digest)
+                est = load_fit_model(pkl, digest)
             log.info("resuming %s at row %d of %d", layout_path, writer.n_rows_done, writer.n_rows)
         else:
             if class_idx is not None:
@@ -321,7 +329,7 @@ def reduce_file(
                 summary.fit_seconds = time.perf_counter() - tf
                 writer.write_fit(row_ids[est.fit_indices_], est.embedding_, row_ids[est.sample_indices_],
                                  est.sample_embedding_, est.n_duplicates_)
-                _save_model(est, pkl, digest)
+                save_fit_model(est, pkl, digest)
             sample_ids, sample_emb = writer.read_sample()
             summary.fit_rows = len(est.fit_indices_)
             summary.fit_duplicates = int(est.n_duplicates_)
@@ -368,11 +376,14 @@ def _fit_sample(acts: ActivationsFile, layer: str, row_ids: np.ndarray, settings
     return est
 
 
-def _save_model(est: AtlasUMAP, path: Path, digest: str) -> None:
+def save_fit_model(est: AtlasUMAP, path: Path, digest: str) -> None:
+    """Pickle a fitted estimator beside its layout, with the hash of the settings it was fitted with."""
     save_pickle({"settings_hash": digest, "model": est}, path)
 
 
-def _load_model(path: Path, digest: str) -> AtlasUMAP | None:
+def load_fit_model(path: Path, digest: str) -> AtlasUMAP | None:
+    """The estimator :func:`save_fit_model` pickled for ``digest``; None (refit) when the pickle is
+    missing, unreadable or of other settings, each said in the log."""
     if not path.is_file():
         log.warning("%s is missing; refitting (same seed, same fit)", path)
         return None
@@ -393,17 +404,27 @@ def _finish(writer: LayoutWriter, row_ids: np.ndarray) -> dict[str, int]:
     if not placed.any():
         raise ValueError("no row could be placed (all non-finite or all-zero); check the activations")
     lo, hi = layout_bounds(raw[placed])
-    xy = apply_bounds(raw, lo, hi)
-    xy[status == NONFINITE] = np.nan
+    xy = layout_xy(raw, status, lo, hi)
     zero = status == ZERO
     if zero.any():
-        xy[zero] = xy[placed].mean(axis=0)
         log.info("%d all-zero rows put at the layout centroid and left out of the grid", int(zero.sum()))
     bad = np.flatnonzero(status == NONFINITE)
     if len(bad):
         log.warning("%d rows have NaN/inf activations and were skipped (layer rows %s%s)", len(bad),
                     row_ids[bad[:5]].tolist(), ", ..." if len(bad) > 5 else "")
     return writer.finish(xy, status, lo, hi)
+
+
+def layout_xy(raw: np.ndarray, status: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The finished positions of placed rows ``raw`` in the box ``lo``..``hi``: non-finite rows NaN,
+    all-zero rows at the centroid of the placed ones (the middle when none was placed)."""
+    xy = apply_bounds(raw, lo, hi)
+    xy[status == NONFINITE] = np.nan
+    zero = status == ZERO
+    if zero.any():
+        placed = status == PLACED
+        xy[zero] = xy[placed].mean(axis=0) if placed.any() else 0.5
+    return xy
 
 
 def load_placer(layout_path: str | os.PathLike, activations_path: str | os.PathLike | None = None) -> AtlasUMAP:
@@ -421,7 +442,7 @@ def load_placer(layout_path: str | os.PathLike, activations_path: str | os.PathL
                          "placed on it from one layer's activations")
     pkl = model_path(layout_path)
     if pkl.is_file():
-        est = _load_model(pkl, str(layout.attrs.get("settings_hash")))
+        est = load_fit_model(pkl, str(layout.attrs.get("settings_hash")))
         if est is not None:
             return est
     from atlas.store.layout import read_fit
