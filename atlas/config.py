@@ -46,7 +46,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import tomllib
 
 from atlas.checks import SettingError
-from atlas.models import ModelError, check_device, check_model_spec
+from atlas.models import check_device, check_model_setting
 from atlas.stages.aligned.settings import AlignedSettings
 from atlas.stages.classes import SubAtlasSettings
 from atlas.stages.collect.stage import CollectSettings, check_loader
@@ -82,10 +82,7 @@ class ModelSection:
     random_init: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            check_model_spec(self.name)
-        except ModelError as e:
-            raise SettingError("name", f"must name a model: {e}") from None
+        check_model_setting("name", self.name)
 
 
 @dataclass(frozen=True)

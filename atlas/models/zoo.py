@@ -437,6 +437,15 @@ def check_model_spec(spec: str) -> str:
     raise ModelError(f"unknown model {spec!r}.{hint} Known models: {'; '.join(known)}")
 
 
+def check_model_setting(key: str, spec: str) -> str:
+    """:func:`check_model_spec` for a setting: the error is a :class:`~atlas.checks.SettingError`
+    naming ``key`` (a config's ``[model] name``, an aligned side's ``model``)."""
+    try:
+        return check_model_spec(spec)
+    except ModelError as e:
+        raise SettingError(key, f"must name a model: {e}") from None
+
+
 def check_device(device: str | torch.device | None) -> torch.device | None:
     """The device ``device`` names (None for ``"auto"``/``None``), without asking whether it is
     there; a name torch does not know raises :class:`~atlas.checks.SettingError` (key ``device``)."""

@@ -244,27 +244,21 @@ def icon_transforms(pad_width: int = 16, pad_value: float = 0.5, augment: str = 
     if augment not in ICON_AUGMENTS:
         raise ValueError(f"augment must be one of {', '.join(repr(a) for a in ICON_AUGMENTS)}, got {augment!r}")
     if augment == "strong":
-        return [
-            pad(pad_width, mode="constant", value=pad_value),
-            jitter(8),
-            jitter(8),
-            jitter(16),
-            jitter(16),
-            jitter(16),
-            random_scale([0.5 + 0.01 * n for n in range(71)]),
-            random_rotate(list(range(-30, 31)) + 10 * [0]),
-            jitter(4),
-        ]
-    scales = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
-    angles = list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
+        j = 2  # every jitter twice as far
+        scales = [0.5 + 0.01 * n for n in range(71)]
+        angles = list(range(-30, 31)) + 10 * [0]
+    else:
+        j = 1
+        scales = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
+        angles = list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
     return [
         pad(pad_width, mode="constant", value=pad_value),
-        jitter(4),
-        jitter(4),
-        jitter(8),
-        jitter(8),
-        jitter(8),
+        jitter(4 * j),
+        jitter(4 * j),
+        jitter(8 * j),
+        jitter(8 * j),
+        jitter(8 * j),
         random_scale(scales),
         random_rotate(angles),
-        jitter(2),
+        jitter(2 * j),
     ]

@@ -61,12 +61,9 @@ class AlignedSide:
         if not isinstance(self.random_init, bool):
             raise SettingError("random_init", f"must be true or false, not {self.random_init!r}")
         if self.model:
-            from atlas.models import ModelError, check_model_spec  # loads torch: only for a side that names a model
+            from atlas.models import check_model_setting  # loads torch: only for a side that names a model
 
-            try:
-                check_model_spec(self.model)
-            except ModelError as e:
-                raise SettingError("model", f"must name a model: {e}") from None
+            check_model_setting("model", self.model)
 
 
 @dataclass(frozen=True)
