@@ -18,16 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
-from playwright.sync_api import sync_playwright
-
-from atlas.web.serve import make_server
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run",
-        "--disable-component-update", "--disable-sync"]
+from take_screenshots import point_at, viewer_page  # beside this script
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifests = sorted(run.glob("layers/*/tiles/manifest.json"))
     layers = json.loads(manifests[0].read_text())["layer_set"] if manifests else []
-    server = make_server(args.run_dir, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+    with viewer_page(args.run_dir) as (page, base):
 
         def open_(hash_: str, settle: int = 2500) -> None:
             page.goto(base + "#" + hash_)
@@ -71,16 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.aligned:
             open_(f"run={quote(f'aligned/{name}/a/tiles')}", settle=3500)
             page.screenshot(path=str(out / f"aligned-{name}.png"))
-            x, y = page.evaluate(
-                """([u, v]) => { const p = atlasViewer.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v));
-                                  return [p.x, p.y]; }""", list(args.hover))
-            page.mouse.move(x + 20, y + 20)
-            page.mouse.move(x, y, steps=4)
+            point_at(page, *args.hover)
             page.wait_for_selector("body[data-cross='peer']", timeout=10_000)
             page.wait_for_timeout(800)
             page.screenshot(path=str(out / f"aligned-{name}-hover.png"))
-        browser.close()
-    server.shutdown()
     return 0
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,6 +24,34 @@ from atlas.web.serve import make_server
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic", "--no-first-run",
         "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def viewer_page(run_dir: str) -> Iterator[tuple[object, str]]:
+    """A Chromium page (1280 x 800) and the URL of ``atlas serve RUN_DIR`` on a free loopback port."""
+    server = make_server(run_dir, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+            try:
+                yield browser.new_page(viewport={"width": 1280, "height": 800}), \
+                    f"http://127.0.0.1:{server.server_address[1]}/"
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+
+
+def point_at(page, u: float, v: float) -> tuple[float, float]:
+    """Bring the pointer onto the layout point (u, v) of the main map, as a hand would; returns
+    where that is on the page."""
+    x, y = page.evaluate(
+        """([u, v]) => { const p = atlasViewer.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v));
+                          return [p.x, p.y]; }""", [u, v])
+    page.mouse.move(x - 40, y - 40)
+    page.mouse.move(x, y, steps=4)
+    return x, y
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    server = make_server(args.run_dir, port=0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
+    with viewer_page(args.run_dir) as (page, base):
 
         def shot(hash_: str, name: str, settle: int = 2500) -> None:
             if args.run:
@@ -55,28 +80,19 @@ def main(argv: list[str] | None = None) -> int:
 
         shot("", "overview")
         if args.only == "overview":
-            browser.close()
-            server.shutdown()
             return 0
         size, iy, ix = args.cell
-        shot(f"#z={args.zoom}&x={(ix + 0.5) / size:.4f}&y={(iy + 0.5) / size:.4f}", "zoomed")
-        x, y = page.evaluate(
-            """([u, v]) => { const p = atlasViewer.map.latLngToContainerPoint(atlasViewer.toLatLng(u, v));
-                              return [p.x, p.y]; }""", [(ix + 0.5) / size, (iy + 0.5) / size])
-        page.mouse.move(x - 40, y - 40)
-        page.mouse.move(x, y, steps=4)
+        u, v = (ix + 0.5) / size, (iy + 0.5) / size
+        shot(f"#z={args.zoom}&x={u:.4f}&y={v:.4f}", "zoomed")
+        point_at(page, u, v)
         page.wait_for_selector("#tooltip:not([hidden])", timeout=10_000)
         page.screenshot(path=str(out / f"{args.prefix}hover.png"))
         shot(f"#class={quote(args.cls)}", "class")
-        shot(f"#z={args.zoom}&x={(ix + 0.5) / size:.4f}&y={(iy + 0.5) / size:.4f}", "panel", settle=1500)
-        page.mouse.move(x - 40, y - 40)
-        page.mouse.move(x, y, steps=4)
-        page.mouse.click(x, y)
+        shot(f"#z={args.zoom}&x={u:.4f}&y={v:.4f}", "panel", settle=1500)
+        page.mouse.click(*point_at(page, u, v))
         page.wait_for_selector("#panel:not([hidden])", timeout=10_000)
         page.wait_for_timeout(2000)
         page.screenshot(path=str(out / f"{args.prefix}panel.png"))
-        browser.close()
-    server.shutdown()
     return 0
 
 
