@@ -56,21 +56,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from atlas.models import load_model  # noqa: E402
 from atlas.optvis import to_uint8  # noqa: E402
 from atlas.stages.render import DEFAULT_LR, cell_generator, icon_view_transforms, parent_rows, render_directions  # noqa: E402
+from atlas.stages.render.amortised import predict_icons, train_direction_images  # noqa: E402
 from atlas.store.cells import CellLevel, cells_attrs, read_cells  # noqa: E402
 from bench_icons_peer import contact_sheet, icon_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = re.compile(r"^(cold|parent)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop|-shift)*)$")
+METHOD = re.compile(r"^(cold|parent|amort)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop|-shift|-t\d+|-g[0-9.]+|-h\d+)*)$")
 
 
 def parse_method(name: str, steps: int) -> dict:
     """``cold[N]`` or ``parentN[-rrK][-lrX][-mixA][-crop][-shift]`` -> its settings."""
     m = METHOD.match(name)
-    if not m or (m.group(1) == "parent" and not m.group(2)):
+    if not m or (m.group(1) != "cold" and not m.group(2)):
         raise SystemExit(f"unknown method {name!r}: cold, coldN or parentN[-rrK][-lrX]")
-    kw = {"warm": m.group(1) == "parent", "steps": int(m.group(2) or steps), "rr": 16, "lr": DEFAULT_LR, "mix": 1.0,
-          "crop": False, "shift": False}
-    if kw["warm"]:
+    kw = {"warm": m.group(1) == "parent", "amort": m.group(1) == "amort", "steps": int(m.group(2) or steps), "rr": 16,
+          "lr": DEFAULT_LR, "mix": 1.0, "crop": False, "shift": False, "train": 1000, "glr": 2e-3, "hidden": 256}
+    if kw["warm"] or kw["amort"]:
         kw["rr"] = 0
     for part in filter(None, m.group(3).split("-")):
         if part.startswith("rr"):
@@ -79,6 +80,12 @@ def parse_method(name: str, steps: int) -> dict:
             kw["crop"] = True
         elif part == "shift":
             kw["shift"] = True
+        elif part.startswith("t"):
+            kw["train"] = int(part[1:])
+        elif part.startswith("g"):
+            kw["glr"] = float(part[1:])
+        elif part.startswith("h"):
+            kw["hidden"] = int(part[1:])
         elif part.startswith("mix"):
             kw["mix"] = float(part[3:])
         else:
@@ -172,6 +179,28 @@ def main() -> None:
           flush=True)
     icons: dict[tuple[str, int], list[np.ndarray]] = {}
     seconds: dict[tuple[str, int], float] = {}
+    # amortised starts: one network per training setting, trained on every kept cell of every level
+    nets: dict[str, torch.nn.Module] = {}
+    trained: dict[str, float] = {}
+    pool = np.concatenate([levels[s].direction for s in sizes]).astype(np.float32)
+    for m in methods:
+        kw = spec[m]
+        if not kw["amort"]:
+            continue
+        tag = f"t{kw['train']}-g{kw['glr']}-h{kw['hidden']}"
+        path = work / f"amort-{tag}.pt"
+        if tag not in nets:
+            if path.exists():
+                saved = torch.load(path, weights_only=False)
+                nets[tag], trained[tag] = saved["net"], saved["seconds"]
+            else:
+                fit = train_direction_images(model, layer, pool, transforms, steps=kw["train"], lr=kw["glr"],
+                                             hidden=kw["hidden"], progress=True)
+                torch.save({"net": fit.net, "seconds": fit.seconds, "history": fit.history}, path)
+                nets[tag], trained[tag] = fit.net, fit.seconds
+                print(f"  amortised start {tag}: {fit.seconds:.0f} s on {len(pool):,} directions; objective per 50 "
+                      "steps " + " ".join(f"{h:.3f}" for h in fit.history), flush=True)
+        kw["tag"] = tag
     for size in sizes:
         rows = picked[size]
         lv = levels[size]
@@ -193,6 +222,8 @@ def main() -> None:
                         seconds[m, size] += float(z["seconds"])
                         continue
                 init = None
+                if kw["amort"]:
+                    init = predict_icons(nets[kw["tag"]], vecs)
                 if warm:
                     coarse = sizes[sizes.index(size) - 1]
                     done = np.concatenate(icons[m, coarse] if (m, coarse) in icons and icons[m, coarse]
@@ -264,7 +295,7 @@ def main() -> None:
     per_icon = {(r["method"], r["level"]): r["seconds"] / r["cells"] for r in results}
     pyramid = {}
     for m in methods:
-        total = sum(counts[s] * per_icon[m, s] for s in sizes)
+        total = sum(counts[s] * per_icon[m, s] for s in sizes) + (trained[spec[m]["tag"]] if spec[m]["amort"] else 0.0)
         pyramid[m] = {"seconds": total, "icons_per_min": sum(counts.values()) / total * 60}
     print("# the run's whole pyramid (" + " / ".join(f"{counts[s]:,}" for s in sizes) + " cells): " + ", ".join(
         f"{m} {p['seconds'] / 60:.1f} min ({p['icons_per_min']:.0f} icons/min, "

@@ -13,7 +13,9 @@ downloaded. Measured, in this order:
    host->device, model, attribution and writes;
 2. render: ``--render-batch`` icons of 80 px in one batch, for 128 and 1024 steps (``--device cpu``:
    a few steps), as icons/min; plus the objective reached with fp32 and with bf16 autocast on the
-   same cells;
+   same cells; and the amortised start (the render's ``start="amortised"``): its network's training
+   (``--amortise-steps`` steps of a batch of directions, paid once a render) and the same batch
+   refined from the network's icons with the render's ``refine_steps``;
 3. the small pipeline end to end (collect, reduce, grid, render, tiles) on ``--pipeline-images`` photos;
 4. peak GPU memory (``torch.cuda.max_memory_allocated``), or peak resident memory on the CPU.
 
@@ -83,7 +85,8 @@ def check_collect(weights: Path, photos: list[Path], device: str, n: int, batch_
             "decode_share": b.timings["decode"] / total, "skipped": s.skipped}
 
 
-def check_render(weights: Path, acts_path: Path, device: str, batch: int, steps: list[int], icon_size: int) -> dict:
+def check_render(weights: Path, acts_path: Path, device: str, batch: int, steps: list[int], icon_size: int,
+                 amortise_steps: int) -> dict:
     model = load_model("inceptionv1", weights=weights, device=device)
     with ActivationsFile(acts_path) as f:
         acts = f.read("inception4c", "activations").astype(np.float32)
@@ -115,7 +118,31 @@ def check_render(weights: Path, acts_path: Path, device: str, batch: int, steps:
         _sync(dev)
         reached[precision] = {"mean_objective": float(res.objective.mean()), "seconds": time.perf_counter() - t0}
     out["precision"] = reached
+    out["amortised"] = check_amortised(model, dirs, icon_size, amortise_steps)
     return out
+
+
+def check_amortised(model, dirs: np.ndarray, icon_size: int, train_steps: int) -> dict:
+    """The amortised start on these cells: train its network, then refine the batch from its icons."""
+    from atlas.stages.render import RenderSettings, icon_view_transforms
+    from atlas.stages.render.amortised import start_from_network, train_direction_images
+
+    dev, batch, d = model.device, len(dirs), RenderSettings()
+    _sync(dev)
+    t0 = time.perf_counter()
+    fit = train_direction_images(model, "inception4c", dirs, icon_view_transforms(d.icon_view), icon_size=icon_size,
+                                 steps=train_steps, batch_size=min(batch, 256), lr=d.amortise_lr)
+    _sync(dev)
+    train_s = time.perf_counter() - t0
+    job = IconBatch("inception4c", 8, np.arange(batch), np.arange(batch, dtype=np.int32), dirs, icon_size=icon_size)
+    job = start_from_network([job], fit.net, steps=d.warm_steps, lr=d.refine_lr)[0]
+    t0 = time.perf_counter()
+    res = render_icon_batch(model, job)
+    _sync(dev)
+    sec = time.perf_counter() - t0
+    return {"train_steps": train_steps, "train_seconds": train_s, "train_steps_per_s": train_steps / train_s,
+            "refine_steps": d.warm_steps, "seconds": sec, "icons_per_min": 60 * batch / sec,
+            "mean_cossim": float(res.cossim.mean()), "mean_objective": float(res.objective.mean())}
 
 
 def check_pipeline(weights: Path, photos: list[Path], device: str, n: int, steps: int, tmp: Path) -> dict:
@@ -163,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None, help="DataLoader workers [collect's default]")
     ap.add_argument("--render-batch", type=int, default=None, help="icons per optimizer batch [512 / 2]")
     ap.add_argument("--render-steps", default=None, help="comma-separated step counts [128,1024 / 2,4]")
+    ap.add_argument("--amortise-steps", type=int, default=None, help="training steps of the amortised start [1000 / 3]")
     ap.add_argument("--pipeline-images", type=int, default=None, help="[300 / 12]")
     ap.add_argument("--pipeline-steps", type=int, default=None, help="render steps in the pipeline [128 / 2]")
     ap.add_argument("--json", default=None, help="[benchmarks/results/gpu_check-<device>.json]")
@@ -199,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[1/3] collect: {n_collect} images, batches of {collect_batch} on {device}", flush=True)
         result["collect"] = check_collect(weights, photos, str(device), n_collect, collect_batch, args.workers, tmp)
         print(f"[2/3] render: {render_batch} icons of 80 px per batch, steps {steps}", flush=True)
-        result["render"] = check_render(weights, tmp / "collect.h5", str(device), render_batch, steps, 80)
+        result["render"] = check_render(weights, tmp / "collect.h5", str(device), render_batch, steps, 80,
+                                        pick(args.amortise_steps, 1000, 3))
         print(f"[3/3] pipeline: {pipe_images} photos, render {pipe_steps} steps", flush=True)
         result["pipeline"] = check_pipeline(weights, photos, str(device), pipe_images, pipe_steps, tmp)
     result["seconds"] = time.perf_counter() - t_all
@@ -227,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     rows.append((f"render objective fp32 / bf16 ({steps[0]} steps)",
                  f"{p['fp32']['mean_objective']:.3g} / {p['bf16']['mean_objective']:.3g}  "
                  f"({p['fp32']['seconds']:.1f} s / {p['bf16']['seconds']:.1f} s)"))
+    a = r["amortised"]
+    rows.append((f"amortised start: training, {a['train_steps']} steps", f"{a['train_seconds']:.1f} s  "
+                                                                      f"({a['train_steps_per_s']:.1f} steps/s)"))
+    rows.append((f"amortised start: icons/min, {a['refine_steps']} steps", f"{a['icons_per_min']:.1f}  (cossim "
+                                                                          f"{a['mean_cossim']:.2f})"))
     rows.append(("small pipeline end to end", f"{result['pipeline']['seconds']:.1f} s  "
                                               f"({result['pipeline']['photos']} photos)"))
     if gpu:

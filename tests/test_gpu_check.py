@@ -30,7 +30,8 @@ def test_gpu_check_runs_on_the_cpu(tmp_path, inceptionv1_weights, sample_paths):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     for line in ("collect images/s (with attribution)", "collect time waiting on decode",
-                 "render icons/min, 80 px, 2 steps", "render icons/min, 80 px, 4 steps", "small pipeline end to end"):
+                 "render icons/min, 80 px, 2 steps", "render icons/min, 80 px, 4 steps",
+                 "amortised start: training, 3 steps", "amortised start: icons/min", "small pipeline end to end"):
         assert line in proc.stdout, proc.stdout
     result = json.loads(out.read_text())
     c = result["collect"]
@@ -40,4 +41,6 @@ def test_gpu_check_runs_on_the_cpu(tmp_path, inceptionv1_weights, sample_paths):
     steps = result["render"]["steps"]
     assert set(steps) == {"2", "4"} and all(v["icons_per_min"] > 0 for v in steps.values())
     assert result["render"]["precision"]["bf16"]["mean_objective"] > 0
+    a = result["render"]["amortised"]
+    assert a["train_steps"] == 3 and a["train_seconds"] > 0 and a["icons_per_min"] > 0 and a["mean_objective"] > 0
     assert set(result["pipeline"]["stages"]) >= {"collect", "reduce", "grid", "render", "tiles"}

@@ -163,7 +163,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 def add_render(sub: argparse._SubParsersAction) -> None:
     """Add ``atlas render`` to ``sub``."""
-    from atlas.stages.render.settings import ICON_VIEWS, RenderSettings
+    from atlas.stages.render.settings import ICON_VIEWS, RENDER_STARTS, RenderSettings
 
     s = sub.add_parser("render", help="cells.h5 -> icons.h5: a feature visualization per cell, in batches")
     s.add_argument("run_dir", nargs="?", default=None)
@@ -197,15 +197,21 @@ def add_render(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--border-prior", type=float, default=RenderSettings.border_prior,
                    help="weight of the frame prior that pulls each icon's outer 5 px to a smooth gray, relative to "
                         "the objective (0: none) [%(default)s]")
-    s.add_argument("--start", choices=("cold", "parent"), default=RenderSettings.start,
-                   help="cold: every cell from noise with --steps; parent: render the levels coarse to fine, every "
-                        "cell of a finer level starting from its parent cell's icon with --refine-steps steps (the "
-                        "coarsest level from noise with --steps): about 8x faster a cell, but the cells under one "
-                        "coarse cell then share its picture [%(default)s]")
+    s.add_argument("--start", choices=RENDER_STARTS, default=RenderSettings.start,
+                   help="cold: every cell from noise with --steps; amortised: train one network on all the cells' "
+                        "directions (--amortise-steps), then every cell from its own predicted icon with "
+                        "--refine-steps steps; parent: render the levels coarse to fine, every cell of a finer level "
+                        "starting from its parent cell's icon with --refine-steps steps (the cells under one coarse "
+                        "cell then share its picture) [%(default)s]")
     s.add_argument("--refine-steps", type=int, default=RenderSettings.refine_steps,
-                   help="steps of a cell that starts from its parent's icon (--start parent) [%(default)s]")
+                   help="steps of a cell that starts from a predicted or parent icon (--start amortised / parent) "
+                        "[%(default)s]")
     s.add_argument("--refine-lr", type=float, default=RenderSettings.refine_lr,
                    help="Adam learning rate of those steps [%(default)s]")
+    s.add_argument("--amortise-steps", type=int, default=RenderSettings.amortise_steps,
+                   help="training steps of the amortised start's network, paid once a render [%(default)s]")
+    s.add_argument("--amortise-lr", type=float, default=RenderSettings.amortise_lr,
+                   help="Adam learning rate of that training [%(default)s]")
     s.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")
     add_scheduler_arg(s, "one Dask task per batch of cells, each worker on its own device")
@@ -230,6 +236,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                            device=args.device, seed=args.seed, progress=not args.quiet, overwrite=args.overwrite,
                            precision=args.precision, border_prior=args.border_prior, objective=args.objective,
                            start=args.start, refine_steps=args.refine_steps, refine_lr=args.refine_lr,
+                           amortise_steps=args.amortise_steps, amortise_lr=args.amortise_lr,
                            compile=args.compile, scheduler=args.scheduler)
     print(summary.describe())
     return 0

@@ -221,7 +221,7 @@ def test_parent_start_renders_coarse_to_fine_each_cell_from_its_parents_icon(tmp
             hashes.add(f.attrs["settings_hash"])
     assert len(hashes) == 3
     assert render_cells(cells, tmp_path / "warm.h5", tiny, **WARM).up_to_date
-    with pytest.raises(ValueError, match="start must be one of 'cold', 'parent', got 'warm'"):
+    with pytest.raises(ValueError, match="start must be one of 'auto', 'cold', 'amortised', 'parent', got 'warm'"):
         render_cells(cells, tmp_path / "x.h5", tiny, **{**WARM, "start": "warm"})
 
 

@@ -29,17 +29,26 @@ Best of k (``attempts``): each cell is rendered ``attempts`` times with differen
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
 notebooks' ``render_icons``.
 
-Starting from the parent (``start="parent"``, an option): the levels are rendered coarse to
-fine; the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
-cell's icon as stored in ``icons.h5`` (:func:`parent_rows`), refined with ``refine_steps`` steps at
-``refine_lr``. A finer cell's direction is close to its parent's, so a few steps suffice: on 64
-real cells of each level of a 196,000-row atlas, 16 steps at half the icons' rate kept the cosine
-at 224 px within 0.01 of a 128-step cold render and the sharpness above it, at about 8x its speed
-per icon (``benchmarks/README.md``, "Every zoom level"). But the icons of a region then share
-their ancestor's picture, refined: in the viewer, all the grid-80 cells under one grid-20 cell
-show one picture, where cold icons draw a new one per cell. That is why ``"cold"`` stays the
-default. Because a cell starts from the 8-bit icon on disk, a resumed render equals an
-uninterrupted one as before.
+Starts (``start``). ``"cold"``: every cell from noise with ``steps`` steps. ``"amortised"``
+(:mod:`~atlas.stages.render.amortised`): one small network is trained once per render, over
+every cell direction of the file (all levels), with the icons' own objective and transforms, to
+map a direction to an icon's Fourier spectrum (``amortise_steps`` Adam steps of ``batch_size``
+directions at ``amortise_lr``); every cell then starts from its own predicted icon (8-bit, as
+a stored icon) and takes ``refine_steps`` steps at ``refine_lr``. The network is kept beside
+``icons.h5`` (``icons.start.pt``, keyed by the settings and the cells), so a killed render
+resumes from the same starts without training again. On 64 real cells of each level of a
+196,000-row atlas, with its training counted, it renders the whole pyramid about 7x faster
+than 128 cold steps at a cosine at 224 px within about 0.01 of theirs, with sharper and more
+saturated icons, and each cell starts from a picture of its own direction
+(``benchmarks/README.md``, "Every zoom level"). Training costs about as much as rendering a
+few hundred cells from noise, so the default ``"auto"`` is amortised for a file of at least
+:data:`AUTO_AMORTISED_CELLS` cells and cold below (with a cold file's settings hash, so files
+rendered before stay current). ``"parent"`` (an option): the levels are rendered coarse to fine;
+the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
+cell's icon as stored in ``icons.h5`` (:func:`parent_rows`) with ``refine_steps`` steps. As fast
+and as close to the cold icons, but the icons of a region then share their ancestor's picture,
+refined: in the viewer, all the grid-80 cells under one grid-20 cell show one picture. Because a
+cell starts from an 8-bit icon, a resumed warm render equals an uninterrupted one as before.
 
 Resuming: icons are written after every batch (layout and crash safety in
 :mod:`atlas.store.icons`); a rerun with the same settings renders only the cells not done yet,
@@ -65,13 +74,14 @@ costs the batches it was running, which Dask runs again elsewhere.
 
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The defaults here
 (:class:`RenderSettings`, the one home of the stage's defaults, which the config and the command
-line read) are a quarter of those steps, best of 1, for the coarsest level (every level with
-``start="cold"``), which gives recognisable icons in a quarter of the time and is what a CPU can
+line read) are, for a cold start, a quarter of those steps, best of 1, which gives recognisable
+icons in a quarter of the time, and for a large file the amortised start; that is what a CPU can
 afford (see ``benchmarks/README.md`` for icons per minute).
 
 The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`RenderSettings`
 and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each
-cell's generator, whitening), :mod:`~atlas.stages.render.parents` (the parent start),
+cell's generator, whitening), :mod:`~atlas.stages.render.amortised` (the amortised start),
+:mod:`~atlas.stages.render.parents` (the parent start),
 :mod:`~atlas.stages.render.batch` (one batch of cells, in-process or as a Dask task, and
 ``torch.compile``), :mod:`~atlas.stages.render.dask` (the batches as Dask tasks) and
 :mod:`~atlas.stages.render.stage` (the stage over files). The settings load with the package;
@@ -85,6 +95,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from atlas.stages.render.settings import (
+    AUTO_AMORTISED_CELLS,
     DEFAULT_ATTEMPTS,
     DEFAULT_BATCH_SIZE,
     DEFAULT_COSSIM_POW,
@@ -147,6 +158,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AUTO_AMORTISED_CELLS",
     "DEFAULT_ATTEMPTS",
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_COSSIM_POW",

@@ -7,6 +7,7 @@ the defaults cheaply; the checks that need them import them when a setting is ma
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,10 +28,17 @@ ICON_VIEWS = {"whole": {"pad_width": 16, "pad_value": 0.5}, "wide": {"pad_width"
 #: Where the icon objective reads the layer: ``"mean"`` over the icon's positions or the
 #: ``"center"`` position (the paper notebooks).
 ICON_OBJECTIVES = ("mean", "center")
-#: How the icons start: ``"cold"``, every cell from noise with ``steps`` steps; ``"parent"``, the
-#: coarsest level so, and every cell of a finer level from its parent cell's icon
-#: (:func:`~atlas.stages.render.parent_rows`) with ``refine_steps`` steps.
-RENDER_STARTS = ("cold", "parent")
+#: How the icons start: ``"cold"``, every cell from noise with ``steps`` steps; ``"amortised"``,
+#: every cell from its own icon as predicted by a network trained once for the render over all the
+#: cells' directions (:mod:`~atlas.stages.render.amortised`), with ``refine_steps`` steps;
+#: ``"parent"``, the coarsest level from noise, and every cell of a finer level from its parent
+#: cell's icon (:func:`~atlas.stages.render.parent_rows`) with ``refine_steps`` steps; ``"auto"``,
+#: amortised for a file of at least :data:`AUTO_AMORTISED_CELLS` cells (all its levels), else cold.
+RENDER_STARTS = ("auto", "cold", "amortised", "parent")
+#: ``start="auto"`` trains the amortised start's network for a file of at least this many cells:
+#: below it, training (``amortise_steps`` batches) costs about as much as rendering the cells
+#: from noise, and the cold icons are a little closer to their directions.
+AUTO_AMORTISED_CELLS = 1000
 #: The smallest icon side in pixels.
 MIN_ICON_SIZE = 8
 
@@ -87,15 +95,23 @@ class RenderSettings:
     #: direction from 0.710 to 0.762, benchmarks/README.md), or the ``"center"`` position (the
     #: paper notebooks). The stored and reported cosine is read the same way.
     objective: str = "mean"
-    #: How the icons start, one of :data:`RENDER_STARTS` (``"parent"``: about 8x faster per icon,
-    #: but the icons of a region share one picture; see :mod:`atlas.stages.render`).
-    start: str = "cold"
-    #: Steps of a cell that starts from its parent's icon (at most ``steps`` are taken).
+    #: How the icons start, one of :data:`RENDER_STARTS`: ``"auto"`` (amortised for a file of at
+    #: least :data:`AUTO_AMORTISED_CELLS` cells, else cold); ``"amortised"`` is about 7x faster
+    #: over a pyramid than a 128-step cold render at a cosine within 0.01 of it
+    #: (benchmarks/README.md, "Every zoom level"); ``"parent"`` is as fast, but the icons of a
+    #: region then share one picture; see :mod:`atlas.stages.render`.
+    start: str = "auto"
+    #: Steps of a cell that starts from a predicted or parent icon (at most ``steps`` are taken).
     refine_steps: int = 16
     #: Adam learning rate of those steps: half the icons' rate, so that the parent's icon is
     #: refined, not overwritten by the first (full-size) Adam steps (on 64 real cells of each
     #: level it kept the cosine at 224 px within 0.01 of a 128-step cold render, benchmarks/README.md).
     refine_lr: float = 0.04
+    #: Adam steps of the amortised start's network (``start="amortised"``), each on a batch of
+    #: ``batch_size`` directions drawn from all the cells; paid once per render.
+    amortise_steps: int = 1000
+    #: Adam learning rate of that network's weights.
+    amortise_lr: float = 2e-3
 
     def __post_init__(self) -> None:
         from atlas.runtime.precision import PRECISIONS
@@ -118,7 +134,16 @@ class RenderSettings:
         one_of("start", self.start, RENDER_STARTS)
         at_least("refine_steps", self.refine_steps, 0)
         positive_number("refine_lr", self.refine_lr)
+        at_least("amortise_steps", self.amortise_steps, 1)
+        positive_number("amortise_lr", self.amortise_lr)
         self.transforms()  # the icon view fits an icon of this size
+
+    def resolve(self, n_cells: int) -> RenderSettings:
+        """These settings for a file of ``n_cells`` cells (all its levels): ``start="auto"`` made
+        ``"amortised"`` or ``"cold"`` (the start that is hashed and recorded)."""
+        if self.start != "auto":
+            return self
+        return dataclasses.replace(self, start="amortised" if n_cells >= AUTO_AMORTISED_CELLS else "cold")
 
     @property
     def warm_steps(self) -> int:
@@ -155,6 +180,8 @@ class RenderSettings:
             settings["border_prior"] = float(self.border_prior)
         if self.start != "cold":  # and cold starts
             settings.update(start=self.start, refine_steps=self.warm_steps, refine_lr=float(self.refine_lr))
+        if self.start == "amortised":
+            settings.update(amortise_steps=int(self.amortise_steps), amortise_lr=float(self.amortise_lr))
         return settings
 
 

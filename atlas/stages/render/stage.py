@@ -48,6 +48,10 @@ class RenderSummary:
     mean_cossim: float = float("nan")
     #: grid size -> mean cosine to the cell direction of the icons rendered now at that level
     level_cossim: dict[int, float] = field(default_factory=dict)
+    #: grid size -> wall seconds from the start of the level's batches to its last icon written
+    level_seconds: dict[int, float] = field(default_factory=dict)
+    #: seconds spent on the amortised start's network now (training it, or reading it back)
+    start_seconds: float = 0.0
 
     def describe(self) -> str:
         if self.up_to_date and not self.complete:
@@ -61,8 +65,11 @@ class RenderSummary:
         state = "complete" if self.complete else "incomplete (rerun to render the other levels)"
         per_level = ", ".join(f"{s}x{s} {c:.2f}" for s, c in self.level_cossim.items())
         per_level = f" ({per_level})" if len(self.level_cossim) > 1 else ""
+        times = ", ".join(f"{s}x{s} {t:.0f} s" for s, t in self.level_seconds.items())
+        times = f"; per level {times}" if len(self.level_seconds) > 1 else ""
+        start = f"; the amortised start {self.start_seconds:.0f} s" if self.start_seconds else ""
         return (f"rendered {n} icons ({levels}) in {self.seconds:.1f} s ({rate:.1f} icons/min, mean cosine "
-                f"to the cell direction {self.mean_cossim:.2f}{per_level}); {self.output} is {state}")
+                f"to the cell direction {self.mean_cossim:.2f}{per_level}{start}{times}); {self.output} is {state}")
 
 
 def _batches(store: IconsFile, sizes: Sequence[int], counts: Mapping[int, int],
@@ -140,6 +147,11 @@ def render_cells(
     transforms = settings.transforms(transforms)
     model, model_spec = _model_for(model, scheduler, device)
     layer, all_levels, cattrs = _read_cells(cells_path, model)
+    asked_start = settings.start
+    settings = settings.resolve(sum(len(lv) for lv in all_levels.values()))
+    if asked_start != settings.start:
+        log.info("start=%r: %s, for the %d cells of %s", asked_start, settings.start,
+                 sum(len(lv) for lv in all_levels.values()), cells_path)
     wanted, parent_of = levels_with_parents(sorted(all_levels), _asked_levels(cells_path, all_levels, settings),
                                             settings.start)
     whiten = _whitening(settings.whiten if whiten is None else whiten, cells_path, cattrs, layer)
@@ -152,8 +164,9 @@ def render_cells(
         return RenderSummary(icons_path, total=total, up_to_date=True, complete=True)
 
     where = _place_model(model, device) if model_spec is None else f"Dask workers ({model_spec.device})"
+    warm = bool(parent_of) or settings.start == "amortised"
     attrs = _file_attrs(model.name, layer, cells_path, settings, hashed, whiten=whiten, transforms=transforms,
-                        warm=bool(parent_of))
+                        warm=warm)
     store = IconsFile.prepare(icons_path, {s: lv.cell_id for s, lv in all_levels.items()}, settings.icon_size, hashed,
                               attrs, digests={s: level_digest(lv.cell_id, lv.direction) for s, lv in all_levels.items()},
                               inputs={"cells": cells_path}, overwrite=overwrite)
@@ -166,13 +179,26 @@ def render_cells(
         summary.complete = store.finish()
         return summary
     n_work = sum(len(rows) for _, rows in work)
-    _log_plan(n_work, layer, wanted, where, settings, warm=bool(parent_of))
+    _log_plan(n_work, layer, wanted, where, settings, warm=warm)
     template = _batch_template(layer, settings, whiten=whiten, transforms=transforms)
+    net = None
+    if settings.start == "amortised":
+        t_start = time.perf_counter()
+        net = _amortised_start(model, model_spec, layer, all_levels, icons_path, hashed, settings, transforms, whiten,
+                               overwrite=overwrite, progress=progress)
+        summary.start_seconds = time.perf_counter() - t_start
+
+    level_started: dict[int, float] = {}
 
     def level_batches(size: int) -> list[IconBatch]:
         """The pending batches of level ``size``; with a parent level (rendered by now), each cell
         starts from its parent's icon as stored."""
+        level_started[size] = time.perf_counter()
         batches = _level_batches(template, size, all_levels[size], work)
+        if net is not None:
+            from atlas.stages.render.amortised import start_from_network
+
+            return start_from_network(batches, net, steps=settings.warm_steps, lr=settings.refine_lr)
         parent = parent_of.get(size)
         if parent is None:
             return batches
@@ -189,9 +215,33 @@ def render_cells(
         writer.bar.close()
     summary.complete = store.finish()
     summary.seconds = time.perf_counter() - t0
+    summary.level_seconds = {s: writer.last_write[s] - level_started[s] for s in wanted if s in writer.last_write}
     writer.summarize()
     log.info("%s", summary.describe())
     return summary
+
+
+def _amortised_start(model: AtlasModel, model_spec: ModelSpec | None, layer: str, levels: Mapping[int, CellLevel],
+                     icons_path: Path, hashed: Mapping[str, Any], settings: RenderSettings, transforms: Sequence[Transform],
+                     whiten: np.ndarray | None, *, overwrite: bool, progress: bool) -> Any:
+    """The network every cell of this render starts from (``start="amortised"``): kept beside
+    ``icons.h5`` and keyed by the render's settings and every level's cells, trained here when
+    there is none (with a ``scheduler``, on this machine's CPU; the batches then carry its icons)."""
+    import hashlib
+    import json
+
+    from atlas.stages.render.amortised import amortised_start, start_file
+    from atlas.stages.render.settings import reads_mean
+
+    key = hashlib.sha256(json.dumps({"settings": hashed, "levels": {
+        str(s): level_digest(lv.cell_id, lv.direction) for s, lv in sorted(levels.items())}}, sort_keys=True,
+        default=str).encode()).hexdigest()
+    trainer = model if model_spec is None else model_spec.load("cpu")
+    return amortised_start(trainer, layer, [lv.direction for lv in levels.values()], start_file(icons_path), key,
+                           transforms=transforms, icon_size=settings.icon_size, steps=settings.amortise_steps,
+                           lr=settings.amortise_lr, batch_size=settings.batch_size, cossim_pow=settings.cossim_pow,
+                           spatial_mean=reads_mean(settings.objective), whiten=whiten, seed=settings.seed,
+                           overwrite=overwrite, progress=progress)
 
 
 def _model_for(model: AtlasModel | ModelSpec | str, scheduler: Any,
@@ -285,9 +335,13 @@ def _file_attrs(model: str, layer: str, cells_path: str | os.PathLike, settings:
 
 def _log_plan(n_work: int, layer: str, wanted: Sequence[int], where: object, settings: RenderSettings, *,
               warm: bool) -> None:
-    how = f"{settings.steps} steps" if not warm else (
-        f"the coarsest level {settings.steps} steps, the others from their parents' icons {settings.warm_steps} "
-        f"steps at lr {settings.refine_lr}")
+    how = f"{settings.steps} steps"
+    if warm and settings.start == "amortised":
+        how = (f"every cell from its icon as the amortised start predicts it, {settings.warm_steps} steps at lr "
+               f"{settings.refine_lr}")
+    elif warm:
+        how = (f"the coarsest level {settings.steps} steps, the others from their parents' icons "
+               f"{settings.warm_steps} steps at lr {settings.refine_lr}")
     log.info("rendering %d icons of %s (%s) on %s: %s, best of %d, %d per batch, precision %s", n_work, layer,
              ", ".join(f"{s}x{s}" for s in wanted), where, how, settings.attempts, settings.batch_size,
              settings.precision)
@@ -318,9 +372,11 @@ class _Writer:
     def __init__(self, store: IconsFile, summary: RenderSummary, bar: tqdm):
         self.store, self.summary, self.bar = store, summary, bar
         self.cossims: dict[int, list[np.ndarray]] = {}
+        self.last_write: dict[int, float] = {}
 
     def __call__(self, result: IconBatchResult) -> None:
         self.store.write(result.size, result.rows, result.icons, result.objective, result.cossim)
+        self.last_write[result.size] = time.perf_counter()
         self.summary.rendered[result.size] += len(result.rows)
         self.cossims.setdefault(result.size, []).append(result.cossim)
         self.bar.update(len(result.rows))

@@ -1,0 +1,236 @@
+"""The amortised start (``start="amortised"``): one network trained per render over all the cells'
+directions, every cell refined from its own predicted icon; kept beside ``icons.h5`` so that a
+killed render resumes to the same icons."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from test_render import FAST, write_fake_cells
+
+from atlas.models import capture, load_model
+from atlas.optvis import directions, evaluate
+from atlas.stages.render import render_cells
+from atlas.stages.render.amortised import predict_icons, start_file, train_direction_images
+from atlas.stages.render.settings import DEFAULT_COSSIM_POW, icon_view_transforms
+from atlas.store.icons import read_icons
+from tinynet import Tiny
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+AMORT = dict(FAST, start="amortised", amortise_steps=30, refine_steps=6, refine_lr=0.08)
+
+
+@pytest.fixture
+def tiny():
+    return load_model(Tiny(), input_size=16)
+
+
+def objective_of(model, layer, vecs, icons_u8):
+    x = torch.from_numpy(icons_u8).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        obj = directions(layer, torch.as_tensor(vecs), cossim_pow=DEFAULT_COSSIM_POW, spatial_mean=True)
+        return evaluate(model, obj, x).numpy()
+
+
+def test_the_network_learns_icons_that_score_above_its_untrained_start(tiny):
+    vecs = np.random.default_rng(0).random((40, 4)).astype(np.float32)
+    transforms = icon_view_transforms("whole")
+    untrained = train_direction_images(tiny, "relu2", vecs, transforms, icon_size=40, steps=1, lr=1e-9)
+    trained = train_direction_images(tiny, "relu2", vecs, transforms, icon_size=40, steps=150, batch_size=8)
+    to_u8 = lambda net: (predict_icons(net, vecs).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+    before, after = objective_of(tiny, "relu2", vecs, to_u8(untrained.net)), objective_of(tiny, "relu2", vecs,
+                                                                                             to_u8(trained.net))
+    assert after.mean() > before.mean() * 1.5, (after.mean(), before.mean())
+    assert trained.history[-1] > trained.history[0]
+    # one network, one icon per direction: different directions get different icons
+    icons = to_u8(trained.net)
+    assert np.abs(icons[0].astype(int) - icons[1]).mean() > 1
+
+
+def test_amortised_render_starts_every_cell_from_its_predicted_icon_and_refines_it(tmp_path, tiny, monkeypatch):
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
+    start = render_cells(cells, tmp_path / "start.h5", tiny, **{**AMORT, "refine_steps": 0})
+    assert start.complete and start.rendered == {2: 4, 4: 9}
+    assert start_file(tmp_path / "start.h5") == tmp_path / "start.start.pt" and (tmp_path / "start.start.pt").exists()
+    warm = render_cells(cells, tmp_path / "warm.h5", tiny, **AMORT)
+    s, w = read_icons(tmp_path / "start.h5"), read_icons(tmp_path / "warm.h5")
+    from atlas.store.cells import read_cells
+
+    levels = read_cells(cells)
+    for size in (2, 4):
+        # no steps: the network's icon itself, the same for both renders (one seed, the same cells)
+        before = objective_of(tiny, "relu2", levels[size].direction, s[size].icons)
+        np.testing.assert_allclose(s[size].objective, before, rtol=1e-4, atol=1e-5)
+        # the refinement raises the cells' objective above their start's, as the cold path's steps do
+        # (a few steps on the tiny net: most cells, and the mean)
+        assert (w[size].objective > s[size].objective).mean() >= 0.75, size
+        assert w[size].objective.mean() > s[size].objective.mean() * 1.02, size
+        assert np.abs(w[size].icons.astype(int) - s[size].icons).mean() > 1
+    assert warm.complete and warm.start_seconds > 0 and set(warm.level_seconds) == {2, 4}
+    assert "the amortised start" in warm.describe() and "per level 2x2" in warm.describe()
+    with h5py.File(tmp_path / "warm.h5", "r") as f:
+        assert f.attrs["start"] == "amortised" and f.attrs["refine_steps"] == 6
+        warm_hash = f.attrs["settings_hash"]
+    with h5py.File(tmp_path / "start.h5", "r") as f:
+        assert f.attrs["settings_hash"] != warm_hash
+    # current: nothing to do, and nothing trained
+    monkeypatch.setattr("atlas.stages.render.amortised.train_direction_images",
+                        lambda *a, **k: pytest.fail("trained again"))
+    assert render_cells(cells, tmp_path / "warm.h5", tiny, **AMORT).up_to_date
+    # another training setting is another render (refused without overwrite, and trained again with it)
+    from atlas.store.common import SettingsChangedError
+
+    with pytest.raises(SettingsChangedError, match="amortise_steps"):
+        render_cells(cells, tmp_path / "warm.h5", tiny, **{**AMORT, "amortise_steps": 31})
+    with pytest.raises(pytest.fail.Exception, match="trained again"):
+        render_cells(cells, tmp_path / "warm.h5", tiny, **{**AMORT, "amortise_steps": 31}, overwrite=True)
+
+
+_KILLED = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import torch
+torch.set_num_threads(1)
+from tinynet import Tiny
+from atlas.models import load_model
+from atlas.stages.render import render_cells
+from atlas.store.icons import IconsFile
+
+kill_at, real, n = int(sys.argv[3]), IconsFile.write, [0]
+
+def write(self, *args, **kwargs):
+    if n[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    n[0] += 1
+    return real(self, *args, **kwargs)
+
+IconsFile.write = write
+render_cells(sys.argv[1], sys.argv[2], load_model(Tiny(), input_size=16), batch_size=3, **{amort!r})
+"""
+
+
+def test_an_amortised_render_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny):
+    """SIGKILL after the network is kept and one batch is written, then in grid 4, then a run to the
+    end: the icons of an uninterrupted run, the network trained once."""
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
+    full = render_cells(cells, tmp_path / "full.h5", tiny, batch_size=3, **AMORT)
+    script = tmp_path / "render.py"
+    script.write_text(_KILLED.format(tests=str(Path(__file__).parents[1]), amort=AMORT))
+    out = tmp_path / "killed.h5"
+    stamps = []
+    for kill_at, done in ((1, {2: 3, 4: 0}), (2, {2: 4, 4: 3}), (-1, {2: 4, 4: 9})):
+        proc = subprocess.run([sys.executable, str(script), str(cells), str(out), str(kill_at)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == (-9 if kill_at >= 0 else 0), proc.stderr[-2000:]
+        got = read_icons(out)
+        assert {s: int(lv.done.sum()) for s, lv in got.items()} == done
+        stamps.append(start_file(out).stat().st_mtime_ns)
+    assert len(set(stamps)) == 1  # trained by the first run only
+    a = read_icons(tmp_path / "full.h5")
+    assert full.complete
+    for s in (2, 4):
+        np.testing.assert_array_equal(a[s].icons, got[s].icons)
+        np.testing.assert_array_equal(a[s].objective, got[s].objective)
+
+
+def test_atlas_render_start_amortised_as_typed(tmp_path, atlas_cli):
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 3}, channels=512, model="inceptionv1", layer="inception4c")
+    out = tmp_path / "icons.h5"
+    base = ("-q", "render", "--cells", str(cells), "-o", str(out), "--random-init", "--device", "cpu", "--icon-size",
+            "40")
+    code, _out, err = atlas_cli(*base, "--start", "amortised", "--amortise-steps", "0")
+    assert code == 2 and "--amortise-steps must be at least 1" in err and "Traceback" not in err and not out.exists()
+    code, text, err = atlas_cli(*base, "--start", "amortised", "--amortise-steps", "3", "--refine-steps", "2")
+    assert code == 0, err
+    assert "rendered 3 icons" in text and start_file(out).exists()
+    with h5py.File(out, "r") as f:
+        assert f.attrs["start"] == "amortised" and f.attrs["complete"]
+
+
+@pytest.mark.slow
+def test_real_amortised_icons_raise_their_objective_and_resume_to_the_same_icons(
+        tmp_path, inceptionv1, sample_paths, monkeypatch):
+    """Three grid-2 cells and their six grid-4 children (mean inception4c activations of photos of
+    dogs, birds and cars, as in the parent start's test); a network trained 60 steps on the nine
+    directions, then 16 steps per cell: every icon's objective and cosine rise above its start's, to
+    near 64 cold steps'; a render stopped in grid 4 and resumed gives the same icons."""
+    from PIL import Image
+
+    from atlas.stages.render.batch import _icon_cossim
+    from atlas.store.icons import IconsFile
+
+    layer = "inception4c"
+    groups = [range(200, 206), range(10, 16), [817, 751, 656, 705, 511, 436]]
+    parents, children = [], []
+    for idx in groups:
+        x = torch.stack([inceptionv1.image_transform(Image.open(sample_paths[i])) for i in idx])
+        with torch.no_grad(), capture(inceptionv1, [layer], detach=True) as a:
+            inceptionv1(x)
+        per_photo = a[layer][:, :, 5:9, 5:9].mean(dim=(2, 3))
+        parents.append(per_photo.mean(0).numpy())
+        children += [per_photo[:3].mean(0).numpy(), per_photo[3:].mean(0).numpy()]
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 3, 4: 6}, model="inceptionv1", layer=layer, channels=512,
+                             directions={2: np.stack(parents), 4: np.stack(children)},
+                             cell_ids={2: [0, 1, 2], 4: [0, 1, 2, 3, 8, 9]})
+    kw = dict(steps=64, batch_size=3, device="cpu", progress=False)
+    amort = dict(kw, start="amortised", amortise_steps=60, refine_steps=16, refine_lr=0.08)
+    cold = render_cells(cells, tmp_path / "cold.h5", inceptionv1, start="cold", **kw)
+    start = render_cells(cells, tmp_path / "start.h5", inceptionv1, **{**amort, "refine_steps": 0})
+    warm = render_cells(cells, tmp_path / "warm.h5", inceptionv1, **amort)
+    assert cold.complete and start.complete and warm.complete
+    c, s, w = (read_icons(tmp_path / f"{n}.h5") for n in ("cold", "start", "warm"))
+    vecs = {2: np.stack(parents), 4: np.stack(children)}
+    for size in (2, 4):
+        assert (w[size].objective > s[size].objective).all(), (size, w[size].objective, s[size].objective)
+        x = torch.from_numpy(s[size].icons).permute(0, 3, 1, 2).float() / 255
+        start_cos = _icon_cossim(inceptionv1, layer, x, vecs[size], spatial_mean=True)
+        assert w[size].cossim.mean() > start_cos.mean(), (w[size].cossim, start_cos)
+        assert w[size].cossim.mean() > c[size].cossim.mean() - 0.05, (w[size].cossim, c[size].cossim)
+    # siblings start from icons of their own directions, not one shared picture
+    assert np.abs(s[4].icons[0].astype(int) - s[4].icons[1]).mean() > 2
+    # stopped after grid 4's first batch, then resumed: the same icons
+    real_write, calls = IconsFile.write, {"n": 0}
+
+    def stop_in_grid_4(self, size, *args, **kwargs):
+        if size == 4 and calls["n"]:
+            raise KeyboardInterrupt
+        calls["n"] += size == 4
+        return real_write(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(IconsFile, "write", stop_in_grid_4)
+    with pytest.raises(KeyboardInterrupt):
+        render_cells(cells, tmp_path / "resumed.h5", inceptionv1, **amort)
+    monkeypatch.setattr(IconsFile, "write", real_write)
+    assert read_icons(tmp_path / "resumed.h5")[4].done.tolist() == [True] * 3 + [False] * 3
+    resumed = render_cells(cells, tmp_path / "resumed.h5", inceptionv1, **amort)
+    assert resumed.rendered == {2: 0, 4: 3} and resumed.complete
+    r = read_icons(tmp_path / "resumed.h5")
+    for size in (2, 4):
+        np.testing.assert_array_equal(r[size].icons, w[size].icons)
+
+
+def test_auto_start_is_cold_for_a_small_file_and_amortised_for_a_large_one(tmp_path, tiny, monkeypatch):
+    from atlas.stages.render import AUTO_AMORTISED_CELLS, RenderSettings
+
+    assert RenderSettings().start == "auto"
+    assert RenderSettings().resolve(AUTO_AMORTISED_CELLS - 1).start == "cold"
+    assert RenderSettings().resolve(AUTO_AMORTISED_CELLS).start == "amortised"
+    assert RenderSettings(start="parent").resolve(10**6).start == "parent"
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
+    # a small file: the same render (and hash) as start="cold", so files rendered before stay current
+    auto = render_cells(cells, tmp_path / "auto.h5", tiny, **FAST)
+    assert auto.complete and not start_file(tmp_path / "auto.h5").exists()
+    assert render_cells(cells, tmp_path / "auto.h5", tiny, **{**FAST, "start": "cold"}).up_to_date
+    # a large file (the threshold lowered): amortised, recorded as such
+    monkeypatch.setattr("atlas.stages.render.settings.AUTO_AMORTISED_CELLS", 13)
+    big = render_cells(cells, tmp_path / "big.h5", tiny, **{**FAST, "amortise_steps": 5})
+    assert big.complete and start_file(tmp_path / "big.h5").exists()
+    with h5py.File(tmp_path / "big.h5", "r") as f:
+        assert f.attrs["start"] == "amortised"
