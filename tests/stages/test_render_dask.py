@@ -143,3 +143,23 @@ def test_compile_runs_or_falls_back_with_a_log_line(monkeypatch, caplog):
         fallback = compile_model(model, "relu2", icon_size=40)
     assert fallback is model
     assert "torch.compile(backend='inductor') failed (RuntimeError: no C++ compiler found)" in caplog.text
+
+
+def tiny_model() -> AtlasModel:
+    return load_model(Tiny(), input_size=16)
+
+
+def test_an_amortised_render_on_dask_equals_a_single_process_render(tmp_path):
+    """The network is trained in the client (from the spec) and every batch carries its cells'
+    predicted icons to the workers: the icons of a render in one process."""
+    from atlas.stages.render.amortised import start_file
+
+    cells = write_fake_cells(tmp_path / "cells.h5", {4: 9}, seed=3)
+    kw = dict(FAST, start="amortised", amortise_steps=5, refine_steps=3, batch_size=3, device="cpu")
+    ref = render_cells(cells, tmp_path / "ref.h5", tiny_model(), **kw)
+    spec = ModelSpec(factory="test_render_dask:tiny_model", device="cpu")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        dist = render_cells(cells, tmp_path / "dist.h5", spec, scheduler=client, **kw)
+    assert ref.complete and dist.complete and start_file(tmp_path / "dist.h5").exists()
+    np.testing.assert_array_equal(read_icons(tmp_path / "ref.h5")[4].icons, read_icons(tmp_path / "dist.h5")[4].icons)
