@@ -222,18 +222,19 @@ def test_real_amortised_icons_raise_their_objective_and_resume_to_the_same_icons
 def test_auto_start_is_cold_for_a_small_file_and_amortised_for_a_large_one(tmp_path, tiny, monkeypatch):
     from atlas.stages.render import AUTO_AMORTISED_CELLS, RenderSettings
 
-    assert RenderSettings().start == "auto"
-    assert RenderSettings().resolve(AUTO_AMORTISED_CELLS - 1).start == "cold"
-    assert RenderSettings().resolve(AUTO_AMORTISED_CELLS).start == "amortised"
+    assert RenderSettings().start == "cold"  # the default
+    auto = RenderSettings(start="auto")
+    assert auto.resolve(AUTO_AMORTISED_CELLS - 1).start == "cold"
+    assert auto.resolve(AUTO_AMORTISED_CELLS).start == "amortised"
     assert RenderSettings(start="parent").resolve(10**6).start == "parent"
     cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
-    # a small file: the same render (and hash) as start="cold", so files rendered before stay current
-    auto = render_cells(cells, tmp_path / "auto.h5", tiny, **FAST)
-    assert auto.complete and not start_file(tmp_path / "auto.h5").exists()
-    assert render_cells(cells, tmp_path / "auto.h5", tiny, **{**FAST, "start": "cold"}).up_to_date
+    # a small file: the same render (and hash) as start="cold"
+    small = render_cells(cells, tmp_path / "auto.h5", tiny, **{**FAST, "start": "auto"})
+    assert small.complete and not start_file(tmp_path / "auto.h5").exists()
+    assert render_cells(cells, tmp_path / "auto.h5", tiny, **FAST).up_to_date
     # a large file (the threshold lowered): amortised, recorded as such
     monkeypatch.setattr("atlas.stages.render.settings.AUTO_AMORTISED_CELLS", 13)
-    big = render_cells(cells, tmp_path / "big.h5", tiny, **{**FAST, "amortise_steps": 5})
+    big = render_cells(cells, tmp_path / "big.h5", tiny, **{**FAST, "start": "auto", "amortise_steps": 5})
     assert big.complete and start_file(tmp_path / "big.h5").exists()
     with h5py.File(tmp_path / "big.h5", "r") as f:
         assert f.attrs["start"] == "amortised"

@@ -29,7 +29,7 @@ Best of k (``attempts``): each cell is rendered ``attempts`` times with differen
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
 notebooks' ``render_icons``.
 
-Starts (``start``). ``"cold"``: every cell from noise with ``steps`` steps. ``"amortised"``
+Starts (``start``). ``"cold"`` (the default): every cell from noise with ``steps`` steps. ``"amortised"``
 (:mod:`~atlas.stages.render.amortised`): one small network is trained once per render, over
 every cell direction of the file (all levels), with the icons' own objective and transforms, to
 map a direction to an icon's Fourier spectrum (``amortise_steps`` Adam steps of ``batch_size``
@@ -38,12 +38,14 @@ a stored icon) and takes ``refine_steps`` steps at ``refine_lr``. The network is
 ``icons.h5`` (``icons.start.pt``, keyed by the settings and the cells), so a killed render
 resumes from the same starts without training again. On 64 real cells of each level of a
 196,000-row atlas, with its training counted, it renders the whole pyramid about 7x faster
-than 128 cold steps at a cosine at 224 px within about 0.01 of theirs, with sharper and more
-saturated icons, and each cell starts from a picture of its own direction
-(``benchmarks/README.md``, "Every zoom level"). Training costs about as much as rendering a
-few hundred cells from noise, so the default ``"auto"`` is amortised for a file of at least
-:data:`AUTO_AMORTISED_CELLS` cells and cold below (with a cold file's settings hash, so files
-rendered before stay current). ``"parent"`` (an option): the levels are rendered coarse to fine;
+than 128 cold steps at a cosine at 224 px within about 0.01 of theirs (0.012 below at the
+coarsest level), with sharper and more saturated icons (``benchmarks/README.md``, "Every zoom
+level"). But the network maps close directions to one composition: on the real ~1M-row atlas,
+the grid-80 and grid-160 icons of a region are one picture changing slowly across the map, and
+there it is often not what a cold render of the same cells depicts. So it is an option, not the
+default. ``"auto"`` picks it for a file of at least :data:`AUTO_AMORTISED_CELLS` cells (all
+levels) and ``"cold"`` below, where training costs about as much as rendering from noise.
+``"parent"`` (an option): the levels are rendered coarse to fine;
 the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
 cell's icon as stored in ``icons.h5`` (:func:`parent_rows`) with ``refine_steps`` steps. As fast
 and as close to the cold icons, but the icons of a region then share their ancestor's picture,
@@ -74,9 +76,10 @@ costs the batches it was running, which Dask runs again elsewhere.
 
 Costs: the paper's production setting is 1024 steps, best of 4 (GPU). The defaults here
 (:class:`RenderSettings`, the one home of the stage's defaults, which the config and the command
-line read) are, for a cold start, a quarter of those steps, best of 1, which gives recognisable
-icons in a quarter of the time, and for a large file the amortised start; that is what a CPU can
-afford (see ``benchmarks/README.md`` for icons per minute).
+line read) are a quarter of those steps, best of 1, from noise, which gives recognisable icons in
+a quarter of the time and is what a CPU can afford for a few levels; the warm starts render a
+whole pyramid in a seventh of the time, with the caveats above (see ``benchmarks/README.md`` for
+icons per minute).
 
 The package, one idea a module: :mod:`~atlas.stages.render.settings` (:class:`RenderSettings`
 and its checks), :mod:`~atlas.stages.render.directions` (the direction objective's render, each

@@ -95,12 +95,12 @@ class RenderSettings:
     #: direction from 0.710 to 0.762, benchmarks/README.md), or the ``"center"`` position (the
     #: paper notebooks). The stored and reported cosine is read the same way.
     objective: str = "mean"
-    #: How the icons start, one of :data:`RENDER_STARTS`: ``"auto"`` (amortised for a file of at
-    #: least :data:`AUTO_AMORTISED_CELLS` cells, else cold); ``"amortised"`` is about 7x faster
-    #: over a pyramid than a 128-step cold render at a cosine within 0.01 of it
-    #: (benchmarks/README.md, "Every zoom level"); ``"parent"`` is as fast, but the icons of a
-    #: region then share one picture; see :mod:`atlas.stages.render`.
-    start: str = "auto"
+    #: How the icons start, one of :data:`RENDER_STARTS`. ``"amortised"`` renders a pyramid about
+    #: 7x faster than a 128-step cold render at a cosine within about 0.01 of it, but neighbouring
+    #: cells then show one composition, often not what a cold render of them depicts; ``"parent"``
+    #: is as fast, but the icons of a region share their ancestor's picture; so ``"cold"`` stays the
+    #: default (benchmarks/README.md, "Every zoom level"; :mod:`atlas.stages.render`).
+    start: str = "cold"
     #: Steps of a cell that starts from a predicted or parent icon (at most ``steps`` are taken).
     refine_steps: int = 16
     #: Adam learning rate of those steps: half the icons' rate, so that the parent's icon is
