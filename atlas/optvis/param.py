@@ -191,8 +191,15 @@ class FFTImage(ImageParam):
         self.to(device)
 
     def forward(self) -> torch.Tensor:
+        return self.image(self.spectrum)
+
+    def image(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """The images (B, 3, H, W) in (0, 1) of a batch of raw spectra shaped like
+        :attr:`spectrum`, (B, 3, H, W // 2 + 1, 2): this parameterization's scaling, colour
+        decorrelation and sigmoid (also for spectra predicted elsewhere, e.g. by
+        :class:`atlas.stages.render.amortised.DirectionImages`)."""
         h, w = self.size
-        spectrum = torch.view_as_complex(self.spectrum) * self.scale
+        spectrum = torch.view_as_complex(spectrum.contiguous()) * self.scale
         t = torch.fft.irfftn(spectrum, s=(h, w), dim=(-2, -1), norm="ortho")
         return self._to_rgb(t / 4.0)  # Lucid's "magic" 4 keeps the start near gray
 

@@ -59,11 +59,7 @@ class DirectionImages(nn.Module):
         return self.out(nn.functional.gelu(self.hidden(x))).view(len(vecs), *self.shape)
 
     def forward(self, vecs: torch.Tensor) -> torch.Tensor:
-        icon = self.icon
-        h, w = icon.size
-        spectrum = torch.view_as_complex(self.spectrum(vecs).contiguous()) * icon.scale
-        t = torch.fft.irfftn(spectrum, s=(h, w), dim=(-2, -1), norm="ortho")
-        return icon._to_rgb(t / 4.0)
+        return self.icon.image(self.spectrum(vecs))
 
 
 @dataclass

@@ -147,11 +147,10 @@ def render_cells(
     transforms = settings.transforms(transforms)
     model, model_spec = _model_for(model, scheduler, device)
     layer, all_levels, cattrs = _read_cells(cells_path, model)
-    asked_start = settings.start
-    settings = settings.resolve(sum(len(lv) for lv in all_levels.values()))
+    asked_start, n_cells = settings.start, sum(len(lv) for lv in all_levels.values())
+    settings = settings.resolve(n_cells)
     if asked_start != settings.start:
-        log.info("start=%r: %s, for the %d cells of %s", asked_start, settings.start,
-                 sum(len(lv) for lv in all_levels.values()), cells_path)
+        log.info("start=%r: %s, for the %d cells of %s", asked_start, settings.start, n_cells, cells_path)
     wanted, parent_of = levels_with_parents(sorted(all_levels), _asked_levels(cells_path, all_levels, settings),
                                             settings.start)
     whiten = _whitening(settings.whiten if whiten is None else whiten, cells_path, cattrs, layer)
@@ -227,15 +226,12 @@ def _amortised_start(model: AtlasModel, model_spec: ModelSpec | None, layer: str
     """The network every cell of this render starts from (``start="amortised"``): kept beside
     ``icons.h5`` and keyed by the render's settings and every level's cells, trained here when
     there is none (with a ``scheduler``, on this machine's CPU; the batches then carry its icons)."""
-    import hashlib
-    import json
-
     from atlas.stages.render.amortised import amortised_start, start_file
     from atlas.stages.render.settings import reads_mean
+    from atlas.store.common import settings_hash
 
-    key = hashlib.sha256(json.dumps({"settings": hashed, "levels": {
-        str(s): level_digest(lv.cell_id, lv.direction) for s, lv in sorted(levels.items())}}, sort_keys=True,
-        default=str).encode()).hexdigest()
+    key = settings_hash({"settings": hashed, "levels": {str(s): level_digest(lv.cell_id, lv.direction)
+                                                        for s, lv in sorted(levels.items())}})
     trainer = model if model_spec is None else model_spec.load("cpu")
     return amortised_start(trainer, layer, [lv.direction for lv in levels.values()], start_file(icons_path), key,
                            transforms=transforms, icon_size=settings.icon_size, steps=settings.amortise_steps,
