@@ -244,26 +244,32 @@ def write(self, *args, **kwargs):
     return real(self, *args, **kwargs)
 
 IconsFile.write = write
-render_cells(sys.argv[1], sys.argv[2], load_model(Tiny(), input_size=16), batch_size=3, **{warm!r})
+render_cells(sys.argv[1], sys.argv[2], load_model(Tiny(), input_size=16), batch_size=3, **{settings!r})
 """
+
+
+def render_killed_at(tmp_path: Path, cells: Path, out: Path, settings: dict, kill_at: int) -> dict:
+    """``render_cells(cells, out, Tiny, batch_size=3, **settings)`` in a child process that is
+    SIGKILLed just before its ``kill_at``-th write of a batch (-1: never); the icons of ``out`` after it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "render.py"
+    script.write_text(_KILLED_RENDER.format(tests=str(Path(__file__).parents[1]), settings=settings))
+    proc = subprocess.run([sys.executable, str(script), str(cells), str(out), str(kill_at)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == (-9 if kill_at >= 0 else 0), proc.stderr[-2000:]
+    return read_icons(out)
 
 
 def test_a_parent_render_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny):
     """SIGKILL in the middle of the coarse level, then in the middle of the fine level (batches of
     3: grid 2 is 2 batches, grid 4 is 3), then a run to the end: the icons of an uninterrupted run."""
-    import subprocess
-    import sys
-
     cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
     full = render_cells(cells, tmp_path / "full.h5", tiny, batch_size=3, **WARM)
-    script = tmp_path / "render.py"
-    script.write_text(_KILLED_RENDER.format(tests=str(Path(__file__).parents[1]), warm=WARM))
     out = tmp_path / "killed.h5"
     for kill_at, done in ((1, {2: 3, 4: 0}), (2, {2: 4, 4: 3}), (-1, {2: 4, 4: 9})):
-        proc = subprocess.run([sys.executable, str(script), str(cells), str(out), str(kill_at)],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == (-9 if kill_at >= 0 else 0), proc.stderr[-2000:]
-        got = read_icons(out)
+        got = render_killed_at(tmp_path, cells, out, WARM, kill_at)
         assert {s: int(lv.done.sum()) for s, lv in got.items()} == done
     a = read_icons(tmp_path / "full.h5")
     assert full.complete
@@ -377,20 +383,12 @@ def test_icons_point_along_their_cell_direction_more_than_member_photos(tmp_path
     assert render_mod.DEFAULT_COSSIM_POW > 0
 
 
-@pytest.mark.shared
-@pytest.mark.slow
-def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_to_the_same_icons(
-        tmp_path, inceptionv1, sample_paths, monkeypatch):
-    """Grid 2: three cells whose directions are the mean inception4c activation (central 4 x 4
-    positions) of 6 photos of related classes (dogs, birds, cars); grid 4: two children each, the
-    means of 3 of those photos (further from their parents than neighbouring cells of an atlas).
-    Started from their parents' icons, 16 refinement steps raise every child's objective and its
-    cosine above its start's, to near 64 cold steps'; a render stopped in the middle of grid 4 and
-    resumed gives the same icons."""
+def photo_direction_cells(tmp_path: Path, inceptionv1, sample_paths) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A ``cells.h5`` of real inception4c directions: grid 2, three cells (0, 0), (0, 1), (1, 0)
+    whose directions are the mean activation (central 4 x 4 positions) of 6 photos of related
+    classes (dogs, birds, cars); grid 4, each one's two children side by side, the means of 3 of
+    those photos. Returns the file and the parents' (3, 512) and children's (6, 512) directions."""
     from PIL import Image
-
-    from atlas.optvis import directions, evaluate
-    from atlas.stages.render.batch import _icon_cossim
 
     layer = "inception4c"
     groups = [range(200, 206), range(10, 16), [817, 751, 656, 705, 511, 436]]
@@ -402,26 +400,15 @@ def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_
         per_photo = a[layer][:, :, 5:9, 5:9].mean(dim=(2, 3))
         parents.append(per_photo.mean(0).numpy())
         children += [per_photo[:3].mean(0).numpy(), per_photo[3:].mean(0).numpy()]
-    # grid 2 cells (0, 0), (0, 1), (1, 0); each one's children side by side in grid 4
     cells = write_fake_cells(tmp_path / "cells.h5", {2: 3, 4: 6}, model="inceptionv1", layer=layer, channels=512,
                              directions={2: np.stack(parents), 4: np.stack(children)},
                              cell_ids={2: [0, 1, 2], 4: [0, 1, 2, 3, 8, 9]})
-    kw = dict(steps=64, batch_size=3, device="cpu", progress=False)
-    cold = render_cells(cells, tmp_path / "cold.h5", inceptionv1, start="cold", **kw)
-    warm = render_cells(cells, tmp_path / "warm.h5", inceptionv1, start="parent", refine_steps=16, **kw)
-    assert cold.complete and warm.complete
-    c, w = read_icons(tmp_path / "cold.h5"), read_icons(tmp_path / "warm.h5")
-    np.testing.assert_array_equal(c[2].icons, w[2].icons)  # the coarse level is the cold render
-    start = torch.from_numpy(w[2].icons[[0, 0, 1, 1, 2, 2]]).permute(0, 3, 1, 2).float() / 255
-    with torch.no_grad():
-        objective = directions(layer, torch.from_numpy(np.stack(children)), cossim_pow=render_mod.DEFAULT_COSSIM_POW,
-                               spatial_mean=True)
-        before = evaluate(inceptionv1, objective, start).numpy()
-    assert (w[4].objective > before).all(), (w[4].objective, before)
-    start_cos = _icon_cossim(inceptionv1, layer, start, np.stack(children), spatial_mean=True)
-    assert w[4].cossim.mean() > start_cos.mean() + 0.01, (w[4].cossim, start_cos)
-    assert w[4].cossim.mean() > c[4].cossim.mean() - 0.05, (w[4].cossim, c[4].cossim)
-    # stopped after grid 4's first batch, then resumed: the same icons
+    return cells, np.stack(parents), np.stack(children)
+
+
+def stop_after_first_grid_4_batch(monkeypatch, render) -> None:
+    """Call ``render()`` with :meth:`IconsFile.write` raising KeyboardInterrupt at grid 4's second
+    batch (so one grid-4 batch is written), then restore it."""
     real_write, calls = IconsFile.write, {"n": 0}
 
     def stop_in_grid_4(self, size, *args, **kwargs):
@@ -432,8 +419,43 @@ def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_
 
     monkeypatch.setattr(IconsFile, "write", stop_in_grid_4)
     with pytest.raises(KeyboardInterrupt):
-        render_cells(cells, tmp_path / "resumed.h5", inceptionv1, start="parent", refine_steps=16, **kw)
+        render()
     monkeypatch.setattr(IconsFile, "write", real_write)
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_real_icons_refined_from_their_parents_raise_their_objective_and_resume_to_the_same_icons(
+        tmp_path, inceptionv1, sample_paths, monkeypatch):
+    """Grid 2: three cells whose directions are the mean inception4c activation (central 4 x 4
+    positions) of 6 photos of related classes (dogs, birds, cars); grid 4: two children each, the
+    means of 3 of those photos (further from their parents than neighbouring cells of an atlas).
+    Started from their parents' icons, 16 refinement steps raise every child's objective and its
+    cosine above its start's, to near 64 cold steps'; a render stopped in the middle of grid 4 and
+    resumed gives the same icons."""
+    from atlas.optvis import directions, evaluate
+    from atlas.stages.render.batch import _icon_cossim
+
+    layer = "inception4c"
+    cells, parents, children = photo_direction_cells(tmp_path, inceptionv1, sample_paths)
+    kw = dict(steps=64, batch_size=3, device="cpu", progress=False)
+    cold = render_cells(cells, tmp_path / "cold.h5", inceptionv1, start="cold", **kw)
+    warm = render_cells(cells, tmp_path / "warm.h5", inceptionv1, start="parent", refine_steps=16, **kw)
+    assert cold.complete and warm.complete
+    c, w = read_icons(tmp_path / "cold.h5"), read_icons(tmp_path / "warm.h5")
+    np.testing.assert_array_equal(c[2].icons, w[2].icons)  # the coarse level is the cold render
+    start = torch.from_numpy(w[2].icons[[0, 0, 1, 1, 2, 2]]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        objective = directions(layer, torch.from_numpy(children), cossim_pow=render_mod.DEFAULT_COSSIM_POW,
+                               spatial_mean=True)
+        before = evaluate(inceptionv1, objective, start).numpy()
+    assert (w[4].objective > before).all(), (w[4].objective, before)
+    start_cos = _icon_cossim(inceptionv1, layer, start, children, spatial_mean=True)
+    assert w[4].cossim.mean() > start_cos.mean() + 0.01, (w[4].cossim, start_cos)
+    assert w[4].cossim.mean() > c[4].cossim.mean() - 0.05, (w[4].cossim, c[4].cossim)
+    # stopped after grid 4's first batch, then resumed: the same icons
+    stop_after_first_grid_4_batch(monkeypatch, lambda: render_cells(
+        cells, tmp_path / "resumed.h5", inceptionv1, start="parent", refine_steps=16, **kw))
     assert read_icons(tmp_path / "resumed.h5")[4].done.tolist() == [True] * 3 + [False] * 3
     resumed = render_cells(cells, tmp_path / "resumed.h5", inceptionv1, start="parent", refine_steps=16, **kw)
     assert resumed.rendered == {2: 0, 4: 3} and resumed.complete

@@ -4,17 +4,13 @@ killed render resumes to the same icons."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
 import torch
-from test_render import FAST, write_fake_cells
+from test_render import FAST, photo_direction_cells, render_killed_at, stop_after_first_grid_4_batch, write_fake_cells
 
-from atlas.models import capture, load_model
+from atlas.models import load_model
 from atlas.optvis import directions, evaluate
 from atlas.stages.render import render_cells
 from atlas.stages.render.amortised import predict_icons, start_file, train_direction_images
@@ -93,43 +89,15 @@ def test_amortised_render_starts_every_cell_from_its_predicted_icon_and_refines_
         render_cells(cells, tmp_path / "warm.h5", tiny, **{**AMORT, "amortise_steps": 31}, overwrite=True)
 
 
-_KILLED = """
-import os, signal, sys
-sys.path.insert(0, {tests!r})
-import torch
-torch.set_num_threads(1)
-from tinynet import Tiny
-from atlas.models import load_model
-from atlas.stages.render import render_cells
-from atlas.store.icons import IconsFile
-
-kill_at, real, n = int(sys.argv[3]), IconsFile.write, [0]
-
-def write(self, *args, **kwargs):
-    if n[0] == kill_at:
-        os.kill(os.getpid(), signal.SIGKILL)
-    n[0] += 1
-    return real(self, *args, **kwargs)
-
-IconsFile.write = write
-render_cells(sys.argv[1], sys.argv[2], load_model(Tiny(), input_size=16), batch_size=3, **{amort!r})
-"""
-
-
 def test_an_amortised_render_killed_and_resumed_equals_an_uninterrupted_one(tmp_path, tiny):
     """SIGKILL after the network is kept and one batch is written, then in grid 4, then a run to the
     end: the icons of an uninterrupted run, the network trained once."""
     cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
     full = render_cells(cells, tmp_path / "full.h5", tiny, batch_size=3, **AMORT)
-    script = tmp_path / "render.py"
-    script.write_text(_KILLED.format(tests=str(Path(__file__).parents[1]), amort=AMORT))
     out = tmp_path / "killed.h5"
     stamps = []
     for kill_at, done in ((1, {2: 3, 4: 0}), (2, {2: 4, 4: 3}), (-1, {2: 4, 4: 9})):
-        proc = subprocess.run([sys.executable, str(script), str(cells), str(out), str(kill_at)],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == (-9 if kill_at >= 0 else 0), proc.stderr[-2000:]
-        got = read_icons(out)
+        got = render_killed_at(tmp_path, cells, out, AMORT, kill_at)
         assert {s: int(lv.done.sum()) for s, lv in got.items()} == done
         stamps.append(start_file(out).stat().st_mtime_ns)
     assert len(set(stamps)) == 1  # trained by the first run only
@@ -162,24 +130,10 @@ def test_real_amortised_icons_raise_their_objective_and_resume_to_the_same_icons
     on the nine directions, then 16 steps per cell at the default rate: the icons' objective and
     cosine rise above their starts', to within 0.05 of 64 cold steps'; a render stopped in grid 4
     and resumed gives the same icons."""
-    from PIL import Image
-
     from atlas.stages.render.batch import _icon_cossim
-    from atlas.store.icons import IconsFile
 
     layer = "inception4c"
-    groups = [range(200, 206), range(10, 16), [817, 751, 656, 705, 511, 436]]
-    parents, children = [], []
-    for idx in groups:
-        x = torch.stack([inceptionv1.image_transform(Image.open(sample_paths[i])) for i in idx])
-        with torch.no_grad(), capture(inceptionv1, [layer], detach=True) as a:
-            inceptionv1(x)
-        per_photo = a[layer][:, :, 5:9, 5:9].mean(dim=(2, 3))
-        parents.append(per_photo.mean(0).numpy())
-        children += [per_photo[:3].mean(0).numpy(), per_photo[3:].mean(0).numpy()]
-    cells = write_fake_cells(tmp_path / "cells.h5", {2: 3, 4: 6}, model="inceptionv1", layer=layer, channels=512,
-                             directions={2: np.stack(parents), 4: np.stack(children)},
-                             cell_ids={2: [0, 1, 2], 4: [0, 1, 2, 3, 8, 9]})
+    cells, parents, children = photo_direction_cells(tmp_path, inceptionv1, sample_paths)
     kw = dict(steps=64, batch_size=3, device="cpu", progress=False)
     amort = dict(kw, start="amortised", amortise_steps=200, refine_steps=16)  # the refinement at its default lr
     cold = render_cells(cells, tmp_path / "cold.h5", inceptionv1, start="cold", **kw)
@@ -187,7 +141,7 @@ def test_real_amortised_icons_raise_their_objective_and_resume_to_the_same_icons
     warm = render_cells(cells, tmp_path / "warm.h5", inceptionv1, **amort)
     assert cold.complete and start.complete and warm.complete
     c, s, w = (read_icons(tmp_path / f"{n}.h5") for n in ("cold", "start", "warm"))
-    vecs = {2: np.stack(parents), 4: np.stack(children)}
+    vecs = {2: parents, 4: children}
     for size in (2, 4):
         # the steps raise the objective (the mean, and most cells: a good start can dip by a percent)
         assert w[size].objective.mean() > s[size].objective.mean(), (size, w[size].objective, s[size].objective)
@@ -199,18 +153,8 @@ def test_real_amortised_icons_raise_their_objective_and_resume_to_the_same_icons
     # siblings start from icons of their own directions, not one shared picture
     assert np.abs(s[4].icons[0].astype(int) - s[4].icons[1]).mean() > 2
     # stopped after grid 4's first batch, then resumed: the same icons
-    real_write, calls = IconsFile.write, {"n": 0}
-
-    def stop_in_grid_4(self, size, *args, **kwargs):
-        if size == 4 and calls["n"]:
-            raise KeyboardInterrupt
-        calls["n"] += size == 4
-        return real_write(self, size, *args, **kwargs)
-
-    monkeypatch.setattr(IconsFile, "write", stop_in_grid_4)
-    with pytest.raises(KeyboardInterrupt):
-        render_cells(cells, tmp_path / "resumed.h5", inceptionv1, **amort)
-    monkeypatch.setattr(IconsFile, "write", real_write)
+    stop_after_first_grid_4_batch(monkeypatch, lambda: render_cells(cells, tmp_path / "resumed.h5", inceptionv1,
+                                                                    **amort))
     assert read_icons(tmp_path / "resumed.h5")[4].done.tolist() == [True] * 3 + [False] * 3
     resumed = render_cells(cells, tmp_path / "resumed.h5", inceptionv1, **amort)
     assert resumed.rendered == {2: 0, 4: 3} and resumed.complete
