@@ -198,7 +198,8 @@ def add_render(sub: argparse._SubParsersAction) -> None:
                    help="weight of the frame prior that pulls each icon's outer 5 px to a smooth gray, relative to "
                         "the objective (0: none) [%(default)s]")
     s.add_argument("--start", choices=RENDER_STARTS, default=RenderSettings.start,
-                   help="cold: every cell from noise with --steps; amortised: train one network on all the cells' "
+                   help="auto: amortised for 1000 cells or more, else cold (a render already in the file keeps its "
+                        "start); cold: every cell from noise with --steps; amortised: train one network on all the cells' "
                         "directions (--amortise-steps), then every cell from its own predicted icon with "
                         "--refine-steps steps; parent: render the levels coarse to fine, every cell of a finer level "
                         "starting from its parent cell's icon with --refine-steps steps (the cells under one coarse "
@@ -212,6 +213,9 @@ def add_render(sub: argparse._SubParsersAction) -> None:
                    help="training steps of the amortised start's network, paid once a render [%(default)s]")
     s.add_argument("--amortise-lr", type=float, default=RenderSettings.amortise_lr,
                    help="Adam learning rate of that training [%(default)s]")
+    s.add_argument("--amortise-shift", action=argparse.BooleanOptionalAction, default=RenderSettings.amortise_shift,
+                   help="move each cell's predicted icon by its own cyclic shift, so that neighbouring cells start "
+                        "from different layouts [%(default)s]")
     s.add_argument("--compile", action="store_true",
                    help="run the network under torch.compile (falls back to eager, with a warning, if it fails)")
     add_scheduler_arg(s, "one Dask task per batch of cells, each worker on its own device")
@@ -237,7 +241,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                            precision=args.precision, border_prior=args.border_prior, objective=args.objective,
                            start=args.start, refine_steps=args.refine_steps, refine_lr=args.refine_lr,
                            amortise_steps=args.amortise_steps, amortise_lr=args.amortise_lr,
-                           compile=args.compile, scheduler=args.scheduler)
+                           amortise_shift=args.amortise_shift, compile=args.compile, scheduler=args.scheduler)
     print(summary.describe())
     return 0
 

@@ -166,7 +166,7 @@ def test_real_amortised_icons_raise_their_objective_and_resume_to_the_same_icons
 def test_auto_start_is_cold_for_a_small_file_and_amortised_for_a_large_one(tmp_path, tiny, monkeypatch):
     from atlas.stages.render import AUTO_AMORTISED_CELLS, RenderSettings
 
-    assert RenderSettings().start == "cold"  # the default
+    assert RenderSettings().start == "auto"  # the default
     auto = RenderSettings(start="auto")
     assert auto.resolve(AUTO_AMORTISED_CELLS - 1).start == "cold"
     assert auto.resolve(AUTO_AMORTISED_CELLS).start == "amortised"
@@ -182,3 +182,84 @@ def test_auto_start_is_cold_for_a_small_file_and_amortised_for_a_large_one(tmp_p
     assert big.complete and start_file(tmp_path / "big.h5").exists()
     with h5py.File(tmp_path / "big.h5", "r") as f:
         assert f.attrs["start"] == "amortised"
+    # a render already in the file keeps its start under the default: a finished cold render of
+    # this (now large) file is current, not refused or trained again; with overwrite, amortised
+    assert RenderSettings(start="auto").resolve(10**6, kept="cold").start == "cold"
+    assert RenderSettings(start="cold").resolve(10**6, kept="amortised").start == "cold"  # asked for: asked for
+    monkeypatch.setattr("atlas.stages.render.amortised.train_direction_images",
+                        lambda *a, **k: pytest.fail("trained"))
+    kept = render_cells(cells, tmp_path / "auto.h5", tiny, **FAST)
+    assert kept.up_to_date and not start_file(tmp_path / "auto.h5").exists()
+    with pytest.raises(pytest.fail.Exception, match="trained"):
+        render_cells(cells, tmp_path / "auto.h5", tiny, **FAST, overwrite=True)
+
+
+def test_the_amortised_start_moves_each_cells_icon_by_its_own_cyclic_shift(tmp_path, tiny, atlas_cli):
+    """With ``amortise_shift``: neighbouring cells' directions are close, so the network's icons are close pictures:
+    each cell's predicted icon is moved by its own cyclic shift (a function of the seed, the level
+    and the cell id) before its steps; ``amortise_shift=False`` keeps the network's layout, and the
+    settings hash of the renders made before the setting (the default)."""
+    from atlas.stages.render.amortised import cell_shifts, shifted
+    from atlas.stages.render.settings import RenderSettings
+    from atlas.store.cells import read_cells
+
+    cells = write_fake_cells(tmp_path / "cells.h5", {2: 4, 4: 9})
+    render_cells(cells, tmp_path / "moved.h5", tiny, **{**AMORT, "refine_steps": 0, "amortise_shift": True})
+    render_cells(cells, tmp_path / "kept.h5", tiny, **{**AMORT, "refine_steps": 0})  # the default: no shift
+    moved, kept, levels = read_icons(tmp_path / "moved.h5"), read_icons(tmp_path / "kept.h5"), read_cells(cells)
+    for size in (2, 4):
+        shifts = cell_shifts(RenderSettings.seed, size, levels[size].cell_id, 40)
+        assert shifts.shape == (len(levels[size]), 2) and ((shifts >= 0) & (shifts < 40)).all()
+        assert len({tuple(s) for s in shifts}) > 1  # not one shift for all
+        # the stored start is the network's icon (the same network: same seed and cells) rolled by the cell's shift
+        want = shifted(torch.from_numpy(kept[size].icons).permute(0, 3, 1, 2), shifts).permute(0, 2, 3, 1).numpy()
+        np.testing.assert_array_equal(moved[size].icons, want)
+    # a function of (seed, level, cell) only: the same again, another seed or level differs
+    np.testing.assert_array_equal(cell_shifts(0, 4, [3, 5], 80), cell_shifts(0, 4, [3, 5], 80))
+    assert not np.array_equal(cell_shifts(0, 4, range(9), 80), cell_shifts(1, 4, range(9), 80))
+    assert not np.array_equal(cell_shifts(0, 4, range(9), 80), cell_shifts(0, 8, range(9), 80))
+    # a shifted FFT icon is the same periodic picture: shifting back gives the icon again
+    icon = torch.rand(1, 3, 40, 40)
+    np.testing.assert_array_equal(shifted(shifted(icon, np.array([[7, 33]])), np.array([[33, 7]])), icon)
+    # hashed only when on: renders made before the setting (no shift) stay current with it off
+    args = ("h", "inceptionv1", "inception4c")
+    kw = dict(whiten=None, transforms=icon_view_transforms("whole"))
+    assert RenderSettings(start="amortised", amortise_shift=True).hashed(*args, **kw)["amortise_shift"] is True
+    assert "amortise_shift" not in RenderSettings(start="amortised").hashed(*args, **kw)
+    with h5py.File(tmp_path / "moved.h5", "r") as a, h5py.File(tmp_path / "kept.h5", "r") as b:
+        assert a.attrs["settings_hash"] != b.attrs["settings_hash"]
+    # as typed
+    cells512 = write_fake_cells(tmp_path / "c512.h5", {2: 3}, channels=512, model="inceptionv1", layer="inception4c")
+    out = tmp_path / "typed.h5"
+    code, text, err = atlas_cli("-q", "render", "--cells", str(cells512), "-o", str(out), "--random-init", "--device",
+                                "cpu", "--icon-size", "40", "--start", "amortised", "--amortise-steps", "2",
+                                "--refine-steps", "1", "--amortise-shift")
+    assert code == 0, err
+    with h5py.File(out, "r") as f:
+        typed_hash = f.attrs["settings_hash"]
+    render_cells(cells512, tmp_path / "api.h5", load_model("inceptionv1", random_init=True, device="cpu"),
+                 icon_size=40, start="amortised", amortise_steps=2, refine_steps=1, amortise_shift=True, progress=False)
+    with h5py.File(tmp_path / "api.h5", "r") as f:
+        assert f.attrs["settings_hash"] == typed_hash
+    with pytest.raises(Exception, match="amortise_shift"):
+        RenderSettings(amortise_shift="yes")
+
+
+def test_the_networks_training_options_that_the_benchmark_compares(tiny):
+    """The options ``bench_pyramid.py`` measured and did not keep still train: a latent per cell
+    (the network then needs one, a function of the cell: :func:`cell_latents`), the layout
+    penalty, the contrastive term over anchors and their nearest directions, shifted icons."""
+    from atlas.stages.render.amortised import cell_latents
+
+    vecs = np.random.default_rng(1).random((30, 4)).astype(np.float32)
+    transforms = icon_view_transforms("whole")
+    fit = train_direction_images(tiny, "relu2", vecs, transforms, icon_size=40, steps=4, batch_size=8, latent=3,
+                                 diversity=1.0, contrast=1.0, neighbours=4, shift=True)
+    assert len(fit.history) == 1 and np.isfinite(fit.history[0]) and fit.net.latent == 3
+    with pytest.raises(ValueError, match=r"takes a \(2, 3\) latent"):
+        predict_icons(fit.net, vecs[:2])
+    z = cell_latents(0, 4, [5, 6], 3)
+    np.testing.assert_array_equal(z, cell_latents(0, 4, [5, 6], 3))
+    assert not np.array_equal(z[0], z[1])
+    icons = predict_icons(fit.net, vecs[:2], z=z)
+    assert icons.shape == (2, 3, 40, 40) and not torch.equal(icons, predict_icons(fit.net, vecs[:2], z=-z))

@@ -29,22 +29,23 @@ Best of k (``attempts``): each cell is rendered ``attempts`` times with differen
 attempt with the highest objective on the final (untransformed) icon is kept, as in the
 notebooks' ``render_icons``.
 
-Starts (``start``). ``"cold"`` (the default): every cell from noise with ``steps`` steps. ``"amortised"``
-(:mod:`~atlas.stages.render.amortised`): one small network is trained once per render, over
-every cell direction of the file (all levels), with the icons' own objective and transforms, to
-map a direction to an icon's Fourier spectrum (``amortise_steps`` Adam steps of ``batch_size``
-directions at ``amortise_lr``); every cell then starts from its own predicted icon (8-bit, as
-a stored icon) and takes ``refine_steps`` steps at ``refine_lr``. The network is kept beside
-``icons.h5`` (``icons.start.pt``, keyed by the settings and the cells), so a killed render
-resumes from the same starts without training again. On 64 real cells of each level of a
-196,000-row atlas, with its training counted, it renders the whole pyramid about 7x faster
-than 128 cold steps at a cosine at 224 px within about 0.01 of theirs (0.012 below at the
-coarsest level), with sharper and more saturated icons (``benchmarks/README.md``, "Every zoom
-level"). But the network maps close directions to one composition: on the real ~1M-row atlas,
-the grid-80 and grid-160 icons of a region are one picture changing slowly across the map, and
-there it is often not what a cold render of the same cells depicts. So it is an option, not the
-default. ``"auto"`` picks it for a file of at least :data:`AUTO_AMORTISED_CELLS` cells (all
-levels) and ``"cold"`` below, where training costs about as much as rendering from noise.
+Starts (``start``). ``"auto"`` (the default): ``"amortised"`` for a file of at least
+:data:`AUTO_AMORTISED_CELLS` cells (all levels), ``"cold"`` below, where training costs about as
+much as rendering from noise; a render already in the file keeps its start. ``"cold"``: every
+cell from noise with ``steps`` steps. ``"amortised"`` (:mod:`~atlas.stages.render.amortised`):
+one small network is trained once per render, over every cell direction of the file (all
+levels), with the icons' own objective and transforms, to map a direction to an icon's Fourier
+spectrum (``amortise_steps`` Adam steps of ``batch_size`` directions at ``amortise_lr``); every
+cell then starts from its own predicted icon (8-bit, as a stored icon) and takes
+``refine_steps`` steps at ``refine_lr``. The network is kept beside ``icons.h5``
+(``icons.start.pt``, keyed by the settings and the cells), so a killed render resumes from the
+same starts without training again. On 64 real cells of each level of the real ~1M-row atlas,
+with its training counted, it renders the whole pyramid about 7x faster than 128 cold steps at a
+cosine at 224 px within 0.005 of theirs on every level, with sharper and more saturated icons
+(``benchmarks/README.md``, "Every zoom level"). The network maps close directions to close
+pictures, so neighbouring cells share one layout that changes slowly across the map, where cold
+icons draw a new one per cell from their random start; ``amortise_shift`` moves each cell's
+start by its own cyclic shift (different layouts, about 0.02 less cosine).
 ``"parent"`` (an option): the levels are rendered coarse to fine;
 the coarsest from noise with ``steps`` steps, and every cell of a finer level from its parent
 cell's icon as stored in ``icons.h5`` (:func:`parent_rows`) with ``refine_steps`` steps. As fast

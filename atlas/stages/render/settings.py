@@ -96,11 +96,13 @@ class RenderSettings:
     #: paper notebooks). The stored and reported cosine is read the same way.
     objective: str = "mean"
     #: How the icons start, one of :data:`RENDER_STARTS`. ``"amortised"`` renders a pyramid about
-    #: 7x faster than a 128-step cold render at a cosine within about 0.01 of it, but neighbouring
-    #: cells then show one composition, often not what a cold render of them depicts; ``"parent"``
-    #: is as fast, but the icons of a region share their ancestor's picture; so ``"cold"`` stays the
-    #: default (benchmarks/README.md, "Every zoom level"; :mod:`atlas.stages.render`).
-    start: str = "cold"
+    #: 7x faster than a 128-step cold render at a cosine within 0.01 of it on every level of the
+    #: real ~1M-row atlas, but neighbouring cells share one layout, changing slowly across the map;
+    #: ``"parent"`` is as fast, but the icons under one coarse cell share its picture. The default,
+    #: ``"auto"``, is amortised for files of :data:`AUTO_AMORTISED_CELLS` cells or more and cold
+    #: below, and keeps the start of a render already in the file (benchmarks/README.md, "Every
+    #: zoom level"; :mod:`atlas.stages.render`).
+    start: str = "auto"
     #: Steps of a cell that starts from a predicted or parent icon (at most ``steps`` are taken).
     refine_steps: int = 16
     #: Adam learning rate of those steps: half the icons' rate, so that the parent's icon is
@@ -112,6 +114,11 @@ class RenderSettings:
     amortise_steps: int = 1000
     #: Adam learning rate of that network's weights.
     amortise_lr: float = 2e-3
+    #: Move each cell's predicted icon by its own random cyclic shift before its steps (the FFT
+    #: icon is periodic, so the shift leaves no seam), so that neighbouring cells start from
+    #: different layouts; off by default: the network composes its icons around their middle, and
+    #: shifted starts lose about 0.02 of cosine after the 16 steps (benchmarks/README.md).
+    amortise_shift: bool = False
 
     def __post_init__(self) -> None:
         from atlas.runtime.precision import PRECISIONS
@@ -136,13 +143,19 @@ class RenderSettings:
         positive_number("refine_lr", self.refine_lr)
         at_least("amortise_steps", self.amortise_steps, 1)
         positive_number("amortise_lr", self.amortise_lr)
+        if not isinstance(self.amortise_shift, bool):
+            raise SettingError("amortise_shift", f"must be true or false, not {self.amortise_shift!r}")
         self.transforms()  # the icon view fits an icon of this size
 
-    def resolve(self, n_cells: int) -> RenderSettings:
+    def resolve(self, n_cells: int, kept: str | None = None) -> RenderSettings:
         """These settings for a file of ``n_cells`` cells (all its levels): ``start="auto"`` made
-        ``"amortised"`` or ``"cold"`` (the start that is hashed and recorded)."""
+        ``"amortised"`` or ``"cold"`` (the start that is hashed and recorded), or ``kept``, the
+        start of the render already in the file (a finished or stopped render keeps its start when
+        the default changes, rather than being refused as another render)."""
         if self.start != "auto":
             return self
+        if kept in ("cold", "amortised"):
+            return dataclasses.replace(self, start=kept)
         return dataclasses.replace(self, start="amortised" if n_cells >= AUTO_AMORTISED_CELLS else "cold")
 
     @property
@@ -182,6 +195,8 @@ class RenderSettings:
             settings.update(start=self.start, refine_steps=self.warm_steps, refine_lr=float(self.refine_lr))
         if self.start == "amortised":
             settings.update(amortise_steps=int(self.amortise_steps), amortise_lr=float(self.amortise_lr))
+            if self.amortise_shift:  # renders before the setting did not shift
+                settings["amortise_shift"] = True
         return settings
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -148,7 +149,8 @@ def render_cells(
     model, model_spec = _model_for(model, scheduler, device)
     layer, all_levels, cattrs = _read_cells(cells_path, model)
     asked_start, n_cells = settings.start, sum(len(lv) for lv in all_levels.values())
-    settings = settings.resolve(n_cells)
+    icons_path = Path(icons_path)
+    settings = settings.resolve(n_cells, None if overwrite else _start_in(icons_path))
     if asked_start != settings.start:
         log.info("start=%r: %s, for the %d cells of %s", asked_start, settings.start, n_cells, cells_path)
     wanted, parent_of = levels_with_parents(sorted(all_levels), _asked_levels(cells_path, all_levels, settings),
@@ -156,7 +158,6 @@ def render_cells(
     whiten = _whitening(settings.whiten if whiten is None else whiten, cells_path, cattrs, layer)
     hashed = settings.hashed(str(cattrs.get("settings_hash", "")), model.name, layer, whiten=whiten,
                              transforms=transforms)
-    icons_path = Path(icons_path)
     total = {s: len(all_levels[s]) for s in wanted}
     if not overwrite and _is_current(icons_path, hashed, cells_path):
         log.info("%s is complete and current; skipping render", icons_path)
@@ -197,7 +198,8 @@ def render_cells(
         if net is not None:
             from atlas.stages.render.amortised import start_from_network
 
-            return start_from_network(batches, net, steps=settings.warm_steps, lr=settings.refine_lr)
+            return start_from_network(batches, net, steps=settings.warm_steps, lr=settings.refine_lr,
+                                      shift=settings.amortise_shift)
         parent = parent_of.get(size)
         if parent is None:
             return batches
@@ -314,6 +316,20 @@ def _place_model(model: AtlasModel, device: str | torch.device) -> torch.device:
         log.info("moving the model to %s", dev)
         model.to(dev)
     return dev
+
+
+def _start_in(icons_path: Path) -> str | None:
+    """The start of the render in ``icons_path`` (``"cold"`` for files from before the setting), or
+    None when there is no readable render there."""
+    if not icons_path.exists():
+        return None
+    try:
+        with h5py.File(icons_path, "r") as f:
+            if "settings_hash" not in f.attrs:
+                return None
+            return str(f.attrs.get("start", "cold"))
+    except OSError:
+        return None
 
 
 def _file_attrs(model: str, layer: str, cells_path: str | os.PathLike, settings: RenderSettings,
