@@ -17,14 +17,25 @@ and so on up to the coarsest level), and renders them with each method:
   moved (not magnified) so that the cell's place in the parent cell is at the centre, the edge
   filled by reflection; ``parent0`` is the parent's icon itself;
 
+- ``amortN``: every cell from its own icon as the amortised start's network predicts it
+  (``start="amortised"``), N steps; suffixes ``-tT``: the network's training steps (default
+  1000), ``-gX``: its learning rate, ``-hH``: its hidden units, ``-lrX``: the refinement's rate,
+  ``-roll``: each start moved by the cell's cyclic shift (``amortise_shift``), ``-rollK``: by at
+  most K px; tried and not kept: ``-cX-nK`` (a contrastive term at weight X, batches of anchors
+  and their K - 1 nearest directions), ``-zK-dX`` (a K-dim latent per cell, and a penalty at
+  weight X on one direction's two icons sharing a layout), ``-troll`` (shifted icons in
+  training); ``cold-sN``: the cold render with seed N;
+
 all with the render stage's defaults otherwise (whole view, mean objective, lr 0.08, 80 px),
 ``--batch-size`` cells per optimizer batch, seeded per cell as the render stage seeds them. The
 methods take turns batch by batch within a level, so load from other processes slows them alike.
 Every icon is scored as in ``bench_icons_peer.py`` (``cos224``, sharpness, saturation, contrast),
 and below the coarsest level also by how far it is from its parent's icon (``parent_diff``: mean
 absolute pixel difference, [0, 1]) and how much more it shows its own cell than its parent cell
-(``specificity``: cos224 to its direction minus cos224 to its parent's direction); differences to
-``cold`` on the same cells come with 95% intervals.
+(``specificity``: cos224 to its direction minus cos224 to its parent's direction), and on every
+level how alike its subject is to the cold icon's of the same cell (``subject``: the cosine of the
+model's ``avgpool`` features, layout-blind); differences to ``cold`` on the same cells come with
+95% intervals.
 
 Times: icons per minute per level, and for the whole pyramid of the run (every kept cell of
 every level), the time each method would take from its per-icon time per level, a parent
@@ -56,12 +67,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from atlas.models import load_model  # noqa: E402
 from atlas.optvis import to_uint8  # noqa: E402
 from atlas.stages.render import DEFAULT_LR, cell_generator, icon_view_transforms, parent_rows, render_directions  # noqa: E402
-from atlas.stages.render.amortised import predict_icons, train_direction_images  # noqa: E402
+from atlas.stages.render.amortised import (  # noqa: E402
+    cell_latents,
+    cell_shifts,
+    predict_icons,
+    shifted,
+    train_direction_images,
+)  # noqa: E402
 from atlas.store.cells import CellLevel, cells_attrs, read_cells  # noqa: E402
 from bench_icons_peer import contact_sheet, icon_scores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = re.compile(r"^(cold|parent|amort)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop|-shift|-t\d+|-g[0-9.]+|-h\d+)*)$")
+METHOD = re.compile(r"^(cold|parent|amort)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]+|-crop|-shift|-t\d+|-g[0-9.]+|-h\d+"
+                    r"|-c[0-9.]+|-n\d+|-s\d+|-z\d+|-d[0-9.]+|-roll\d*|-troll)*)$")
 
 
 def parse_method(name: str, steps: int) -> dict:
@@ -70,7 +88,9 @@ def parse_method(name: str, steps: int) -> dict:
     if not m or (m.group(1) != "cold" and not m.group(2)):
         raise SystemExit(f"unknown method {name!r}: cold, coldN or parentN[-rrK][-lrX]")
     kw = {"warm": m.group(1) == "parent", "amort": m.group(1) == "amort", "steps": int(m.group(2) or steps), "rr": 16,
-          "lr": DEFAULT_LR, "mix": 1.0, "crop": False, "shift": False, "train": 1000, "glr": 2e-3, "hidden": 256}
+          "lr": DEFAULT_LR, "mix": 1.0, "crop": False, "shift": False, "train": 1000, "glr": 2e-3, "hidden": 256,
+          "contrast": 0.0, "neighbours": 1, "seed": 0, "latent": 0, "diversity": 0.0, "roll": False,
+          "train_roll": False}
     if kw["warm"] or kw["amort"]:
         kw["rr"] = 0
     for part in filter(None, m.group(3).split("-")):
@@ -80,12 +100,26 @@ def parse_method(name: str, steps: int) -> dict:
             kw["crop"] = True
         elif part == "shift":
             kw["shift"] = True
+        elif part.startswith("roll"):
+            kw["roll"] = int(part[4:] or 0) or True
+        elif part == "troll":
+            kw["train_roll"] = True
         elif part.startswith("t"):
             kw["train"] = int(part[1:])
         elif part.startswith("g"):
             kw["glr"] = float(part[1:])
         elif part.startswith("h"):
             kw["hidden"] = int(part[1:])
+        elif part.startswith("c"):
+            kw["contrast"] = float(part[1:])
+        elif part.startswith("n"):
+            kw["neighbours"] = int(part[1:])
+        elif part.startswith("s"):
+            kw["seed"] = int(part[1:])
+        elif part.startswith("z"):
+            kw["latent"] = int(part[1:])
+        elif part.startswith("d"):
+            kw["diversity"] = float(part[1:])
         elif part.startswith("mix"):
             kw["mix"] = float(part[3:])
         else:
@@ -143,6 +177,18 @@ def shift_starts(images: torch.Tensor, coords: np.ndarray, parent_coords: np.nda
     return torch.stack(out)
 
 
+def subject_features(model, icons: torch.Tensor) -> torch.Tensor:
+    """What an icon depicts, whatever its layout: the model's ``avgpool`` features (1024, the
+    spatial mean of its last layer) of the icon at the model's input size."""
+    from atlas.models import capture
+
+    s = model.input_size
+    x = F.interpolate(icons, size=(s, s), mode="bilinear", align_corners=False)
+    with torch.no_grad(), capture(model, ["avgpool"], detach=True) as a:
+        model(x)
+    return a["avgpool"].flatten(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", help="run folder with cells.h5")
@@ -165,9 +211,10 @@ def main() -> None:
     sizes = sorted(levels)
     methods = args.methods.split(",")
     spec = {m: parse_method(m, args.steps) for m in methods}
-    if any(s["warm"] for s in spec.values()) and "cold" not in methods:
-        methods.insert(0, "cold")  # the parent methods' coarsest level
-        spec["cold"] = parse_method("cold", args.steps)
+    if "cold" in methods:
+        methods.remove("cold")
+    methods.insert(0, "cold")  # the baseline of every comparison, and the parent methods' coarsest level
+    spec["cold"] = parse_method("cold", args.steps)
     picked, parents = pick_cells(levels, args.cells)
     work = Path(args.work or Path(args.run) / "bench-pyramid")
     work.mkdir(parents=True, exist_ok=True)
@@ -188,14 +235,24 @@ def main() -> None:
         if not kw["amort"]:
             continue
         tag = f"t{kw['train']}-g{kw['glr']}-h{kw['hidden']}"
+        if kw["contrast"] or kw["neighbours"] > 1:
+            tag += f"-c{kw['contrast']}-n{kw['neighbours']}"
+        if kw["latent"]:
+            tag += f"-z{kw['latent']}-d{kw['diversity']}"
+        if kw["train_roll"]:
+            tag += "-roll"
         path = work / f"amort-{tag}.pt"
         if tag not in nets:
             if path.exists():
                 saved = torch.load(path, weights_only=False)
                 nets[tag], trained[tag] = saved["net"], saved["seconds"]
+                if not hasattr(nets[tag], "latent"):  # pickled before the networks took latents
+                    nets[tag].latent = 0
             else:
                 fit = train_direction_images(model, layer, pool, transforms, steps=kw["train"], lr=kw["glr"],
-                                             hidden=kw["hidden"], progress=True)
+                                             hidden=kw["hidden"], contrast=kw["contrast"],
+                                             neighbours=kw["neighbours"], latent=kw["latent"],
+                                             diversity=kw["diversity"], shift=kw["train_roll"], progress=True)
                 torch.save({"net": fit.net, "seconds": fit.seconds, "history": fit.history}, path)
                 nets[tag], trained[tag] = fit.net, fit.seconds
                 print(f"  amortised start {tag}: {fit.seconds:.0f} s on {len(pool):,} directions; objective per 50 "
@@ -223,7 +280,13 @@ def main() -> None:
                         continue
                 init = None
                 if kw["amort"]:
-                    init = predict_icons(nets[kw["tag"]], vecs)
+                    z = cell_latents(kw["seed"], size, ids, kw["latent"]) if kw["latent"] else None
+                    init = predict_icons(nets[kw["tag"]], vecs, z=z)
+                    if kw["roll"]:
+                        sh = cell_shifts(kw["seed"], size, ids, init.shape[-1])
+                        if kw["roll"] is not True:  # at most K px either way
+                            sh = sh % (2 * kw["roll"] + 1) - kw["roll"]
+                        init = shifted(init, sh)
                 if warm:
                     coarse = sizes[sizes.index(size) - 1]
                     done = np.concatenate(icons[m, coarse] if (m, coarse) in icons and icons[m, coarse]
@@ -235,7 +298,7 @@ def main() -> None:
                         init = crop_starts(init, lv.coords[r], levels[coarse].coords[parents[size][r]], size / coarse)
                     if kw["shift"]:
                         init = shift_starts(init, lv.coords[r], levels[coarse].coords[parents[size][r]], size / coarse)
-                gens = [[cell_generator(0, size, int(c)) for c in ids]]
+                gens = [[cell_generator(kw["seed"], size, int(c)) for c in ids]]
                 t0 = time.perf_counter()
                 out, _ = render_directions(model, layer, vecs, gens, steps=kw["steps"], lr=kw["lr"],
                                            transforms=transforms, objective="mean", init=init,
@@ -252,7 +315,7 @@ def main() -> None:
                 if spec[m]["warm"]:
                     icons[m, size], seconds[m, size] = icons["cold", size], seconds["cold", size]
     print(f"{'level':>5s} {'method':16s} {'cos224':>7s} {'sharp':>7s} {'satur':>7s} {'contr':>7s} {'parent':>7s} "
-          f"{'specif':>7s} {'icons/min':>9s}")
+          f"{'specif':>7s} {'subject':>7s} {'icons/min':>9s}")
     results, sheet = [], []
     for size in sizes:
         rows = picked[size]
@@ -268,13 +331,18 @@ def main() -> None:
                 # how much more the icon shows its own cell than its parent cell (cos224 to each)
                 up_vecs = levels[coarse].direction[parents[size][rows]].astype(np.float32)
                 sc["specificity"] = sc["cos224"] - icon_scores(model, layer, x, up_vecs)["cos224"]
+            # how alike its subject is to the cold icon's of the same cell (avgpool features' cosine)
+            feats = subject_features(model, x)
+            if m == "cold":
+                cold_feats = feats
+            sc["subject"] = F.cosine_similarity(feats, cold_feats, dim=1).numpy()
             rate = len(rows) / seconds[m, size] * 60
             row = {"level": size, "method": m, "cells": len(rows), "seconds": seconds[m, size], "icons_per_min": rate,
                    **{k: float(v.mean()) for k, v in sc.items()}, "per_icon": {k: v.tolist() for k, v in sc.items()}}
             results.append(row)
             print(f"{size:5d} {m:16s} {row['cos224']:7.3f} {row['sharpness']:7.4f} {row['saturation']:7.3f} "
                   f"{row['contrast']:7.3f} {row.get('parent_diff', float('nan')):7.3f} "
-                  f"{row.get('specificity', float('nan')):7.4f} {rate:9.1f}", flush=True)
+                  f"{row.get('specificity', float('nan')):7.4f} {row['subject']:7.3f} {rate:9.1f}", flush=True)
             sheet.append((f"{size}x{size} {m}\ncos224 {row['cos224']:.3f}\n{rate:.0f} icons/min", x))
     # paired differences to cold on the same cells, with 95% intervals (normal approximation)
     by = {(r["method"], r["level"]): r for r in results}
