@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -321,15 +320,10 @@ def _place_model(model: AtlasModel, device: str | torch.device) -> torch.device:
 def _start_in(icons_path: Path) -> str | None:
     """The start of the render in ``icons_path`` (``"cold"`` for files from before the setting), or
     None when there is no readable render there."""
-    if not icons_path.exists():
+    attrs = root_attrs(icons_path)
+    if not attrs or attrs.get("kind") != KIND or "settings_hash" not in attrs:
         return None
-    try:
-        with h5py.File(icons_path, "r") as f:
-            if "settings_hash" not in f.attrs:
-                return None
-            return str(f.attrs.get("start", "cold"))
-    except OSError:
-        return None
+    return str(attrs.get("start", "cold"))
 
 
 def _file_attrs(model: str, layer: str, cells_path: str | os.PathLike, settings: RenderSettings,
