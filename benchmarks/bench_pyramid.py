@@ -82,11 +82,19 @@ METHOD = re.compile(r"^(cold|parent|amort)(\d+)?((?:-rr\d+|-lr[0-9.]+|-mix[0-9.]
                     r"|-c[0-9.]+|-n\d+|-s\d+|-z\d+|-d[0-9.]+|-roll\d*|-troll)*)$")
 
 
+#: ``-crop``, ``-shift``, ``-troll``: on/off settings of a method
+FLAGS = {"crop": "crop", "shift": "shift", "troll": "train_roll"}
+#: the numeric suffixes of a method, by prefix (longest first where one prefix starts another)
+SUFFIXES = {"rr": ("rr", int), "lr": ("lr", float), "mix": ("mix", float), "t": ("train", int), "g": ("glr", float),
+            "h": ("hidden", int), "c": ("contrast", float), "n": ("neighbours", int), "s": ("seed", int),
+            "z": ("latent", int), "d": ("diversity", float)}
+
+
 def parse_method(name: str, steps: int) -> dict:
-    """``cold[N]`` or ``parentN[-rrK][-lrX][-mixA][-crop][-shift]`` -> its settings."""
+    """A method name (the module docstring: ``cold[N]``, ``parentN[-...]``, ``amortN[-...]``) -> its settings."""
     m = METHOD.match(name)
     if not m or (m.group(1) != "cold" and not m.group(2)):
-        raise SystemExit(f"unknown method {name!r}: cold, coldN or parentN[-rrK][-lrX]")
+        raise SystemExit(f"unknown method {name!r}: cold[N][-sS], parentN[-rrK][-lrX]... or amortN[-tT][-lrX]... (see --help)")
     kw = {"warm": m.group(1) == "parent", "amort": m.group(1) == "amort", "steps": int(m.group(2) or steps), "rr": 16,
           "lr": DEFAULT_LR, "mix": 1.0, "crop": False, "shift": False, "train": 1000, "glr": 2e-3, "hidden": 256,
           "contrast": 0.0, "neighbours": 1, "seed": 0, "latent": 0, "diversity": 0.0, "roll": False,
@@ -94,36 +102,14 @@ def parse_method(name: str, steps: int) -> dict:
     if kw["warm"] or kw["amort"]:
         kw["rr"] = 0
     for part in filter(None, m.group(3).split("-")):
-        if part.startswith("rr"):
-            kw["rr"] = int(part[2:])
-        elif part == "crop":
-            kw["crop"] = True
-        elif part == "shift":
-            kw["shift"] = True
+        if part in FLAGS:
+            kw[FLAGS[part]] = True
         elif part.startswith("roll"):
             kw["roll"] = int(part[4:] or 0) or True
-        elif part == "troll":
-            kw["train_roll"] = True
-        elif part.startswith("t"):
-            kw["train"] = int(part[1:])
-        elif part.startswith("g"):
-            kw["glr"] = float(part[1:])
-        elif part.startswith("h"):
-            kw["hidden"] = int(part[1:])
-        elif part.startswith("c"):
-            kw["contrast"] = float(part[1:])
-        elif part.startswith("n"):
-            kw["neighbours"] = int(part[1:])
-        elif part.startswith("s"):
-            kw["seed"] = int(part[1:])
-        elif part.startswith("z"):
-            kw["latent"] = int(part[1:])
-        elif part.startswith("d"):
-            kw["diversity"] = float(part[1:])
-        elif part.startswith("mix"):
-            kw["mix"] = float(part[3:])
         else:
-            kw["lr"] = float(part[2:])
+            prefix = next(p for p in SUFFIXES if part.startswith(p))  # the regex admits only these
+            key, kind = SUFFIXES[prefix]
+            kw[key] = kind(part[len(prefix):])
     return kw
 
 
