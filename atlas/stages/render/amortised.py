@@ -67,18 +67,22 @@ class DirectionImages(nn.Module):
         return self.icon.image(self.spectrum(vecs, z))
 
 
-#: the stream of :func:`cell_latents`, apart from the render's own per-cell generators
+#: the streams of :func:`cell_latents` and :func:`cell_shifts`, apart from the render's own
+#: per-cell generators (:func:`~atlas.stages.render.directions.cell_generator`)
 LATENT_STREAM = 0x1A7E
+SHIFT_STREAM = 0x5F1F
+
+
+def _cell_rng(seed: int, size: int, cell_id: int, stream: int) -> np.random.Generator:
+    """A cell's generator for ``stream``: a function of the render's ``seed``, the level's ``size``
+    and the cell id only, so that a resumed render or a Dask worker draws the same values."""
+    return np.random.default_rng([int(seed), int(size), int(cell_id), stream])
 
 
 def cell_latents(seed: int, size: int, cell_ids: Sequence[int], latent: int) -> np.ndarray:
-    """Each cell's latent (B, ``latent``) float32, standard normal, a function of the render's
-    ``seed``, the level's ``size`` and the cell id only, so that a resumed render or a Dask worker
-    draws the same one."""
-    out = np.empty((len(cell_ids), latent), np.float32)
-    for i, c in enumerate(cell_ids):
-        out[i] = np.random.default_rng([int(seed), int(size), int(c), LATENT_STREAM]).standard_normal(latent)
-    return out
+    """Each cell's latent (B, ``latent``) float32, standard normal (:func:`_cell_rng`)."""
+    return np.array([_cell_rng(seed, size, c, LATENT_STREAM).standard_normal(latent) for c in cell_ids],
+                    np.float32).reshape(len(cell_ids), latent)
 
 
 @dataclass
@@ -254,15 +258,10 @@ def amortised_start(model: AtlasModel, layer: str, directions_: Sequence[np.ndar
     return fit.net
 
 
-#: the stream of :func:`cell_shifts`, apart from the render's own per-cell generators
-SHIFT_STREAM = 0x5F1F
-
-
 def cell_shifts(seed: int, size: int, cell_ids: Sequence[int], icon_size: int) -> np.ndarray:
-    """Each cell's cyclic shift (B, 2) in pixels, (dy, dx) in ``[0, icon_size)``: a function of
-    the render's ``seed``, the level's ``size`` and the cell id only, like :func:`cell_latents`."""
-    return np.array([np.random.default_rng([int(seed), int(size), int(c), SHIFT_STREAM]).integers(icon_size, size=2)
-                     for c in cell_ids], np.int64).reshape(len(cell_ids), 2)
+    """Each cell's cyclic shift (B, 2) in pixels, (dy, dx) in ``[0, icon_size)`` (:func:`_cell_rng`)."""
+    return np.array([_cell_rng(seed, size, c, SHIFT_STREAM).integers(icon_size, size=2) for c in cell_ids],
+                    np.int64).reshape(len(cell_ids), 2)
 
 
 def shifted(icons: torch.Tensor, shifts: np.ndarray) -> torch.Tensor:
@@ -271,7 +270,7 @@ def shifted(icons: torch.Tensor, shifts: np.ndarray) -> torch.Tensor:
     return torch.stack([torch.roll(im, (int(dy), int(dx)), dims=(1, 2)) for im, (dy, dx) in zip(icons, shifts)])
 
 
-def start_from_network(batches: list, net: DirectionImages, *, steps: int, lr: float, shift: bool = True) -> list:
+def start_from_network(batches: list, net: DirectionImages, *, steps: int, lr: float, shift: bool) -> list:
     """``batches`` (:class:`~atlas.stages.render.batch.IconBatch`), each cell starting from its own
     icon as the network predicts it (8-bit, as a stored icon; with ``shift``, moved by the cell's
     own cyclic shift, :func:`cell_shifts`) with ``steps`` steps at ``lr``, without the redirected
