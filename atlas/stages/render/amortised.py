@@ -222,6 +222,13 @@ def start_file(icons_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".start.pt")
 
 
+def network_of(saved: dict) -> DirectionImages:
+    """The network of a kept amortised start (``torch.load`` of :func:`start_file`), on the CPU."""
+    net = DirectionImages(int(saved["channels"]), int(saved["icon_size"]), hidden=int(saved["hidden"]))
+    net.load_state_dict(saved["state"])
+    return net.eval()
+
+
 def amortised_start(model: AtlasModel, layer: str, directions_: Sequence[np.ndarray], path: str | os.PathLike,
                     key: str, *, transforms: Sequence[Transform], icon_size: int, steps: int, lr: float,
                     batch_size: int, cossim_pow: float, spatial_mean: bool, whiten: np.ndarray | None = None,
@@ -238,8 +245,7 @@ def amortised_start(model: AtlasModel, layer: str, directions_: Sequence[np.ndar
             log.warning("cannot read the amortised start %s (%s); training it again", path, e)
             saved = {}
         if saved.get("key") == key:
-            net = DirectionImages(int(saved["channels"]), int(saved["icon_size"]), hidden=int(saved["hidden"]))
-            net.load_state_dict(saved["state"])
+            net = network_of(saved)
             log.info("starting the icons from the amortised start in %s (trained in %.0f s)", path, saved["seconds"])
             return net.to(model.device).eval()
         if saved:
