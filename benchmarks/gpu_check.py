@@ -135,7 +135,7 @@ def check_amortised(model, dirs: np.ndarray, icon_size: int, train_steps: int) -
     _sync(dev)
     train_s = time.perf_counter() - t0
     job = IconBatch("inception4c", 8, np.arange(batch), np.arange(batch, dtype=np.int32), dirs, icon_size=icon_size)
-    job = start_from_network([job], fit.net, steps=d.warm_steps, lr=d.refine_lr)[0]
+    job = start_from_network([job], fit.net, steps=d.warm_steps, lr=d.refine_lr, shift=d.amortise_shift)[0]
     t0 = time.perf_counter()
     res = render_icon_batch(model, job)
     _sync(dev)
