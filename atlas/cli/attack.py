@@ -30,13 +30,14 @@ def add_attack(sub: argparse._SubParsersAction) -> None:
                         "depict the target), cells of a third class that push toward the target (third), or both "
                         "side by side (article protocol only) [target; article: both]")
     s.add_argument("--patches", type=int, default=10, help="article protocol: patches per family [%(default)s]")
-    s.add_argument("--rank", choices=("push", "attribution"), default="push",
+    s.add_argument("--rank", choices=("auto", "push", "attribution"), default=None,
                    help="article protocol, third kind: rank the cells by the push of their direction on the "
                         "selection photos (gradient), or by their atlas rows' own attribution to the target minus "
-                        "the source (the article's comparison atlas over every photo) [%(default)s]")
+                        "the source (the article's comparison atlas over every photo) [auto: attribution where "
+                        "the atlas was collected with it, else push]")
     s.add_argument("--screen", type=int, default=0,
-                   help="article protocol, third kind: render this many cells with the largest push and keep the "
-                        "--patches that flip most selection photos (0: the first --patches by push) [%(default)s]")
+                   help="article protocol, third kind: render this many of the best-ranked cells and keep the "
+                        "--patches that flip most selection photos (0: the first --patches as ranked) [%(default)s]")
     s.add_argument("--controls", type=int, default=10,
                    help="article protocol: noise patches and random-cell patches [%(default)s]")
     s.add_argument("--max-photos", type=int, default=None,
@@ -102,7 +103,7 @@ def _cmd_attack_article(args: argparse.Namespace) -> int:
 
     settings = ProtocolSettings(
         source=args.source, target=args.target, kind=args.kind or "both", level=args.level, patches=args.patches,
-        controls=args.controls, rank=args.rank, screen=args.screen, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
+        controls=args.controls, rank=args.rank or "auto", screen=args.screen, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
         selection_fraction=0.25 if args.selection_fraction is None else args.selection_fraction,
         augment=args.augment, max_photos=args.max_photos, universal_limit=args.universal_limit, seed=args.seed)
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)
@@ -111,7 +112,8 @@ def _cmd_attack_article(args: argparse.Namespace) -> int:
                           universal=args.universal, out_dir=out, progress=not args.quiet)
     print(f"left out as the source's and target's close relatives: {', '.join(report.excluded)}")
     for kind, cands in report.candidates.items():
-        print(f"{kind} candidates (cell, push, rows, top classes):")
+        score = {"third": f"{report.settings['rank']} score", "target": "target - source attribution"}.get(kind, "-")
+        print(f"{kind} candidates (cell, {score}, rows, top classes):")
         for c in cands:
             print(f"  cell {c['cell'][0]}:{c['cell'][1]},{c['cell'][2]}  {c['score']:+.4f}  {c['count']} rows  "
                   f"[{', '.join(c['classes'][:3])}]")

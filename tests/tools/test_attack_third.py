@@ -244,5 +244,50 @@ def test_ranking_by_the_atlas_rows_attribution(model, tiny_run, tmp_path):
     for c in report.candidates["third"]:  # the score is the cell's target-minus-source attribution
         cell = c["cell"][1] * 4 + c["cell"][2]
         assert c["score"] == pytest.approx(attr[cell, 0] - attr[cell, 1]) and c["score"] > 0
-    with pytest.raises(ValueError, match="rank must be one of push, attribution"):
+    with pytest.raises(ValueError, match="rank must be one of auto, push, attribution"):
         ProtocolSettings("a", "b", rank="gradient")
+
+
+def test_the_default_rank_reads_the_atlas_rows_where_it_can_and_pushes_where_it_cannot(model, tiny_run, tmp_path,
+                                                                                      monkeypatch):
+    import shutil
+
+    import h5py
+
+    import atlas.tools.attack.article as article
+    from atlas.tools.attack import atlas_has_attribution
+
+    source, _target, photos = _source_target(model, tiny_run)
+    with h5py.File(tiny_run / "activations.h5", "r") as f:
+        layer = [k for k in f["layers"]][0]
+        listed = np.bincount(f[f"layers/{layer}/attribution/top_classes"][:].ravel().astype(np.int64),
+                             minlength=1000)
+    names = model.class_names
+    target = next(names[int(c)] for c in listed.argsort()[::-1] if names[int(c)] != source)
+    never = _target  # no row of the tiny atlas lists it
+    assert listed[class_index(never)] == 0
+    src = tmp_path / "src.txt"
+    src.write_text(str(photos / "p0.jpg") + "\n")
+
+    def run(tgt: str, **kw):
+        settings = ProtocolSettings(source, tgt, kind="third", level=4, patches=2, controls=1, patch_px=32, steps=2,
+                                    sizes=(0.5,), augment=8, min_count=1, top=1, **kw)
+        assert settings.rank == kw.get("rank", "auto")
+        r = run_protocol(model, tiny_run, settings, images=src, progress=False)
+        return r.settings["rank"], [tuple(c["cell"]) for c in r.candidates["third"]]
+
+    # an atlas collected with attribution, a target its rows list: ranked as --rank attribution ranks
+    assert atlas_has_attribution(tiny_run)
+    assert run(target) == run(target, rank="attribution") and run(target)[0] == "attribution"
+    # a target no row lists gives no attribution ranking: the push ranks instead, as --rank push does
+    assert run(never) == run(never, rank="push") and run(never)[0] == "push"
+    # an atlas collected without attribution: the push
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("activations.h5", "layout.h5"):
+        shutil.copy(tiny_run / name, bare / name)
+    with h5py.File(bare / "activations.h5", "a") as f:
+        del f[f"layers/{layer}/attribution"]
+    assert not atlas_has_attribution(bare)
+    monkeypatch.setattr(article, "atlas_has_attribution", lambda run_dir: False)
+    assert run(target)[0] == "push"

@@ -68,6 +68,7 @@ from atlas.tools.attack.protocol import ProtocolCounts, ProtocolResult, protocol
 from atlas.tools.attack.third import (
     atlas_class_attribution,
     atlas_example_patches,
+    atlas_has_attribution,
     excluded_classes,
     push_gradient,
     third_class_cells,
@@ -77,6 +78,7 @@ __all__ = [
     "KINDS",
     "RANKS",
     "atlas_class_attribution",
+    "atlas_has_attribution",
     "ProtocolCounts",
     "ProtocolReport",
     "ProtocolResult",

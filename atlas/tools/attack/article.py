@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from atlas.tools.attack.run import _cand_json, pair_and_layer
 from atlas.tools.attack.third import (
     atlas_class_attribution,
     atlas_example_patches,
+    atlas_has_attribution,
     excluded_classes,
     push_gradient,
     third_class_cells,
@@ -46,8 +47,10 @@ from atlas.tools.attack.third import (
 #: best cells), or both, reported side by side
 KINDS = ("third", "target", "both")
 #: how third-class cells are ranked: by the first-order push of their direction on the selection
-#: photos, or by their atlas rows' own attribution to the target minus the source
-RANKS = ("push", "attribution")
+#: photos, or by their atlas rows' own attribution to the target minus the source; "auto" is the
+#: attribution where the atlas holds it (it found twice the flips of the push on the real atlas,
+#: docs/attack.md) and the push where it does not
+RANKS = ("auto", "push", "attribution")
 
 # ---- the whole protocol ---------------------------------------------------------------------------
 
@@ -61,8 +64,8 @@ class ProtocolSettings:
     kind: str = "third"  # "third", "target" or "both": which neighbourhoods become patches
     level: int | None = None
     patches: int = 10  # per family, as in the article
-    rank: str = "push"  # third kind: "push" (gradient on the selection photos) or "attribution" (the atlas rows')
-    screen: int = 0  # third kind: render this many top cells by push, keep the `patches` best on the selection photos
+    rank: str = "auto"  # third kind: "push" (gradient on the selection photos), "attribution" (the atlas rows'), or auto
+    screen: int = 0  # third kind: render this many of the best-ranked cells, keep the `patches` best on the selection photos
     controls: int = 10  # noise patches and random cells
     patch_px: int = 112
     steps: int = 256
@@ -167,14 +170,21 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
     screening: list[dict[str, Any]] = []
     examples: dict[str, torch.Tensor] = {}
     if settings.kind in ("third", "both"):
-        if settings.rank == "attribution":  # the atlas rows' own attribution, target minus source
+        k = max(settings.patches, settings.screen)
+        rank = settings.rank
+        if rank == "auto":
+            rank = "attribution" if atlas_has_attribution(run_dir) else "push"
+        if rank == "attribution":  # the atlas rows' own attribution, target minus source
             attr, _ = atlas_class_attribution(run_dir, level, [t_idx, s_idx])
-            grad, push = None, (attr[:, 0] - attr[:, 1])[cells.cell_id]
-        else:  # first order on the selection photos
+            third = third_class_cells(cells, None, exclude, k=k, top=settings.top, min_count=settings.min_count,
+                                      class_names=names, push=(attr[:, 0] - attr[:, 1])[cells.cell_id])
+            if len(third) < settings.patches and settings.rank == "auto":  # too few rows list the target
+                rank = "push"
+        if rank == "push":  # first order on the selection photos
             grad = push_gradient(model, layer, x[sel], s_idx, t_idx, batch_size=max(1, settings.batch_size // 2))
-            push = None
-        third = third_class_cells(cells, grad, exclude, k=max(settings.patches, settings.screen), top=settings.top,
-                                  min_count=settings.min_count, class_names=names, push=push)
+            third = third_class_cells(cells, grad, exclude, k=k, top=settings.top, min_count=settings.min_count,
+                                      class_names=names)
+        settings = replace(settings, rank=rank)  # the report records the ranking used
         if not third:
             raise ValueError(f"no cell of grid {level} with {settings.min_count}+ rows pushes toward "
                              f"{names[t_idx]!r} and depicts a third class; try another --level")

@@ -95,6 +95,18 @@ def third_class_cells(cells, grad: np.ndarray | None, exclude: set[int], *, k: i
     return out
 
 
+def atlas_has_attribution(run_dir: str | os.PathLike) -> bool:
+    """Whether the run's atlas rows carry their attribution to the classes (``atlas collect``
+    with attribution on), which :func:`atlas_class_attribution` reads."""
+    from atlas.store.activations import ActivationsFile
+    from atlas.store.layout import read_layout
+
+    run_dir = Path(run_dir)
+    layout = read_layout(run_dir / "layout.h5")
+    with ActivationsFile(run_file(run_dir, "activations.h5")) as acts:
+        return bool(acts.has(acts.layer(layout.layer), "attribution/top_classes"))
+
+
 def atlas_class_attribution(run_dir: str | os.PathLike, level: int, classes: Sequence[int]
                             ) -> tuple[np.ndarray, np.ndarray]:
     """The class-comparison atlas over every photo of the atlas, as the article reads it: for each
