@@ -103,7 +103,7 @@ def _cmd_attack_article(args: argparse.Namespace) -> int:
 
     settings = ProtocolSettings(
         source=args.source, target=args.target, kind=args.kind or "both", level=args.level, patches=args.patches,
-        controls=args.controls, rank=args.rank or "auto", screen=args.screen, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
+        controls=args.controls, **({"rank": args.rank} if args.rank else {}), screen=args.screen, patch_px=args.patch_px, steps=args.steps, sizes=args.sizes,
         selection_fraction=0.25 if args.selection_fraction is None else args.selection_fraction,
         augment=args.augment, max_photos=args.max_photos, universal_limit=args.universal_limit, seed=args.seed)
     model = load_model(args.model, weights=args.weights, random_init=args.random_init, device=args.device)

@@ -277,7 +277,7 @@ def test_the_default_rank_reads_the_atlas_rows_where_it_can_and_pushes_where_it_
         return r.settings["rank"], [tuple(c["cell"]) for c in r.candidates["third"]]
 
     # an atlas collected with attribution, a target its rows list: ranked as --rank attribution ranks
-    assert atlas_has_attribution(tiny_run)
+    assert atlas_has_attribution(tiny_run, layer)
     assert run(target) == run(target, rank="attribution") and run(target)[0] == "attribution"
     # a target no row lists gives no attribution ranking: the push ranks instead, as --rank push does
     assert run(never) == run(never, rank="push") and run(never)[0] == "push"
@@ -288,6 +288,6 @@ def test_the_default_rank_reads_the_atlas_rows_where_it_can_and_pushes_where_it_
         shutil.copy(tiny_run / name, bare / name)
     with h5py.File(bare / "activations.h5", "a") as f:
         del f[f"layers/{layer}/attribution"]
-    assert not atlas_has_attribution(bare)
-    monkeypatch.setattr(article, "atlas_has_attribution", lambda run_dir: False)
+    assert not atlas_has_attribution(bare, layer)
+    monkeypatch.setattr(article, "atlas_has_attribution", lambda run_dir, layer: False)
     assert run(target)[0] == "push"

@@ -173,7 +173,7 @@ def run_protocol(model: AtlasModel, run_dir: str | os.PathLike, settings: Protoc
         k = max(settings.patches, settings.screen)
         rank = settings.rank
         if rank == "auto":
-            rank = "attribution" if atlas_has_attribution(run_dir) else "push"
+            rank = "attribution" if atlas_has_attribution(run_dir, layer) else "push"
         if rank == "attribution":  # the atlas rows' own attribution, target minus source
             attr, _ = atlas_class_attribution(run_dir, level, [t_idx, s_idx])
             third = third_class_cells(cells, None, exclude, k=k, top=settings.top, min_count=settings.min_count,

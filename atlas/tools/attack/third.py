@@ -95,16 +95,13 @@ def third_class_cells(cells, grad: np.ndarray | None, exclude: set[int], *, k: i
     return out
 
 
-def atlas_has_attribution(run_dir: str | os.PathLike) -> bool:
-    """Whether the run's atlas rows carry their attribution to the classes (``atlas collect``
-    with attribution on), which :func:`atlas_class_attribution` reads."""
+def atlas_has_attribution(run_dir: str | os.PathLike, layer: str) -> bool:
+    """Whether the run's atlas rows of ``layer`` carry their attribution to the classes (``atlas
+    collect`` with attribution on), which :func:`atlas_class_attribution` reads."""
     from atlas.store.activations import ActivationsFile
-    from atlas.store.layout import read_layout
 
-    run_dir = Path(run_dir)
-    layout = read_layout(run_dir / "layout.h5")
-    with ActivationsFile(run_file(run_dir, "activations.h5")) as acts:
-        return bool(acts.has(acts.layer(layout.layer), "attribution/top_classes"))
+    with ActivationsFile(run_file(Path(run_dir), "activations.h5")) as acts:
+        return bool(acts.has(layer, "attribution/top_classes"))
 
 
 def atlas_class_attribution(run_dir: str | os.PathLike, level: int, classes: Sequence[int]
@@ -123,11 +120,11 @@ def atlas_class_attribution(run_dir: str | os.PathLike, level: int, classes: Seq
     run_dir = Path(run_dir)
     layout = read_layout(run_dir / "layout.h5")
     rows = np.flatnonzero(layout.valid)
+    if not atlas_has_attribution(run_dir, layout.layer):
+        raise ValueError(f"{run_dir / 'activations.h5'} holds no attribution; collect with attribution on, "
+                         "or rank the cells by their push (rank='push')")
     with ActivationsFile(run_file(run_dir, "activations.h5")) as acts:
         layer = acts.layer(layout.layer)
-        if not acts.has(layer, "attribution/top_classes"):
-            raise ValueError(f"{run_dir / 'activations.h5'} holds no attribution; collect with attribution on, "
-                             "or rank the cells by their push (rank='push')")
         tc = acts.read_rows(layer, "attribution/top_classes", layout.row_ids[rows])
         tv = acts.read_rows(layer, "attribution/top_values", layout.row_ids[rows]).astype(np.float64)
     ids = grid_cells(layout.xy[rows], level)
